@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` (set up and serve the demo) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+export FLASK_APP := web
+
+.PHONY: run setup test lint serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+	$(BIN)/flask db upgrade
+	$(BIN)/flask demo seed
+
+run: setup
+	$(BIN)/flask run --host 127.0.0.1 --port 5000
+
+serve:
+	$(BIN)/flask run --host 127.0.0.1 --port 5000
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check matching registry exchange web tests bench
+	$(BIN)/mypy matching registry
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .hypothesis

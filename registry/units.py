@@ -1,0 +1,299 @@
+"""Moving units: transfer, retirement and cancellation of serial blocks.
+
+Every mover locks the source account row first (SELECT ... FOR UPDATE; BEGIN IMMEDIATE on SQLite),
+so two writers never pick the same blocks; the blocks themselves are locked too. A partial move
+splits a block: the row keeps the moved range and new rows keep the rest, so ranges never overlap,
+never leave gaps and always add up to the batch (invariants 1 and 2). Retired and cancelled blocks
+are never selected again (invariant 3).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from registry import audit
+from registry.actors import Actor
+from registry.db import utcnow
+from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, Suspended
+from registry.holders import account_by_number, account_of
+from registry.models import (
+    Account,
+    AccountKind,
+    Batch,
+    Block,
+    BlockStatus,
+    Cancellation,
+    Holder,
+    HolderKind,
+    Movement,
+    MovementKind,
+    Project,
+    Retirement,
+    RetirementPurpose,
+    Transfer,
+)
+from registry.serials import SerialRange, parse_serial
+
+_PICK_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What to move: a quantity (oldest vintage first, optionally of one project or vintage), or
+    named serial ranges. Exactly one of `quantity_kg` and `serials`."""
+
+    quantity_kg: int | None = None
+    serials: Sequence[str] | None = None
+    project_id: int | None = None
+    vintage: int | None = None
+
+    def validate(self) -> None:
+        if (self.quantity_kg is None) == (not self.serials):
+            raise InvalidInput("give either quantity_kg or serials", field="quantity_kg",
+                               code="quantity_or_serials")
+        if self.quantity_kg is not None and (
+                not isinstance(self.quantity_kg, int) or isinstance(self.quantity_kg, bool)
+                or self.quantity_kg <= 0):
+            raise InvalidInput("quantity_kg must be a positive integer (kg)", field="quantity_kg")
+        if self.serials is not None and not isinstance(self.serials, list | tuple):
+            raise InvalidInput("serials must be a list", field="serials")
+
+
+def lock_account(session: Session, account_id: int, *, field: str = "account",
+                 check_suspension: bool = True) -> Account:
+    acc = session.get(Account, account_id, with_for_update=True)
+    if acc is None:
+        raise NotFound(f"no account {account_id}", field=field)
+    if check_suspension:
+        holder = session.get(Holder, acc.holder_id)
+        assert holder is not None
+        if holder.suspended:
+            raise Suspended(f"holder {holder.id} is suspended: {holder.suspension_reason}", field=field)
+    return acc
+
+
+def carve(session: Session, block: Block, start: int, end: int) -> Block:
+    """Return `block` narrowed to [start, end]; the remainders become new blocks in the same account
+    and status. Raises AssertionError if [start, end] is not inside the block (a programming error)."""
+    assert block.start <= start <= end <= block.end, (block.start, block.end, start, end)
+    if (start, end) == (block.start, block.end):
+        return block
+    pieces = [(s, e) for s, e in ((block.start, start - 1), (end + 1, block.end)) if s <= e]
+    block.start, block.end, block.quantity = start, end, end - start + 1
+    session.flush()  # the row gives up its old start before a remainder takes it (unique batch, start)
+    for s, e in pieces:
+        session.add(Block(batch_id=block.batch_id, project_id=block.project_id, vintage=block.vintage,
+                          start=s, end=e, quantity=e - s + 1, account_id=block.account_id,
+                          status=block.status))
+    return block
+
+
+def _pick_quantity(session: Session, account: Account, sel: Selection, *,
+                   allow_suspended: bool = False) -> list[Block]:
+    """Lock and carve held blocks of `account` adding up to exactly `sel.quantity_kg`, oldest vintage
+    first, skipping suspended projects. Keyset pagination over the account's pick index keeps the cost
+    independent of how many blocks the registry or the account holds."""
+    assert sel.quantity_kg is not None
+    remaining = sel.quantity_kg
+    picked: list[Block] = []
+    after: tuple[int, int, int] | None = None
+    while remaining > 0:
+        stmt = (select(Block).where(Block.account_id == account.id, Block.status == BlockStatus.HELD)
+                .order_by(Block.vintage, Block.batch_id, Block.start)
+                .limit(_PICK_CHUNK).with_for_update(of=Block))
+        if not allow_suspended:
+            stmt = stmt.join(Project, Project.id == Block.project_id).where(Project.suspended.is_(False))
+        if sel.project_id is not None:
+            stmt = stmt.where(Block.project_id == sel.project_id)
+        if sel.vintage is not None:
+            stmt = stmt.where(Block.vintage == sel.vintage)
+        if after is not None:
+            stmt = stmt.where(tuple_(Block.vintage, Block.batch_id, Block.start) > tuple_(*after))
+        rows = session.scalars(stmt).all()
+        if not rows:
+            have = sel.quantity_kg - remaining
+            raise InsufficientUnits(
+                f"only {have} kg available to move, {sel.quantity_kg} kg asked", field="quantity_kg")
+        for block in rows:
+            take = min(remaining, block.quantity)
+            picked.append(carve(session, block, block.start, block.start + take - 1))
+            remaining -= take
+            if remaining == 0:
+                break
+        last = rows[-1]
+        after = (last.vintage, last.batch_id, last.start)
+    return picked
+
+
+def _parse_ranges(serials: Sequence[str]) -> list[SerialRange]:
+    ranges = [parse_serial(s, field=f"serials.{i}") for i, s in enumerate(serials)]
+    for i, a in enumerate(ranges):
+        for j in range(i):
+            if a.overlaps(ranges[j]):
+                raise InvalidInput(f"overlaps serials.{j}", field=f"serials.{i}", code="overlapping_ranges")
+    return ranges
+
+
+def _pick_serials(session: Session, account: Account, serials: Sequence[str], *,
+                  allow_suspended: bool = False) -> list[Block]:
+    """Lock and carve exactly the named ranges; each must lie wholly in held blocks of `account`."""
+    picked: list[Block] = []
+    for i, rng in enumerate(_parse_ranges(serials)):
+        field = f"serials.{i}"
+        batch = session.scalar(select(Batch).where(Batch.project_id == rng.project_id,
+                                                   Batch.number == rng.batch_number))
+        if batch is None or batch.vintage != rng.vintage:
+            raise NotFound("no such issuance batch", field=field, code="unknown_serial")
+        if rng.end > batch.quantity_kg:
+            raise NotFound(f"batch has serials 1..{batch.quantity_kg}", field=field, code="unknown_serial")
+        first = session.scalar(select(Block).where(Block.batch_id == batch.id, Block.start <= rng.start)
+                               .order_by(Block.start.desc()).limit(1).with_for_update())
+        rest = session.scalars(select(Block).where(Block.batch_id == batch.id, Block.start > rng.start,
+                                                   Block.start <= rng.end)
+                               .order_by(Block.start).with_for_update()).all()
+        blocks = ([first] if first is not None else []) + list(rest)
+        for b in blocks:
+            if b.account_id != account.id or b.status is not BlockStatus.HELD:
+                raise InsufficientUnits(
+                    f"serials {b.start}-{b.end} of this batch are not held in your account",
+                    field=field, code="not_held")
+        project = session.get(Project, batch.project_id)
+        if project is not None and project.suspended and not allow_suspended:
+            raise Suspended(f"project {project.id} is suspended", field=field)
+        for b in blocks:
+            picked.append(carve(session, b, max(b.start, rng.start), min(b.end, rng.end)))
+    return picked
+
+
+def _pick(session: Session, account: Account, sel: Selection, *,
+          allow_suspended: bool = False) -> list[Block]:
+    sel.validate()
+    if sel.quantity_kg is not None:
+        return _pick_quantity(session, account, sel, allow_suspended=allow_suspended)
+    assert sel.serials is not None
+    return _pick_serials(session, account, sel.serials, allow_suspended=allow_suspended)
+
+
+def _move(session: Session, blocks: list[Block], to: Account, status: BlockStatus,
+          kind: MovementKind, **link: int) -> list[Movement]:
+    now = utcnow()
+    moves = []
+    for b in blocks:
+        moves.append(Movement(kind=kind, batch_id=b.batch_id, start=b.start, end=b.end,
+                              from_account_id=b.account_id, to_account_id=to.id, at=now, **link))
+        b.account_id = to.id
+        b.status = status
+        if "retirement_id" in link:
+            b.retirement_id = link["retirement_id"]
+        if "cancellation_id" in link:
+            b.cancellation_id = link["cancellation_id"]
+    session.add_all(moves)
+    return moves
+
+
+def _ranges_payload(session: Session, blocks: list[Block]) -> list[str]:
+    return [b.serial() for b in blocks]
+
+
+def transfer(session: Session, actor: Actor, *, to_account: str, selection: Selection,
+             memo: str | None = None) -> Transfer:
+    """Move units from the actor's holding account to another holding account (by number).
+    Raises InsufficientUnits, Suspended, InvalidInput, NotFound."""
+    actor.require_can_move_units()
+    selection.validate()
+    dest = account_by_number(session, to_account)
+    if dest.kind is not AccountKind.HOLDING:
+        raise InvalidInput("units can only be transferred into a holding account", field="to_account")
+    source = account_of(session, actor.holder_id)
+    if dest.id == source.id:
+        raise InvalidInput("source and destination are the same account", field="to_account")
+    dest_holder = session.get(Holder, dest.holder_id)
+    if dest_holder is not None and dest_holder.suspended:
+        raise Suspended("the receiving holder is suspended", field="to_account")
+    source = lock_account(session, source.id, field="account")
+    blocks = _pick(session, source, selection)
+    qty = sum(b.quantity for b in blocks)
+    t = Transfer(from_account_id=source.id, to_account_id=dest.id, quantity_kg=qty, memo=memo,
+                 created_by_id=actor.user_id)
+    session.add(t)
+    session.flush()
+    _move(session, blocks, dest, BlockStatus.HELD, MovementKind.TRANSFER, transfer_id=t.id)
+    audit.record(session, actor, "units.transferred", "transfer", t.id,
+                 {"from": source.number, "to": dest.number, "quantity_kg": qty, "memo": memo,
+                  "serials": _ranges_payload(session, blocks)})
+    return t
+
+
+def new_certificate_number() -> str:
+    # Random rather than sequential: no global counter for concurrent retirements to queue on.
+    return f"THC-{utcnow().year}-{secrets.token_hex(5).upper()}"
+
+
+def retire(session: Session, actor: Actor, *, selection: Selection, beneficiary: str, jurisdiction: str,
+           purpose: str, footprint_ref: str | None = None, message: str | None = None) -> Retirement:
+    """Retire units of the actor's holding account for `beneficiary`; final. Several batches may be
+    retired in one call. Returns the retirement with its unique certificate number."""
+    actor.require_can_move_units()
+    if not beneficiary or not beneficiary.strip():
+        raise InvalidInput("beneficiary is required", field="beneficiary")
+    if not jurisdiction or not jurisdiction.strip():
+        raise InvalidInput("jurisdiction (city or district of the claim) is required", field="jurisdiction")
+    try:
+        why = RetirementPurpose(purpose)
+    except ValueError:
+        raise InvalidInput(f"purpose must be one of {[p.value for p in RetirementPurpose]}",
+                           field="purpose") from None
+    selection.validate()
+    source = lock_account(session, account_of(session, actor.holder_id).id)
+    sink = account_of(session, actor.holder_id, AccountKind.RETIREMENT)
+    blocks = _pick(session, source, selection)
+    qty = sum(b.quantity for b in blocks)
+    r = Retirement(certificate_number=new_certificate_number(), holder_id=actor.holder_id,
+                   account_id=sink.id, quantity_kg=qty, beneficiary=beneficiary.strip(),
+                   jurisdiction=jurisdiction.strip(), purpose=why, footprint_ref=footprint_ref,
+                   message=message, created_by_id=actor.user_id, retired_at=utcnow())
+    session.add(r)
+    session.flush()
+    _move(session, blocks, sink, BlockStatus.RETIRED, MovementKind.RETIREMENT, retirement_id=r.id)
+    audit.record(session, actor, "units.retired", "retirement", r.id,
+                 {"certificate_number": r.certificate_number, "quantity_kg": qty,
+                  "beneficiary": r.beneficiary, "jurisdiction": r.jurisdiction, "purpose": why.value,
+                  "footprint_ref": footprint_ref, "serials": _ranges_payload(session, blocks)})
+    return r
+
+
+def cancel(session: Session, actor: Actor, *, from_account: str, selection: Selection,
+           reason: str) -> Cancellation:
+    """Operator only: take units out of circulation (e.g. a correction), with a reason. Allowed on
+    suspended holders and projects: that is what corrections are for."""
+    actor.require_kind(HolderKind.OPERATOR)
+    if not reason or not reason.strip():
+        raise InvalidInput("a reason is required", field="reason")
+    selection.validate()
+    source = account_by_number(session, from_account, field="from_account")
+    if source.kind is not AccountKind.HOLDING:
+        raise InvalidInput("units are cancelled from a holding account", field="from_account")
+    source = lock_account(session, source.id, field="from_account", check_suspension=False)
+    sink = account_of(session, actor.holder_id, AccountKind.CANCELLATION)
+    blocks = _pick(session, source, selection, allow_suspended=True)
+    qty = sum(b.quantity for b in blocks)
+    c = Cancellation(from_account_id=source.id, to_account_id=sink.id, quantity_kg=qty,
+                     reason=reason.strip(), created_by_id=actor.user_id)
+    session.add(c)
+    session.flush()
+    _move(session, blocks, sink, BlockStatus.CANCELLED, MovementKind.CANCELLATION, cancellation_id=c.id)
+    audit.record(session, actor, "units.cancelled", "cancellation", c.id,
+                 {"from": source.number, "quantity_kg": qty, "reason": c.reason,
+                  "serials": _ranges_payload(session, blocks)})
+    return c
+
+
+def ensure_movable(block: Block) -> None:
+    """Guard for callers outside this module (the exchange): final blocks never move."""
+    if block.is_final:
+        raise Conflict(f"block {block.id} is {block.status.value} and cannot move", code="final")

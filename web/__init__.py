@@ -1,0 +1,47 @@
+"""The Flask app factory: the only place where the pieces are wired."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+from registry import models  # noqa: F401  (registers the tables on Base.metadata)
+from registry.db import normalise_url
+from web.config import Config, default_sqlite_url, from_environment
+from web.extensions import db, migrate
+
+MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+
+
+def create_app(config: type | dict[str, Any] | None = None) -> Flask:
+    """Configuration: `Config` defaults, then `config` (a class or a mapping), then the environment
+    (DATABASE_URL, SECRET_KEY, ...), which wins. With no DATABASE_URL the app uses a SQLite file in
+    the instance folder."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(Config)
+    if isinstance(config, dict):
+        app.config.update(config)
+    elif config is not None:
+        app.config.from_object(config)
+    app.config.update(from_environment())
+    url = app.config.get("SQLALCHEMY_DATABASE_URI") or default_sqlite_url(app.instance_path)
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalise_url(url)
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR)
+
+    from web.api import bp as api_bp
+    from web.cli import register_cli
+    from web.pages import bp as pages_bp
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(pages_bp)
+    register_cli(app)
+
+    from web.sealer import start_sealer
+    start_sealer(app)
+    return app

@@ -1,0 +1,104 @@
+"""`flask` subcommands: users, registry checks, the demo seed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from registry import audit, holders, invariants
+from registry.models import User
+from web.extensions import db
+
+users_cli = AppGroup("users", help="Users and API tokens.")
+registry_cli = AppGroup("registry", help="Registry checks and maintenance.")
+demo_cli = AppGroup("demo", help="Demo data.")
+
+
+@users_cli.command("create-token")
+@click.argument("email")
+@click.option("--name", default="cli", help="A label for the token.")
+@click.option("--days", type=int, default=None, help="Expire after this many days (default: never).")
+def create_token(email: str, name: str, days: int | None) -> None:
+    """Create a bearer token for the user EMAIL and print it (shown only once)."""
+    with db.session.begin():
+        user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
+        if user is None:
+            raise click.ClickException(f"no user {email}")
+        _, token = holders.create_token(db.session, user, name=name,
+                                        ttl=dt.timedelta(days=days) if days else None)
+    click.echo(token)
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--holder-id", type=int, required=True)
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(["admin", "trader", "viewer"]), default="admin")
+@click.option("--password", default=None)
+def create_user(email: str, holder_id: int, name: str, role: str, password: str | None) -> None:
+    """Create a user of a holder."""
+    with db.session.begin():
+        user = holders.create_user(db.session, holder_id=holder_id, email=email, name=name, role=role,
+                                   password=password)
+    click.echo(f"user {user.id} {user.email}")
+
+
+@registry_cli.command("seal-audit")
+def seal_audit() -> None:
+    """Chain every unsealed audit record now."""
+    n = audit.seal_all(sessionmaker(bind=db.engine))
+    click.echo(f"sealed {n} audit records")
+
+
+@registry_cli.command("verify-audit")
+@click.option("--seal/--no-seal", default=True, help="Seal pending records before verifying.")
+def verify_audit(seal: bool) -> None:
+    """Verify the audit hash chain; exit 1 naming the first broken link."""
+    if seal:
+        audit.seal_all(sessionmaker(bind=db.engine))
+    with db.session.begin():
+        report = audit.verify(db.session)
+    click.echo(report.describe())
+    if not report.ok:
+        sys.exit(1)
+
+
+@registry_cli.command("check")
+def check() -> None:
+    """Check every registry invariant; exit 1 listing the violations."""
+    with db.session.begin():
+        found = invariants.check(db.session)
+    for v in found:
+        click.echo(str(v))
+    if found:
+        click.echo(f"{len(found)} violation(s)")
+        sys.exit(1)
+    click.echo("registry consistent: all invariants hold")
+
+
+@demo_cli.command("seed")
+@click.option("--tokens-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the demo users' API tokens here as JSON.")
+def seed(tokens_file: str | None) -> None:
+    """Seed realistic demo data (idempotent: does nothing if already seeded)."""
+    from web.demo import seed_demo
+
+    result = seed_demo(db.session)
+    audit.seal_all(sessionmaker(bind=db.engine))
+    click.echo(result.summary)
+    if tokens_file and result.tokens:
+        with open(tokens_file, "w", encoding="utf-8") as fh:
+            json.dump(result.tokens, fh, ensure_ascii=False, indent=2)
+
+
+def register_cli(app: Flask) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(registry_cli)
+    app.cli.add_command(demo_cli)

@@ -1,0 +1,47 @@
+"""Configuration: a class of defaults, then environment variables override it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class Config:
+    SECRET_KEY = "dev-only-change-me"
+    SQLALCHEMY_DATABASE_URI: str | None = None  # default: sqlite file under the instance folder
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True}
+    JSON_SORT_KEYS = False
+    API_TOKEN_TTL_HOURS = 24 * 30
+    API_PAGE_SIZE_MAX = 200
+    AUDIT_SEALER_INTERVAL_S = 2.0   # background sealer thread in the embedded default; 0 disables
+    PUBLIC_BASE_URL = "http://127.0.0.1:5000"
+
+
+class TestConfig(Config):
+    TESTING = True
+    AUDIT_SEALER_INTERVAL_S = 0.0
+
+
+ENV_KEYS = {
+    "DATABASE_URL": "SQLALCHEMY_DATABASE_URI",
+    "SECRET_KEY": "SECRET_KEY",
+    "PUBLIC_BASE_URL": "PUBLIC_BASE_URL",
+    "AUDIT_SEALER_INTERVAL_S": "AUDIT_SEALER_INTERVAL_S",
+}
+
+
+def from_environment() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for env, key in ENV_KEYS.items():
+        if os.environ.get(env):
+            value: Any = os.environ[env]
+            if key == "AUDIT_SEALER_INTERVAL_S":
+                value = float(value)
+            out[key] = value
+    return out
+
+
+def default_sqlite_url(instance_path: str) -> str:
+    Path(instance_path).mkdir(parents=True, exist_ok=True)
+    return "sqlite:///" + str(Path(instance_path) / "tanhui.sqlite3")

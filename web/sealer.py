@@ -1,0 +1,43 @@
+"""The audit sealer of the embedded default: a daemon thread started with the first request.
+
+In production several workers each run one; `registry.audit.seal` takes a non-blocking advisory
+lock, so only one seals at a time and the others skip their turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import Flask
+from sqlalchemy.orm import sessionmaker
+
+from registry import audit
+from web.extensions import db
+
+log = logging.getLogger(__name__)
+
+
+def start_sealer(app: Flask) -> None:
+    interval = float(app.config.get("AUDIT_SEALER_INTERVAL_S") or 0)
+    if interval <= 0:
+        return
+    started = threading.Event()
+
+    @app.before_request
+    def _start_once() -> None:
+        if started.is_set():
+            return
+        started.set()
+        with app.app_context():
+            factory = sessionmaker(bind=db.engine)
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    audit.seal_all(factory)
+                except Exception:  # keep sealing after a transient database error
+                    log.exception("audit sealer failed; retrying")
+
+        threading.Thread(target=loop, name="audit-sealer", daemon=True).start()

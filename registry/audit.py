@@ -111,7 +111,8 @@ class ChainReport:
 
 def _sealed(session: Session) -> Iterator[AuditRecord]:
     stmt = select(AuditRecord).where(AuditRecord.chain_seq.is_not(None)).order_by(AuditRecord.chain_seq)
-    yield from session.scalars(stmt.execution_options(yield_per=2000))
+    # populate_existing: never trust what this session cached, re-read every row from the database.
+    yield from session.scalars(stmt.execution_options(yield_per=2000, populate_existing=True))
 
 
 def verify(session: Session) -> ChainReport:

@@ -61,6 +61,9 @@ def _truncate_pg(url: str) -> None:
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
         if tables:
             conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        # Tamper tests disable the guards the way an attacker would; every test starts with them on.
+        conn.execute(text("ALTER TABLE audit_records ENABLE TRIGGER USER"))
+        conn.execute(text("ALTER TABLE blocks ENABLE TRIGGER USER"))
     engine.dispose()
 
 

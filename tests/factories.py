@@ -27,7 +27,7 @@ class Party:
 
 
 def party(session: Session, kind: HolderKind | str, name: str | None = None, role: str = "admin",
-          password: str = "secret-pass") -> Party:
+          password: str | None = None) -> Party:
     n = next(_seq)
     h = holders.create_holder(session, None, kind=kind, name=name or f"{kind}-{n}")
     email = f"user{n}-{h.id}@test.example"

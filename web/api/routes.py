@@ -56,9 +56,8 @@ def _visible_project(session: Session, actor: Actor | None, project_id: int) -> 
           tags=("public",), response=s.ProjectDetailOut)
 def get_project(session: Session, actor: Actor | None, project_id: int) -> Any:
     project = _visible_project(session, actor, project_id)
-    out = s.ProjectOut().dump(project)
-    out["issuances"] = queries.project_batches(session, project.id)
-    return out
+    project.issuances = queries.project_batches(session, project.id)  # type: ignore[attr-defined]
+    return project
 
 
 @endpoint(bp, "/projects/<int:project_id>/reports", summary="A project's monitoring reports",

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from registry import audit
@@ -113,7 +113,7 @@ def _pick_quantity(session: Session, account: Account, sel: Selection, *,
         if sel.vintage is not None:
             stmt = stmt.where(Block.vintage == sel.vintage)
         if after is not None:
-            stmt = stmt.where(tuple_(Block.vintage, Block.batch_id, Block.start) > tuple_(*after))
+            stmt = stmt.where(tuple_(Block.vintage, Block.batch_id, Block.start) > tuple_(*map(literal, after)))
         rows = session.scalars(stmt).all()
         if not rows:
             have = sel.quantity_kg - remaining

@@ -185,6 +185,9 @@ def test_transfer_retire_and_public_views(client, session, w):
                                   "vintage": 2025, "methodology": f"{w.methodology.code} v1.0",
                                   "quantity_kg": 120}]
 
+    mine = client.get("/api/v1/me/retirements", headers=auth(w.buyer)).json
+    assert mine["total"] == 1 and mine["items"][0]["certificate_number"] == cert
+    assert client.get("/api/v1/me/retirements", headers=auth(w.owner)).json["total"] == 0
     public = client.get(f"/api/v1/retirements/{cert}").json
     assert public["beneficiary"] == "2026大湾区低碳论坛" and public["quantity_kg"] == 120
     ledger = client.get("/api/v1/retirements?beneficiary=大湾区").json

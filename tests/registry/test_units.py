@@ -251,3 +251,18 @@ def test_certificate_lookup(session):
     assert session.scalar(select(Retirement.beneficiary).where(Retirement.id == r.id)) == "大湾区论坛"
     with pytest.raises(NotFound):
         queries.retirement_by_certificate(session, "THC-0000-NOPE")
+
+
+def test_quantity_pick_pages_through_many_blocks(session, monkeypatch):
+    monkeypatch.setattr(units, "_PICK_CHUNK", 2)
+    w = world(session)
+    p = registered_project(session, w)
+    b = issued_batch(session, w, p, 100)
+    # Give the buyer every other 10 kg: ten separate blocks.
+    units.transfer(session, w.owner.actor, to_account=w.buyer.account,
+                   selection=Q(serials=[b.serial(s, s + 9) for s in range(1, 100, 20)]))
+    assert len(_blocks(session, w.buyer.account)) == 5
+    r = _retire(session, w.buyer, Q(quantity_kg=45))
+    assert r.quantity_kg == 45
+    assert _blocks(session, w.buyer.account) == [(b.id, 86, 90, "held")]
+    session.commit()

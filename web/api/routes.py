@@ -182,6 +182,14 @@ def get_transfer(session: Session, actor: Actor, transfer_id: int) -> Any:
     return presenters.transfer(session, t)
 
 
+@endpoint(bp, "/me/retirements", summary="Retirements made by my holder", tags=("units",), auth=True,
+          query=s.PageQuery, response=s.RetirementOut, paginated=True)
+def my_retirements(session: Session, actor: Actor, *, query: dict[str, Any]) -> Any:
+    stmt = queries.retirements_query(holder_id=actor.holder_id)
+    items, total = paginate(session, stmt, query["page"], query["per_page"])
+    return [presenters.retirement(session, r) for r in items], total, query["page"], query["per_page"]
+
+
 @endpoint(bp, "/retirements", "POST", summary="Retire units for a beneficiary (final)", tags=("units",),
           auth=True, body=s.RetirementCreate, response=s.RetirementOut, status=201)
 def create_retirement(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:

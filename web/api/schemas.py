@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -14,7 +15,13 @@ from registry.models import (
     UserRole,
 )
 
-Kg = fields.Integer  # integer kilograms of CO2e
+class UtcDateTime(fields.DateTime):
+    """The database keeps naive UTC; the API says so explicitly (ISO 8601 with +00:00)."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> Any:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return super()._serialize(value, attr, obj, **kwargs)
 
 
 def _strict_positive(**kw: Any) -> fields.Integer:
@@ -227,7 +234,7 @@ class ProjectOut(Schema):
     validated_by_id = fields.Integer(allow_none=True)
     suspended = fields.Boolean()
     suspension_reason = fields.String(allow_none=True)
-    created_at = fields.DateTime()
+    created_at = UtcDateTime()
 
 
 class BatchOut(Schema):
@@ -238,7 +245,7 @@ class BatchOut(Schema):
     quantity_kg = fields.Integer(attribute="batch.quantity_kg")
     report_id = fields.Integer(attribute="batch.report_id")
     external_ref = fields.String(attribute="batch.external_ref", allow_none=True)
-    issued_at = fields.DateTime(attribute="batch.issued_at")
+    issued_at = UtcDateTime(attribute="batch.issued_at")
     held_kg = fields.Integer()
     listed_kg = fields.Integer()
     retired_kg = fields.Integer()
@@ -261,8 +268,8 @@ class ReportOut(Schema):
     status_reason = fields.String(allow_none=True)
     external_ref = fields.String(allow_none=True)
     verifier_id = fields.Integer(allow_none=True)
-    submitted_at = fields.DateTime()
-    verified_at = fields.DateTime(allow_none=True)
+    submitted_at = UtcDateTime()
+    verified_at = UtcDateTime(allow_none=True)
 
 
 class IssuanceOut(Schema):
@@ -274,7 +281,7 @@ class IssuanceOut(Schema):
     quantity_kg = fields.Integer()
     serial = fields.Function(lambda b: b.serial(1, b.quantity_kg))
     external_ref = fields.String(allow_none=True)
-    issued_at = fields.DateTime()
+    issued_at = UtcDateTime()
 
 
 class SerialPieceOut(Schema):
@@ -313,7 +320,7 @@ class TransferOut(Schema):
     to_account = fields.Function(lambda t: t["transfer"].to_account.number)
     quantity_kg = fields.Integer(attribute="transfer.quantity_kg")
     memo = fields.String(attribute="transfer.memo", allow_none=True)
-    created_at = fields.DateTime(attribute="transfer.created_at")
+    created_at = UtcDateTime(attribute="transfer.created_at")
     serials = fields.List(fields.Nested(SerialPieceOut))
 
 
@@ -327,7 +334,7 @@ class RetirementOut(Schema):
     footprint_ref = fields.String(allow_none=True)
     message = fields.String(allow_none=True)
     retired_by = fields.Dict()
-    retired_at = fields.DateTime()
+    retired_at = UtcDateTime()
     serials = fields.List(fields.Nested(SerialPieceOut))
 
 
@@ -336,7 +343,7 @@ class CancellationOut(Schema):
     from_account = fields.String()
     quantity_kg = fields.Integer()
     reason = fields.String()
-    created_at = fields.DateTime()
+    created_at = UtcDateTime()
     serials = fields.List(fields.Nested(SerialPieceOut))
 
 
@@ -347,7 +354,7 @@ class MovementOut(Schema):
     quantity_kg = fields.Integer()
     from_account = fields.String(allow_none=True)
     to_account = fields.String()
-    at = fields.DateTime()
+    at = UtcDateTime()
     transfer_id = fields.Integer(allow_none=True)
     certificate_number = fields.String(allow_none=True)
     cancellation_id = fields.Integer(allow_none=True)
@@ -367,6 +374,6 @@ class TokenOut(Schema):
     id = fields.Integer()
     prefix = fields.String()
     name = fields.String()
-    created_at = fields.DateTime()
-    expires_at = fields.DateTime(allow_none=True)
-    revoked_at = fields.DateTime(allow_none=True)
+    created_at = UtcDateTime()
+    expires_at = UtcDateTime(allow_none=True)
+    revoked_at = UtcDateTime(allow_none=True)

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export FLASK_APP := web
 
-.PHONY: run setup test lint serve clean
+.PHONY: run setup test lint serve clean native bench-matching
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ run: setup
 serve:
 	$(BIN)/flask run --host 127.0.0.1 --port 5000
 
-test: $(VENV)/.installed
+# The compiled (mypyc) build of matching/engine.py; the tests run against it and the pure source.
+native: $(VENV)/.installed
+	$(BIN)/python -m matching.build
+
+test: native
 	$(BIN)/pytest -q
+
+bench-matching: native
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/matching_bench.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check matching registry exchange web tests bench

@@ -17,6 +17,7 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from exchange import wallets
 from registry import audit, invariants
 from registry.db import normalise_url
 from web.config import TestConfig
@@ -91,7 +92,7 @@ def app(db_url: str, request: pytest.FixtureRequest) -> Iterator[Flask]:
             factory = sessionmaker(bind=db.engine)
             audit.seal_all(factory)
             with factory() as s, s.begin():
-                found = invariants.check(s)
+                found = [str(v) for v in invariants.check(s)] + wallets.check(s)
             assert not found, "registry invariants violated after the test:\n" + "\n".join(map(str, found))
         db.engine.dispose()
 

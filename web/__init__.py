@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Flask
 
-from registry import models  # noqa: F401  (registers the tables on Base.metadata)
+from exchange import models as _exchange_models  # noqa: F401  (registers the tables on Base.metadata)
+from registry import models  # noqa: F401
 from registry.db import normalise_url
 from web.config import Config, default_sqlite_url, from_environment
 from web.extensions import db, migrate

@@ -15,6 +15,7 @@ from registry.models import (
     UserRole,
 )
 
+
 class UtcDateTime(fields.DateTime):
     """The database keeps naive UTC; the API says so explicitly (ISO 8601 with +00:00)."""
 

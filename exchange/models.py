@@ -1,0 +1,200 @@
+"""The exchange's tables: instruments, the double-entry cash ledger, orders and trades.
+
+Money is integer minor units (fen for CNY); prices are minor units per tonne; quantities are kg.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from registry.db import Base, BigKey, utcnow
+from registry.models import Holder
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(cls, name=name, native_enum=False, length=32, create_constraint=True,
+                values_callable=lambda e: [m.value for m in e], validate_strings=True)
+
+
+class InstrumentKind(enum.StrEnum):
+    POOLED = "pooled"      # a standardised contract: any deliverable block of the criteria
+    PROJECT = "project"    # one project and vintage
+
+
+class InstrumentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    HALTED = "halted"
+    DELISTED = "delisted"
+
+
+class Instrument(Base):
+    """A tradable contract and the blocks deliverable into it.
+
+    Pooled: blocks whose project kind, methodology sector and vintage fall within the criteria.
+    Project-specific: blocks of `project_id` with vintage `vintage_from` (== `vintage_to`).
+    """
+
+    __tablename__ = "instruments"
+    __table_args__ = (
+        CheckConstraint("tick_size > 0", name="tick_positive"),
+        CheckConstraint("lot_size_kg > 0", name="lot_positive"),
+        CheckConstraint("min_qty_kg > 0 AND max_qty_kg >= min_qty_kg", name="size_range"),
+        CheckConstraint("band_bp > 0 AND band_bp < 10000", name="band_range"),
+        CheckConstraint("maker_fee_bp >= 0 AND taker_fee_bp >= 0 AND maker_fee_bp <= 1000 "
+                        "AND taker_fee_bp <= 1000", name="fee_range"),
+        CheckConstraint("vintage_from <= vintage_to", name="vintage_order"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(40), unique=True)
+    name_zh: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[InstrumentKind] = mapped_column(_enum(InstrumentKind, "instrument_kind"))
+    project_kind: Mapped[str | None] = mapped_column(String(16))   # pooled: "project" or "programme"
+    sector: Mapped[str | None] = mapped_column(String(64))         # pooled: methodology sector
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    vintage_from: Mapped[int] = mapped_column(Integer)
+    vintage_to: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3), default="CNY")
+    tick_size: Mapped[int] = mapped_column(Integer, default=1)           # minor units per tonne
+    lot_size_kg: Mapped[int] = mapped_column(Integer, default=1000)
+    min_qty_kg: Mapped[int] = mapped_column(BigInteger, default=1000)
+    max_qty_kg: Mapped[int] = mapped_column(BigInteger, default=100_000_000)
+    band_bp: Mapped[int] = mapped_column(Integer, default=1000)          # ±10% around the reference
+    maker_fee_bp: Mapped[int] = mapped_column(Integer, default=0)
+    taker_fee_bp: Mapped[int] = mapped_column(Integer, default=50)
+    trading_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)   # None: always open
+    status: Mapped[InstrumentStatus] = mapped_column(_enum(InstrumentStatus, "instrument_status"),
+                                                     default=InstrumentStatus.ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CashAccountKind(enum.StrEnum):
+    AVAILABLE = "available"    # a holder's spendable money
+    HELD = "held"              # a holder's money reserved by open buy orders and pending withdrawals
+    FEES = "fees"              # the platform's fee income
+    BANK = "bank"              # the outside world: deposits come from it, withdrawals go to it
+
+
+class CashAccount(Base):
+    """One ledger account. `balance` is a running total kept in the same transaction as the
+    postings (so a CHECK can refuse an overdraft under the row lock); `wallets.check` proves it
+    equals the sum of the account's postings."""
+
+    __tablename__ = "cash_accounts"
+    __table_args__ = (
+        UniqueConstraint("holder_id", "kind", "currency"),
+        # NULLs are distinct in a unique constraint: the platform's own accounts need their own index.
+        Index("uq_cash_accounts_system", "kind", "currency", unique=True,
+              sqlite_where=text("holder_id IS NULL"), postgresql_where=text("holder_id IS NULL")),
+        CheckConstraint("kind = 'bank' OR balance >= 0", name="no_overdraft"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder_id: Mapped[int | None] = mapped_column(ForeignKey("holders.id"))
+    kind: Mapped[CashAccountKind] = mapped_column(_enum(CashAccountKind, "cash_account_kind"))
+    currency: Mapped[str] = mapped_column(String(3), default="CNY")
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    holder: Mapped[Holder | None] = relationship()
+
+
+class JournalKind(enum.StrEnum):
+    DEPOSIT = "deposit"
+    WITHDRAWAL_REQUEST = "withdrawal_request"
+    WITHDRAWAL_PAID = "withdrawal_paid"
+    WITHDRAWAL_REJECTED = "withdrawal_rejected"
+    HOLD = "hold"
+    RELEASE = "release"
+    SETTLEMENT = "settlement"
+
+
+class Journal(Base):
+    """One balanced movement of money: its postings add up to zero."""
+
+    __tablename__ = "journals"
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    kind: Mapped[JournalKind] = mapped_column(_enum(JournalKind, "journal_kind"))
+    ref: Mapped[str | None] = mapped_column(String(64), index=True)   # e.g. "order:12", "trade:5"
+    memo: Mapped[str | None] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    postings: Mapped[list[Posting]] = relationship(back_populates="journal")
+
+
+class Posting(Base):
+    __tablename__ = "postings"
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="nonzero"),
+        Index("ix_postings_account", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    journal_id: Mapped[int] = mapped_column(ForeignKey("journals.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("cash_accounts.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)   # minor units; + credit to the account, − debit
+
+    journal: Mapped[Journal] = relationship(back_populates="postings")
+
+
+class WithdrawalStatus(enum.StrEnum):
+    REQUESTED = "requested"
+    PAID = "paid"
+    REJECTED = "rejected"
+
+
+class Withdrawal(Base):
+    __tablename__ = "withdrawals"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3), default="CNY")
+    bank_reference: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[WithdrawalStatus] = mapped_column(_enum(WithdrawalStatus, "withdrawal_status"),
+                                                     default=WithdrawalStatus.REQUESTED)
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Deposit(Base):
+    """An operator-credited deposit (bank transfer received); card top-ups come with Stripe."""
+
+    __tablename__ = "deposits"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3), default="CNY")
+    external_ref: Mapped[str | None] = mapped_column(String(100), unique=True)   # bank slip id
+    journal_id: Mapped[int] = mapped_column(ForeignKey("journals.id"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+

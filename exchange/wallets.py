@@ -1,0 +1,230 @@
+"""Cash wallets on a double-entry ledger, in integer minor units.
+
+Every movement is a journal whose postings add up to zero. Each holder has an `available` and a
+`held` account per currency; the platform has `fees`; `bank` stands for the outside world, so the
+sum of every other account equals deposits minus paid withdrawals, always. Accounts are locked in
+id order (no deadlock between two journals) and their running balance is updated in the same
+transaction; the schema refuses an overdraft, and `check()` proves every balance equals the sum of
+its postings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from exchange.errors import InsufficientFunds
+from exchange.models import (
+    CashAccount,
+    CashAccountKind,
+    Deposit,
+    Journal,
+    JournalKind,
+    Posting,
+    Withdrawal,
+    WithdrawalStatus,
+)
+from registry import audit
+from registry.actors import Actor
+from registry.db import utcnow
+from registry.errors import Conflict, InvalidInput, NotFound, Suspended
+from registry.models import Holder, HolderKind
+
+CURRENCY = "CNY"
+
+
+def _positive(amount: object, field: str = "amount") -> int:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise InvalidInput(f"{field} must be a positive integer in minor units (fen)", field=field)
+    return amount
+
+
+def system_account(session: Session, kind: CashAccountKind, currency: str = CURRENCY) -> CashAccount:
+    """The platform's `fees` or `bank` account of a currency (the migration opens the CNY ones)."""
+    stmt = select(CashAccount).where(CashAccount.holder_id.is_(None), CashAccount.kind == kind,
+                                     CashAccount.currency == currency)
+    acc = session.scalar(stmt)
+    if acc is None:
+        try:
+            with session.begin_nested():
+                acc = CashAccount(holder_id=None, kind=kind, currency=currency, balance=0)
+                session.add(acc)
+        except IntegrityError:  # opened concurrently: use that one
+            acc = session.scalar(stmt)
+            assert acc is not None
+    return acc
+
+
+def holder_accounts(session: Session, holder_id: int, currency: str = CURRENCY) -> tuple[CashAccount, CashAccount]:
+    """(available, held) of a holder, opened on first use."""
+    rows = {a.kind: a for a in session.scalars(select(CashAccount).where(
+        CashAccount.holder_id == holder_id, CashAccount.currency == currency))}
+    for kind in (CashAccountKind.AVAILABLE, CashAccountKind.HELD):
+        if kind not in rows:
+            if session.get(Holder, holder_id) is None:
+                raise NotFound(f"no holder {holder_id}", field="holder_id")
+            # A nested transaction, so a concurrent first use (unique violation) costs only a retry.
+            try:
+                with session.begin_nested():
+                    acc = CashAccount(holder_id=holder_id, kind=kind, currency=currency, balance=0)
+                    session.add(acc)
+            except IntegrityError:  # opened concurrently
+                acc = session.scalars(select(CashAccount).where(
+                    CashAccount.holder_id == holder_id, CashAccount.kind == kind,
+                    CashAccount.currency == currency)).one()
+            rows[kind] = acc
+    return rows[CashAccountKind.AVAILABLE], rows[CashAccountKind.HELD]
+
+
+def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, int]], *,
+         ref: str | None = None, memo: str | None = None, user_id: int | None = None) -> Journal:
+    """Write one balanced journal. Raises InsufficientFunds (field "amount") if a non-bank account
+    would go below zero; nothing is written then."""
+    legs = [(a, amt) for a, amt in legs if amt != 0]
+    if sum(amt for _, amt in legs) != 0:
+        raise ValueError("a journal must balance")
+    ids = sorted({a.id for a, _ in legs})
+    locked = {a.id: a for a in session.scalars(
+        select(CashAccount).where(CashAccount.id.in_(ids)).order_by(CashAccount.id)
+        .with_for_update().execution_options(populate_existing=True))}
+    delta: dict[int, int] = {}
+    for a, amt in legs:
+        delta[a.id] = delta.get(a.id, 0) + amt
+    for acc_id, d in delta.items():
+        acc = locked[acc_id]
+        if acc.kind is not CashAccountKind.BANK and acc.balance + d < 0:
+            raise InsufficientFunds(
+                f"{acc.kind.value} balance {acc.balance} is less than {-d} (minor units)", field="amount")
+    journal = Journal(kind=kind, ref=ref, memo=memo, created_by_id=user_id, created_at=utcnow())
+    session.add(journal)
+    session.flush()
+    for acc_id, d in delta.items():
+        locked[acc_id].balance += d
+    session.add_all([Posting(journal_id=journal.id, account_id=a.id, amount=amt) for a, amt in legs])
+    session.flush()
+    return journal
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    available: int
+    held: int
+    currency: str = CURRENCY
+
+    @property
+    def total(self) -> int:
+        return self.available + self.held
+
+
+def balance(session: Session, holder_id: int, currency: str = CURRENCY) -> Balance:
+    rows = dict(session.execute(select(CashAccount.kind, CashAccount.balance).where(
+        CashAccount.holder_id == holder_id, CashAccount.currency == currency)).tuples().all())
+    return Balance(rows.get(CashAccountKind.AVAILABLE, 0), rows.get(CashAccountKind.HELD, 0), currency)
+
+
+def deposit(session: Session, actor: Actor, holder_id: int, amount: int, *, external_ref: str | None = None,
+            memo: str | None = None) -> Deposit:
+    """Operator credits money received (e.g. a bank transfer). `external_ref` (the bank slip) is
+    unique, so a deposit is never credited twice."""
+    actor.require_kind(HolderKind.OPERATOR)
+    amount = _positive(amount)
+    if external_ref and session.scalar(select(Deposit.id).where(Deposit.external_ref == external_ref)):
+        raise Conflict("this bank reference was already credited", field="external_ref", code="duplicate")
+    available, _ = holder_accounts(session, holder_id)
+    j = post(session, JournalKind.DEPOSIT, [(system_account(session, CashAccountKind.BANK), -amount),
+                                            (available, amount)],
+             ref=f"holder:{holder_id}", memo=memo, user_id=actor.user_id)
+    d = Deposit(holder_id=holder_id, amount=amount, external_ref=external_ref, journal_id=j.id,
+                created_by_id=actor.user_id)
+    session.add(d)
+    session.flush()
+    audit.record(session, actor, "cash.deposited", "deposit", d.id,
+                 {"holder_id": holder_id, "amount": amount, "external_ref": external_ref})
+    return d
+
+
+def request_withdrawal(session: Session, actor: Actor, amount: int, *, bank_reference: str | None = None) -> Withdrawal:
+    """The holder asks to withdraw; the money is held until an operator pays or rejects it."""
+    actor.require_can_move_units()
+    amount = _positive(amount)
+    holder = session.get(Holder, actor.holder_id)
+    if holder is not None and holder.suspended:
+        raise Suspended("a suspended holder cannot withdraw", field="amount")
+    available, held = holder_accounts(session, actor.holder_id)
+    w = Withdrawal(holder_id=actor.holder_id, amount=amount, bank_reference=bank_reference,
+                   status=WithdrawalStatus.REQUESTED, requested_by_id=actor.user_id)
+    session.add(w)
+    session.flush()
+    post(session, JournalKind.WITHDRAWAL_REQUEST, [(available, -amount), (held, amount)],
+         ref=f"withdrawal:{w.id}", user_id=actor.user_id)
+    audit.record(session, actor, "cash.withdrawal_requested", "withdrawal", w.id, {"amount": amount})
+    return w
+
+
+def decide_withdrawal(session: Session, actor: Actor, withdrawal_id: int, *, approve: bool,
+                      reason: str | None = None) -> Withdrawal:
+    """Operator pays out (held → bank) or rejects (held → available, with a reason)."""
+    actor.require_kind(HolderKind.OPERATOR)
+    w = session.get(Withdrawal, withdrawal_id, with_for_update=True)
+    if w is None:
+        raise NotFound(f"no withdrawal {withdrawal_id}", field="withdrawal_id")
+    if w.status is not WithdrawalStatus.REQUESTED:
+        raise Conflict(f"withdrawal is {w.status.value}", field="withdrawal_id", code="wrong_status")
+    if not approve and not (reason and reason.strip()):
+        raise InvalidInput("a rejection needs a reason", field="reason")
+    available, held = holder_accounts(session, w.holder_id)
+    if approve:
+        post(session, JournalKind.WITHDRAWAL_PAID, [(held, -w.amount),
+                                                    (system_account(session, CashAccountKind.BANK), w.amount)],
+             ref=f"withdrawal:{w.id}", user_id=actor.user_id)
+        w.status = WithdrawalStatus.PAID
+    else:
+        post(session, JournalKind.WITHDRAWAL_REJECTED, [(held, -w.amount), (available, w.amount)],
+             ref=f"withdrawal:{w.id}", user_id=actor.user_id)
+        w.status = WithdrawalStatus.REJECTED
+    w.reason = reason
+    w.decided_by_id = actor.user_id
+    w.decided_at = utcnow()
+    audit.record(session, actor, f"cash.withdrawal_{w.status.value}", "withdrawal", w.id,
+                 {"amount": w.amount, "reason": reason})
+    return w
+
+
+def hold(session: Session, holder_id: int, amount: int, ref: str, user_id: int | None = None) -> Journal:
+    """Reserve `amount` of the holder's available money (for a buy order). Raises InsufficientFunds."""
+    available, held = holder_accounts(session, holder_id)
+    return post(session, JournalKind.HOLD, [(available, -_positive(amount)), (held, amount)], ref=ref,
+                user_id=user_id)
+
+
+def release(session: Session, holder_id: int, amount: int, ref: str) -> Journal:
+    available, held = holder_accounts(session, holder_id)
+    return post(session, JournalKind.RELEASE, [(held, -_positive(amount)), (available, amount)], ref=ref)
+
+
+def check(session: Session) -> list[str]:
+    """Ledger invariants; an empty list means the books balance."""
+    problems: list[str] = []
+    for jid, total in session.execute(text(
+            "SELECT journal_id, SUM(amount) FROM postings GROUP BY journal_id HAVING SUM(amount) <> 0")):
+        problems.append(f"journal {jid} does not balance: {total}")
+    for aid, bal, summed in session.execute(text(
+            "SELECT a.id, a.balance, COALESCE(SUM(p.amount), 0) FROM cash_accounts a "
+            "LEFT JOIN postings p ON p.account_id = a.id GROUP BY a.id, a.balance "
+            "HAVING a.balance <> COALESCE(SUM(p.amount), 0)")):
+        problems.append(f"cash account {aid} says {bal} but its postings add up to {summed}")
+    for aid, bal in session.execute(text(
+            "SELECT id, balance FROM cash_accounts WHERE kind <> 'bank' AND balance < 0")):
+        problems.append(f"cash account {aid} is negative: {bal}")
+    deposits = session.scalar(select(func.coalesce(func.sum(Deposit.amount), 0))) or 0
+    paid = session.scalar(select(func.coalesce(func.sum(Withdrawal.amount), 0))
+                          .where(Withdrawal.status == WithdrawalStatus.PAID)) or 0
+    inside = session.scalar(select(func.coalesce(func.sum(CashAccount.balance), 0))
+                            .where(CashAccount.kind != CashAccountKind.BANK)) or 0
+    if inside != deposits - paid:
+        problems.append(f"money inside is {inside}, but deposits minus paid withdrawals is {deposits - paid}")
+    return problems

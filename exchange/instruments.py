@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from exchange.models import Instrument, InstrumentKind, InstrumentStatus
+from exchange.pricing import band_around
 from registry import audit
 from registry.actors import Actor
 from registry.errors import Conflict, InvalidInput, NotFound
@@ -24,13 +25,15 @@ def _int(value: Any, field: str, low: int, high: int) -> int:
 
 
 def create_instrument(session: Session, actor: Actor, *, symbol: str, name_zh: str, name_en: str,
-                      kind: str, vintage_from: int, vintage_to: int, project_id: int | None = None,
+                      kind: str, vintage_from: int, vintage_to: int, reference_price: int,
+                      project_id: int | None = None,
                       project_kind: str | None = None, sector: str | None = None, tick_size: int = 1,
                       lot_size_kg: int = 1000, min_qty_kg: int = 1000, max_qty_kg: int = 100_000_000,
                       band_bp: int = 1000, maker_fee_bp: int = 0, taker_fee_bp: int = 50,
                       trading_hours: dict[str, Any] | None = None) -> Instrument:
     """Operator lists a contract. Prices are minor units per tonne (tick 1 = ¥0.01/t), sizes kg
-    (lot 1,000 = 1 t, the Shanghai exchange's steps); fees and band in basis points."""
+    (lot 1,000 = 1 t, the Shanghai exchange's steps); fees and band in basis points.
+    `reference_price` is the opening base price; the daily reference-price job moves it after."""
     actor.require_kind(HolderKind.OPERATOR)
     symbol = (symbol or "").strip().upper()
     if not _SYMBOL.match(symbol):
@@ -63,10 +66,16 @@ def create_instrument(session: Session, actor: Actor, *, symbol: str, name_zh: s
     max_qty_kg = _int(max_qty_kg, "max_qty_kg", 1, 10**12)
     if min_qty_kg % lot_size_kg or max_qty_kg % lot_size_kg or max_qty_kg < min_qty_kg:
         raise InvalidInput("min and max size are whole lots and min <= max", field="min_qty_kg")
+    reference_price = _int(reference_price, "reference_price", 1, 10**12)
+    if reference_price % tick_size:
+        raise InvalidInput("reference_price must be on the tick", field="reference_price")
+    band_bp = _int(band_bp, "band_bp", 1, 9999)
+    low, high = band_around(reference_price, band_bp, tick_size)
     inst = Instrument(symbol=symbol, name_zh=name_zh, name_en=name_en, kind=ikind, project_id=project_id,
                       project_kind=project_kind, sector=sector, vintage_from=vintage_from, vintage_to=vintage_to,
                       tick_size=tick_size, lot_size_kg=lot_size_kg, min_qty_kg=min_qty_kg, max_qty_kg=max_qty_kg,
-                      band_bp=_int(band_bp, "band_bp", 1, 9999),
+                      band_bp=band_bp, reference_price=reference_price, band_low=low, band_high=high,
+                      engine_seq=0, engine_now=0,
                       maker_fee_bp=_int(maker_fee_bp, "maker_fee_bp", 0, 1000),
                       taker_fee_bp=_int(taker_fee_bp, "taker_fee_bp", 0, 1000),
                       trading_hours=trading_hours, status=InstrumentStatus.ACTIVE)
@@ -75,6 +84,7 @@ def create_instrument(session: Session, actor: Actor, *, symbol: str, name_zh: s
     audit.record(session, actor, "instrument.created", "instrument", inst.id,
                  {"symbol": symbol, "kind": ikind.value, "project_id": project_id, "vintages": [vintage_from, vintage_to],
                   "tick": tick_size, "lot": lot_size_kg, "band_bp": inst.band_bp,
+                  "reference_price": reference_price, "band": [low, high],
                   "fees_bp": [inst.maker_fee_bp, inst.taker_fee_bp]})
     return inst
 

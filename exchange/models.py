@@ -85,6 +85,13 @@ class Instrument(Base):
     status: Mapped[InstrumentStatus] = mapped_column(_enum(InstrumentStatus, "instrument_status"),
                                                      default=InstrumentStatus.ACTIVE)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # The published reference price (minor units per tonne) and the band the engine enforces today.
+    reference_price: Mapped[int] = mapped_column(BigInteger)
+    band_low: Mapped[int] = mapped_column(BigInteger)
+    band_high: Mapped[int] = mapped_column(BigInteger)
+    # The sequencer's position: the engine's last event seq, written with each batch it settles.
+    engine_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    engine_now: Mapped[int] = mapped_column(BigInteger, default=0)   # last expiry time given, epoch s
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -198,3 +205,109 @@ class Deposit(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+
+
+class OrderStatus(enum.StrEnum):
+    PENDING = "pending"        # persisted and held, waiting for the sequencer
+    OPEN = "open"              # resting on the book (possibly partly filled)
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED)
+
+
+class Order(Base):
+    """An order; its id is also the engine's order id. Quantities kg, prices minor units per tonne."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("qty_kg > 0", name="qty_positive"),
+        CheckConstraint("filled_kg >= 0 AND filled_kg <= qty_kg", name="filled_range"),
+        CheckConstraint("remaining_kg >= 0 AND remaining_kg + filled_kg <= qty_kg", name="remaining_range"),
+        CheckConstraint("cash_held >= 0", name="hold_nonnegative"),
+        CheckConstraint("price IS NULL OR price > 0", name="price_positive"),
+        Index("ix_orders_book", "instrument_id", "status", "side", "price", "priority_seq"),
+        Index("ix_orders_holder", "holder_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    side: Mapped[str] = mapped_column(String(4))               # buy | sell
+    order_type: Mapped[str] = mapped_column(String(8))         # limit | market
+    tif: Mapped[str] = mapped_column(String(4))                # GTC DAY GTD IOC FOK
+    price: Mapped[int | None] = mapped_column(BigInteger)
+    qty_kg: Mapped[int] = mapped_column(BigInteger)
+    filled_kg: Mapped[int] = mapped_column(BigInteger, default=0)
+    remaining_kg: Mapped[int] = mapped_column(BigInteger, default=0)   # resting on the book
+    post_only: Mapped[bool] = mapped_column(default=False)
+    stp: Mapped[str] = mapped_column(String(16), default="cancel_newest")
+    expire_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    status: Mapped[OrderStatus] = mapped_column(_enum(OrderStatus, "order_status"), default=OrderStatus.PENDING)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    cash_held: Mapped[int] = mapped_column(BigInteger, default=0)      # buy: money still reserved
+    notional_paid: Mapped[int] = mapped_column(BigInteger, default=0)  # buy: paid so far, fees apart
+    fees_paid: Mapped[int] = mapped_column(BigInteger, default=0)
+    priority_seq: Mapped[int | None] = mapped_column(BigInteger)       # engine seq that set its priority
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    instrument: Mapped[Instrument] = relationship()
+
+    @property
+    def ref(self) -> str:
+        return f"order:{self.id}"
+
+
+class CommandStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+
+
+class OrderCommand(Base):
+    """The sequencer's input: its id is the sequence number commands are applied in."""
+
+    __tablename__ = "order_commands"
+    __table_args__ = (Index("ix_order_commands_queue", "instrument_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
+    kind: Mapped[str] = mapped_column(String(16))   # place | cancel | reduce | replace | expire | end_of_day
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[CommandStatus] = mapped_column(_enum(CommandStatus, "command_status"),
+                                                  default=CommandStatus.PENDING)
+    result: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Trade(Base):
+    __tablename__ = "trades"
+    __table_args__ = (
+        UniqueConstraint("instrument_id", "engine_seq"),
+        CheckConstraint("qty_kg > 0 AND price > 0 AND notional > 0", name="positive"),
+        Index("ix_trades_instrument_time", "instrument_id", "executed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    engine_seq: Mapped[int] = mapped_column(BigInteger)   # the trade event's seq: settles exactly once
+    buy_order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    sell_order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    maker_order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("holders.id"))
+    seller_id: Mapped[int] = mapped_column(ForeignKey("holders.id"))
+    price: Mapped[int] = mapped_column(BigInteger)
+    qty_kg: Mapped[int] = mapped_column(BigInteger)
+    notional: Mapped[int] = mapped_column(BigInteger)
+    buyer_fee: Mapped[int] = mapped_column(BigInteger)
+    seller_fee: Mapped[int] = mapped_column(BigInteger)
+    transfer_id: Mapped[int] = mapped_column(ForeignKey("transfers.id"))
+    journal_id: Mapped[int] = mapped_column(ForeignKey("journals.id"))
+    executed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

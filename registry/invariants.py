@@ -53,6 +53,10 @@ _CHECKS: list[tuple[str, str, str]] = [
            OR (k.status = 'cancelled' AND k.cancellation_id IS NULL)
            OR (k.status IN ('held', 'listed') AND (k.retirement_id IS NOT NULL OR k.cancellation_id IS NOT NULL))""",
      "block {0} is {1} but its retirement/cancellation link disagrees"),
+    ("3 final blocks never move",
+     """SELECT id, status, hold_ref FROM blocks
+        WHERE (status = 'listed') <> (hold_ref IS NOT NULL)""",
+     "block {0} is {1} with hold {2}: only listed blocks carry a hold"),
     ("4 certificates",
      """SELECT r.certificate_number, r.quantity_kg, COALESCE(SUM(k.quantity), 0)
         FROM retirements r LEFT JOIN blocks k ON k.retirement_id = r.id

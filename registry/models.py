@@ -305,6 +305,8 @@ class Block(Base):
     status: Mapped[BlockStatus] = mapped_column(_enum(BlockStatus, "block_status"))
     retirement_id: Mapped[int | None] = mapped_column(ForeignKey("retirements.id"), index=True)
     cancellation_id: Mapped[int | None] = mapped_column(ForeignKey("cancellations.id"), index=True)
+    # Who locked a LISTED block, e.g. "order:42" (a sell order on the exchange). Opaque to the registry.
+    hold_ref: Mapped[str | None] = mapped_column(String(40), index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     batch: Mapped[Batch] = relationship()

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import literal, select, tuple_
+from sqlalchemy import ColumnElement, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from registry import audit
@@ -30,6 +30,7 @@ from registry.models import (
     Cancellation,
     Holder,
     HolderKind,
+    Methodology,
     Movement,
     MovementKind,
     Project,
@@ -51,6 +52,8 @@ class Selection:
     serials: Sequence[str] | None = None
     project_id: int | None = None
     vintage: int | None = None
+    # Further conditions on Block, Project and Methodology (e.g. what an instrument can deliver).
+    where: tuple[ColumnElement[bool], ...] = ()
 
     def validate(self) -> None:
         if (self.quantity_kg is None) == (not self.serials):
@@ -89,7 +92,7 @@ def carve(session: Session, block: Block, start: int, end: int) -> Block:
     for s, e in pieces:
         session.add(Block(batch_id=block.batch_id, project_id=block.project_id, vintage=block.vintage,
                           start=s, end=e, quantity=e - s + 1, account_id=block.account_id,
-                          status=block.status))
+                          status=block.status, hold_ref=block.hold_ref))
     return block
 
 
@@ -106,8 +109,12 @@ def _pick_quantity(session: Session, account: Account, sel: Selection, *,
         stmt = (select(Block).where(Block.account_id == account.id, Block.status == BlockStatus.HELD)
                 .order_by(Block.vintage, Block.batch_id, Block.start)
                 .limit(_PICK_CHUNK).with_for_update(of=Block))
+        if not allow_suspended or sel.where:
+            stmt = stmt.join(Project, Project.id == Block.project_id)
         if not allow_suspended:
-            stmt = stmt.join(Project, Project.id == Block.project_id).where(Project.suspended.is_(False))
+            stmt = stmt.where(Project.suspended.is_(False))
+        if sel.where:
+            stmt = stmt.join(Methodology, Methodology.id == Project.methodology_id).where(*sel.where)
         if sel.project_id is not None:
             stmt = stmt.where(Block.project_id == sel.project_id)
         if sel.vintage is not None:
@@ -297,3 +304,67 @@ def ensure_movable(block: Block) -> None:
     """Guard for callers outside this module (the exchange): final blocks never move."""
     if block.is_final:
         raise Conflict(f"block {block.id} is {block.status.value} and cannot move", code="final")
+
+
+def lock_units(session: Session, holder_id: int, selection: Selection, ref: str) -> list[Block]:
+    """List units for sale: carve exactly `selection.quantity_kg` of the holder's held blocks
+    (oldest vintage first, within `selection.where`) into LISTED blocks carrying `ref`.
+    Raises InsufficientUnits (field quantity_kg) or Suspended; nothing is locked then."""
+    if selection.serials:
+        raise InvalidInput("units are locked by quantity", field="serials")
+    selection.validate()
+    source = lock_account(session, account_of(session, holder_id).id, field="account")
+    blocks = _pick(session, source, selection)
+    for b in blocks:
+        b.status, b.hold_ref = BlockStatus.LISTED, ref
+    return blocks
+
+
+def _listed(session: Session, ref: str) -> list[Block]:
+    return list(session.scalars(select(Block).where(Block.hold_ref == ref, Block.status == BlockStatus.LISTED)
+                                .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update()))
+
+
+def _take_listed(session: Session, ref: str, quantity: int | None) -> list[Block]:
+    blocks = _listed(session, ref)
+    if quantity is None:
+        return blocks
+    have = sum(b.quantity for b in blocks)
+    if quantity <= 0 or quantity > have:
+        raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
+    out, remaining = [], quantity
+    for b in blocks:
+        if remaining == 0:
+            break
+        take = min(remaining, b.quantity)
+        out.append(carve(session, b, b.start, b.start + take - 1))
+        remaining -= take
+    return out
+
+
+def unlock_units(session: Session, ref: str, quantity: int | None = None) -> int:
+    """Return listed units of `ref` (all, or `quantity` kg) to held. Returns the kg unlocked."""
+    blocks = _take_listed(session, ref, quantity)
+    for b in blocks:
+        b.status, b.hold_ref = BlockStatus.HELD, None
+    return sum(b.quantity for b in blocks)
+
+
+def deliver_units(session: Session, ref: str, quantity: int, to_holder_id: int, *, memo: str,
+                  user_id: int | None = None) -> Transfer:
+    """Deliver `quantity` kg of the units listed under `ref` to another holder's holding account
+    (settlement of a trade). Recorded as a transfer, with the serial history kept."""
+    blocks = _take_listed(session, ref, quantity)
+    source_id = blocks[0].account_id
+    dest = account_of(session, to_holder_id)
+    t = Transfer(from_account_id=source_id, to_account_id=dest.id, quantity_kg=quantity, memo=memo,
+                 created_by_id=user_id)
+    session.add(t)
+    session.flush()
+    for b in blocks:
+        b.hold_ref = None
+    _move(session, blocks, dest, BlockStatus.HELD, MovementKind.TRANSFER, transfer_id=t.id)
+    audit.record(session, None, "units.delivered", "transfer", t.id,
+                 {"ref": ref, "to_holder_id": to_holder_id, "quantity_kg": quantity, "memo": memo,
+                  "serials": _ranges_payload(session, blocks)})
+    return t

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -92,6 +93,9 @@ class Instrument(Base):
     # The sequencer's position: the engine's last event seq, written with each batch it settles.
     engine_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     engine_now: Mapped[int] = mapped_column(BigInteger, default=0)   # last expiry time given, epoch s
+    # The published blend of the reference price, weights in basis points adding up to 10,000, e.g.
+    # {"vwap": 6000, "CEA": 2000, "CCER": 2000}; None means the day's VWAP alone.
+    blend_weights: Mapped[dict[str, int] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -311,3 +315,49 @@ class Trade(Base):
     transfer_id: Mapped[int] = mapped_column(ForeignKey("transfers.id"))
     journal_id: Mapped[int] = mapped_column(ForeignKey("journals.id"))
     executed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ReferencePrice(Base):
+    """The reference price of one instrument for one trading day (China time), with every input.
+
+    close = the day's VWAP (the Shanghai exchange's rule), carried forward when nothing traded;
+    reference = close, or the published blend of close and external indices; the band for the
+    next day is ±band_bp around the reference.
+    """
+
+    __tablename__ = "reference_prices"
+    __table_args__ = (UniqueConstraint("instrument_id", "trading_day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    trading_day: Mapped[dt.date] = mapped_column(Date)
+    open: Mapped[int | None] = mapped_column(BigInteger)
+    high: Mapped[int | None] = mapped_column(BigInteger)
+    low: Mapped[int | None] = mapped_column(BigInteger)
+    vwap: Mapped[int | None] = mapped_column(BigInteger)        # None when nothing traded
+    close: Mapped[int] = mapped_column(BigInteger)
+    volume_kg: Mapped[int] = mapped_column(BigInteger, default=0)
+    turnover: Mapped[int] = mapped_column(BigInteger, default=0)  # sum of notionals, minor units
+    trade_count: Mapped[int] = mapped_column(Integer, default=0)
+    previous_reference: Mapped[int] = mapped_column(BigInteger)
+    method: Mapped[str] = mapped_column(String(32))               # vwap | carried_forward | blend
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reference_price: Mapped[int] = mapped_column(BigInteger)
+    band_low: Mapped[int] = mapped_column(BigInteger)
+    band_high: Mapped[int] = mapped_column(BigInteger)
+    computed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ExternalIndex(Base):
+    """An operator-entered external price (national ETS allowance CEA, CCER), minor units per tonne."""
+
+    __tablename__ = "external_indices"
+    __table_args__ = (UniqueConstraint("code", "trading_day"), CheckConstraint("price > 0", name="price_positive"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(16))           # CEA | CCER
+    trading_day: Mapped[dt.date] = mapped_column(Date)
+    price: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(200))
+    entered_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    entered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -19,6 +19,7 @@ from web.extensions import db
 users_cli = AppGroup("users", help="Users and API tokens.")
 registry_cli = AppGroup("registry", help="Registry checks and maintenance.")
 demo_cli = AppGroup("demo", help="Demo data.")
+exchange_cli = AppGroup("exchange", help="The exchange's engine and market jobs.")
 
 
 @users_cli.command("create-token")
@@ -98,7 +99,40 @@ def seed(tokens_file: str | None) -> None:
             json.dump(result.tokens, fh, ensure_ascii=False, indent=2)
 
 
+@exchange_cli.command("run-engine")
+@click.option("--instrument", "symbols", multiple=True, help="Only these instruments (default: all).")
+@click.option("--once", is_flag=True, help="Apply what is pending, then exit.")
+@click.option("--poll", default=0.05, show_default=True, help="Seconds to wait when idle.")
+def run_engine(symbols: tuple[str, ...], once: bool, poll: float) -> None:
+    """Run the sequencer: the single writer of the books (one process per instrument group)."""
+    import signal
+    import time
+
+    from exchange.instruments import get_instrument
+    from exchange.sequencer import Sequencer
+
+    with db.session.begin():
+        ids = [get_instrument(db.session, sym).id for sym in symbols] or None
+    seq = Sequencer(sessionmaker(bind=db.engine), ids)
+    if once:
+        click.echo(f"applied {seq.run_once()} commands")
+        return
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"sequencer running for {list(symbols) or 'all instruments'}; Ctrl-C to stop")
+    while not stopping:
+        if seq.run_once() == 0:
+            time.sleep(poll)
+
+
 def register_cli(app: Flask) -> None:
+    app.cli.add_command(exchange_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(registry_cli)
     app.cli.add_command(demo_cli)

@@ -16,11 +16,15 @@ class Config:
     API_PAGE_SIZE_MAX = 200
     AUDIT_SEALER_INTERVAL_S = 2.0   # background sealer thread in the embedded default; 0 disables
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
+    EMBEDDED_SEQUENCER = True       # the sequencer runs as a thread of the app (embedded default)
+    ORDER_WAIT_S = 2.0              # how long an order POST waits for the engine's result
 
 
 class TestConfig(Config):
     TESTING = True
     AUDIT_SEALER_INTERVAL_S = 0.0
+    EMBEDDED_SEQUENCER = False
+    ORDER_WAIT_S = 5.0
 
 
 ENV_KEYS = {
@@ -28,6 +32,7 @@ ENV_KEYS = {
     "SECRET_KEY": "SECRET_KEY",
     "PUBLIC_BASE_URL": "PUBLIC_BASE_URL",
     "AUDIT_SEALER_INTERVAL_S": "AUDIT_SEALER_INTERVAL_S",
+    "EMBEDDED_SEQUENCER": "EMBEDDED_SEQUENCER",
 }
 
 
@@ -38,6 +43,8 @@ def from_environment() -> dict[str, Any]:
             value: Any = os.environ[env]
             if key == "AUDIT_SEALER_INTERVAL_S":
                 value = float(value)
+            elif key == "EMBEDDED_SEQUENCER":
+                value = value.lower() in ("1", "true", "yes", "on")
             out[key] = value
     return out
 

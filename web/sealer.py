@@ -41,3 +41,23 @@ def start_sealer(app: Flask) -> None:
                     log.exception("audit sealer failed; retrying")
 
         threading.Thread(target=loop, name="audit-sealer", daemon=True).start()
+
+
+def start_embedded_sequencer(app: Flask) -> None:
+    """The embedded default: the exchange's sequencer as a thread of the app, started with the
+    first request. Production runs `flask exchange run-engine` instead (EMBEDDED_SEQUENCER=0)."""
+    if not app.config.get("EMBEDDED_SEQUENCER"):
+        return
+    from exchange.sequencer import Sequencer
+
+    started = threading.Event()
+
+    @app.before_request
+    def _start_once() -> None:
+        if started.is_set():
+            return
+        started.set()
+        with app.app_context():
+            seq = Sequencer(sessionmaker(bind=db.engine))
+        app.extensions["sequencer"] = seq
+        seq.start()

@@ -48,6 +48,15 @@ class Operation:
 OPERATIONS: list[Operation] = []
 
 
+class AfterCommit:
+    """Returned by a view whose answer is only known after its transaction committed (an order
+    waits for the sequencer). The idempotency record is written with the effect, marked in
+    progress, and completed with the final answer."""
+
+    def __init__(self, produce: Callable[[], Any]) -> None:
+        self.produce = produce
+
+
 def error_response(status: int, code: str, message: str, field_name: str | None = None,
                    fields: dict[str, Any] | None = None) -> Response:
     body: dict[str, Any] = {"code": code, "message": message, "field": field_name}
@@ -119,6 +128,10 @@ def _replay(rec: IdempotencyRecord, request_hash: str) -> Response:
         return error_response(422, "idempotency_key_reused",
                               "this Idempotency-Key was used for a different request",
                               "Idempotency-Key")
+    if rec.status_code == 0:
+        return error_response(409, "request_in_progress",
+                              "the first request with this Idempotency-Key is still being answered; retry",
+                              "Idempotency-Key")
     resp = Response(rec.response_body, status=rec.status_code, mimetype="application/json")
     resp.headers["Idempotent-Replayed"] = "true"
     return resp
@@ -177,6 +190,8 @@ def endpoint(bp: Blueprint, rule: str, method: str = "GET", *, summary: str, tag
                         session.rollback()
                         return resp
                 result = fn(session, actor, **kwargs)
+                if isinstance(result, AfterCommit):
+                    return _after_commit(session, op, result, scope, idem_key, req_hash, method, status)
                 if isinstance(result, Response):
                     session.commit() if method != "GET" else session.rollback()
                     return result
@@ -213,6 +228,22 @@ def endpoint(bp: Blueprint, rule: str, method: str = "GET", *, summary: str, tag
         return view
 
     return deco
+
+
+def _after_commit(session: Session, op: Operation, result: AfterCommit, scope: str, idem_key: str | None,
+                  req_hash: str, method: str, status: int) -> Response:
+    rec = None
+    if idem_key is not None:
+        rec = IdempotencyRecord(scope=scope, key=idem_key, method=method, path=request.path,
+                                request_hash=req_hash, status_code=0, response_body="")
+        session.add(rec)
+    session.commit()
+    text = json.dumps(_dump(op, result.produce()), ensure_ascii=False, default=str)
+    session.rollback()
+    if rec is not None:
+        rec.status_code, rec.response_body = status, text
+        session.commit()
+    return Response(text, status=status, mimetype="application/json")
 
 
 def _dump(op: Operation, result: Any) -> Any:

@@ -378,3 +378,182 @@ class TokenOut(Schema):
     created_at = UtcDateTime()
     expires_at = UtcDateTime(allow_none=True)
     revoked_at = UtcDateTime(allow_none=True)
+
+
+# ---- exchange ---------------------------------------------------------------------------------
+
+class InstrumentCreate(Schema):
+    symbol = fields.String(required=True, validate=validate.Length(min=2, max=40))
+    name_zh = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name_en = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    kind = fields.String(required=True, validate=validate.OneOf(["pooled", "project"]))
+    vintage_from = fields.Integer(strict=True, required=True)
+    vintage_to = fields.Integer(strict=True, required=True)
+    reference_price = _strict_positive(required=True, metadata={"description": "minor units per tonne"})
+    project_id = fields.Integer(strict=True)
+    project_kind = fields.String(validate=validate.OneOf(["project", "programme"]))
+    sector = fields.String(validate=validate.Length(min=1, max=64))
+    tick_size = _strict_positive()
+    lot_size_kg = _strict_positive()
+    min_qty_kg = _strict_positive()
+    max_qty_kg = _strict_positive()
+    band_bp = fields.Integer(strict=True, validate=validate.Range(min=1, max=9999))
+    maker_fee_bp = fields.Integer(strict=True, validate=validate.Range(min=0, max=1000))
+    taker_fee_bp = fields.Integer(strict=True, validate=validate.Range(min=0, max=1000))
+
+
+class InstrumentOut(Schema):
+    id = fields.Integer()
+    symbol = fields.String()
+    name_zh = fields.String()
+    name_en = fields.String()
+    kind = fields.Function(lambda i: i.kind.value)
+    project_id = fields.Integer(allow_none=True)
+    project_kind = fields.String(allow_none=True)
+    sector = fields.String(allow_none=True)
+    vintage_from = fields.Integer()
+    vintage_to = fields.Integer()
+    currency = fields.String()
+    tick_size = fields.Integer()
+    lot_size_kg = fields.Integer()
+    min_qty_kg = fields.Integer()
+    max_qty_kg = fields.Integer()
+    band_bp = fields.Integer()
+    maker_fee_bp = fields.Integer()
+    taker_fee_bp = fields.Integer()
+    reference_price = fields.Integer()
+    band_low = fields.Integer()
+    band_high = fields.Integer()
+    blend_weights = fields.Dict(allow_none=True)
+    status = fields.Function(lambda i: i.status.value)
+    status_reason = fields.String(allow_none=True)
+
+
+class DepthQuery(Schema):
+    levels = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
+
+
+class LevelOut(Schema):
+    price = fields.Integer()
+    qty_kg = fields.Integer()
+    orders = fields.Integer()
+
+
+class DepthOut(Schema):
+    symbol = fields.String()
+    bids = fields.List(fields.Nested(LevelOut))
+    asks = fields.List(fields.Nested(LevelOut))
+
+
+class TradeOut(Schema):
+    id = fields.Integer()
+    price = fields.Integer()
+    qty_kg = fields.Integer()
+    notional = fields.Integer()
+    executed_at = UtcDateTime()
+
+
+class FillOut(TradeOut):
+    side = fields.String()
+    role = fields.String(metadata={"description": "maker or taker"})
+    fee = fields.Integer()
+
+
+class OrderCreate(Schema):
+    instrument = fields.String(required=True, validate=validate.Length(min=1, max=40))
+    side = fields.String(required=True, validate=validate.OneOf(["buy", "sell"]))
+    qty_kg = _strict_positive(required=True)
+    order_type = fields.String(load_default="limit", validate=validate.OneOf(["limit", "market"]))
+    price = _strict_positive(metadata={"description": "minor units per tonne; limit orders only"})
+    tif = fields.String(validate=validate.OneOf(["GTC", "DAY", "GTD", "IOC", "FOK"]))
+    expire_at = fields.AwareDateTime(default_timezone=dt.UTC)
+    post_only = fields.Boolean(load_default=False)
+    stp = fields.String(load_default="cancel_newest",
+                        validate=validate.OneOf(["cancel_newest", "cancel_oldest", "cancel_both", "decrement"]))
+
+
+class ReduceRequest(Schema):
+    by_kg = _strict_positive(required=True)
+
+
+class ReplaceRequest(Schema):
+    price = _strict_positive(required=True)
+
+
+class OrderOut(Schema):
+    id = fields.Integer()
+    instrument = fields.String()
+    side = fields.String()
+    order_type = fields.String()
+    tif = fields.String()
+    price = fields.Integer(allow_none=True)
+    qty_kg = fields.Integer()
+    filled_kg = fields.Integer()
+    remaining_kg = fields.Integer()
+    status = fields.String()
+    reason = fields.String(allow_none=True)
+    post_only = fields.Boolean()
+    stp = fields.String()
+    expire_at = UtcDateTime(allow_none=True)
+    cash_held = fields.Integer()
+    notional_paid = fields.Integer()
+    fees_paid = fields.Integer()
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
+    fills = fields.List(fields.Nested(FillOut))
+    pending_commands = fields.Integer(metadata={"description": "commands not yet applied by the engine"})
+
+
+class OrdersQuery(PageQuery):
+    status = fields.String(validate=validate.OneOf(["pending", "open", "filled", "cancelled", "expired",
+                                                    "rejected", "active"]))
+    instrument = fields.String()
+
+
+class WalletOut(Schema):
+    currency = fields.String()
+    available = fields.Integer()
+    held = fields.Integer()
+    total = fields.Integer()
+    entries = fields.List(fields.Dict())
+
+
+class DepositCreate(Schema):
+    holder_id = fields.Integer(strict=True, required=True)
+    amount = _strict_positive(required=True, metadata={"description": "minor units (fen)"})
+    external_ref = fields.String(validate=validate.Length(min=1, max=100))
+    memo = fields.String(validate=validate.Length(max=500))
+
+
+class DepositOut(Schema):
+    id = fields.Integer()
+    holder_id = fields.Integer()
+    amount = fields.Integer()
+    currency = fields.String()
+    external_ref = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+
+
+class WithdrawalCreate(Schema):
+    amount = _strict_positive(required=True)
+    bank_reference = fields.String(validate=validate.Length(max=100))
+
+
+class WithdrawalDecision(Schema):
+    reason = fields.String(validate=validate.Length(min=1, max=1000))
+
+
+class WithdrawalOut(Schema):
+    id = fields.Integer()
+    holder_id = fields.Integer()
+    amount = fields.Integer()
+    currency = fields.String()
+    bank_reference = fields.String(allow_none=True)
+    status = fields.Function(lambda w: w.status.value)
+    reason = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+    decided_at = UtcDateTime(allow_none=True)
+
+
+class StatusChange(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))

@@ -1,0 +1,127 @@
+"""The exchange over HTTP with the sequencer running as a thread, as in the embedded default."""
+
+from __future__ import annotations
+
+import pytest
+
+from exchange import wallets
+from exchange.sequencer import Sequencer
+from registry import holders
+from registry.models import User
+from tests.factories import issued_batch, registered_project, world
+
+
+@pytest.fixture
+def mkt(app, session, session_factory):
+    w = world(session)
+    p = registered_project(session, w)
+    issued_batch(session, w, p, 20_000, year=2025)
+    for party in (w.operator, w.owner, w.buyer, w.verifier):
+        party.token = holders.create_token(session, session.get(User, party.actor.user_id))[1]
+    wallets.deposit(session, w.operator.actor, w.buyer.holder.id, 500_000)
+    session.commit()
+    seq = Sequencer(session_factory)
+    app.extensions["sequencer"] = seq
+    seq.start(idle_s=0.05)
+    yield w
+    seq.stop()
+
+
+def h(p, key=None):
+    out = {"Authorization": f"Bearer {p.token}"}
+    if key:
+        out["Idempotency-Key"] = key
+    return out
+
+
+def test_list_trade_and_see_the_book(client, mkt):
+    w = mkt
+    r = client.post("/api/v1/instruments", headers=h(w.operator), json={
+        "symbol": "CI-PV-2025", "name_zh": "光伏2025", "name_en": "PV 2025", "kind": "pooled",
+        "vintage_from": 2025, "vintage_to": 2025, "sector": "energy", "reference_price": 5000,
+        "taker_fee_bp": 50, "maker_fee_bp": 0})
+    assert r.status_code == 201, r.json
+    assert (r.json["band_low"], r.json["band_high"]) == (4500, 5500)
+    assert client.post("/api/v1/instruments", headers=h(w.owner), json={}).status_code == 422
+
+    sell = client.post("/api/v1/orders", headers=h(w.owner, "s1"), json={
+        "instrument": "CI-PV-2025", "side": "sell", "qty_kg": 5000, "price": 5100})
+    assert sell.status_code == 201, sell.json
+    assert sell.json["status"] == "open" and sell.json["remaining_kg"] == 5000 and sell.json["pending_commands"] == 0
+    depth = client.get("/api/v1/instruments/CI-PV-2025/depth").json
+    assert depth["asks"] == [{"price": 5100, "qty_kg": 5000, "orders": 1}] and depth["bids"] == []
+
+    buy = client.post("/api/v1/orders", headers=h(w.buyer, "b1"), json={
+        "instrument": "CI-PV-2025", "side": "buy", "qty_kg": 2000, "price": 5200})
+    assert buy.status_code == 201, buy.json
+    assert buy.json["status"] == "filled" and buy.json["cash_held"] == 0
+    assert buy.json["fills"] == [{"id": buy.json["fills"][0]["id"], "price": 5100, "qty_kg": 2000, "notional": 10200,
+                                  "executed_at": buy.json["fills"][0]["executed_at"], "side": "buy", "role": "taker",
+                                  "fee": 51}]
+    again = client.post("/api/v1/orders", headers=h(w.buyer, "b1"), json={
+        "instrument": "CI-PV-2025", "side": "buy", "qty_kg": 2000, "price": 5200})
+    assert again.json == buy.json and again.headers["Idempotent-Replayed"] == "true"
+
+    trades = client.get("/api/v1/instruments/CI-PV-2025/trades").json
+    assert trades["total"] == 1 and trades["items"][0]["price"] == 5100
+    wallet = client.get("/api/v1/wallet", headers=h(w.buyer)).json
+    assert (wallet["available"], wallet["held"]) == (500_000 - 10200 - 51, 0)
+    hold = client.get("/api/v1/holdings", headers=h(w.buyer)).json
+    assert hold[0]["held_kg"] == 2000
+    mine = client.get("/api/v1/orders?status=active", headers=h(w.owner)).json
+    assert mine["total"] == 1 and mine["items"][0]["filled_kg"] == 2000
+
+    oid = sell.json["id"]
+    r = client.post(f"/api/v1/orders/{oid}/reduce", headers=h(w.owner), json={"by_kg": 1000})
+    assert r.status_code == 200 and r.json["remaining_kg"] == 2000
+    r = client.post(f"/api/v1/orders/{oid}/replace", headers=h(w.owner), json={"price": 5050})
+    assert r.status_code == 200 and r.json["price"] == 5050
+    assert client.get(f"/api/v1/orders/{oid}", headers=h(w.buyer)).status_code == 404
+    r = client.post(f"/api/v1/orders/{oid}/cancel", headers=h(w.owner))
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    assert client.post(f"/api/v1/orders/{oid}/cancel", headers=h(w.owner)).status_code == 409
+    assert client.get("/api/v1/holdings", headers=h(w.owner)).json[0]["listed_kg"] == 0
+
+
+def test_order_errors_name_the_field(client, mkt):
+    w = mkt
+    client.post("/api/v1/instruments", headers=h(w.operator), json={
+        "symbol": "CI-PV-2025", "name_zh": "光伏", "name_en": "PV", "kind": "pooled", "vintage_from": 2025,
+        "vintage_to": 2025, "reference_price": 5000})
+    for body, field, status in [
+        ({"side": "buy", "qty_kg": 1000, "price": 5000}, "instrument", 422),
+        ({"instrument": "NOPE", "side": "buy", "qty_kg": 1000, "price": 5000}, "instrument", 404),
+        ({"instrument": "CI-PV-2025", "side": "buy", "qty_kg": 1000, "price": 9000}, "price", 422),
+        ({"instrument": "CI-PV-2025", "side": "buy", "qty_kg": 1001, "price": 5000}, "qty_kg", 422),
+        ({"instrument": "CI-PV-2025", "side": "buy", "qty_kg": 1000, "price": 50.5}, "price", 422),
+        ({"instrument": "CI-PV-2025", "side": "buy", "qty_kg": 10_000_000, "price": 5000}, "qty_kg", 409),
+        ({"instrument": "CI-PV-2025", "side": "sell", "qty_kg": 30_000, "price": 5000}, "qty_kg", 409),
+    ]:
+        who = w.owner if body.get("side") == "sell" else w.buyer
+        r = client.post("/api/v1/orders", headers=h(who), json=body)
+        assert r.status_code == status and r.json["error"]["field"] == field, (body, r.json)
+    assert client.get("/api/v1/wallet", headers=h(w.buyer)).json["held"] == 0
+    r = client.post("/api/v1/instruments/CI-PV-2025/halt", headers=h(w.operator), json={"reason": "test"})
+    assert r.status_code == 200 and r.json["status"] == "halted"
+    r = client.post("/api/v1/orders", headers=h(w.buyer), json={
+        "instrument": "CI-PV-2025", "side": "buy", "qty_kg": 1000, "price": 5000})
+    assert r.status_code == 409 and r.json["error"]["code"] == "instrument_not_active"
+
+
+def test_withdrawal_flow(client, mkt):
+    w = mkt
+    r = client.post("/api/v1/wallet/withdrawals", headers=h(w.buyer), json={"amount": 100_000})
+    assert r.status_code == 201 and r.json["status"] == "requested"
+    assert client.get("/api/v1/wallet", headers=h(w.buyer)).json["held"] == 100_000
+    wid = r.json["id"]
+    assert client.post(f"/api/v1/withdrawals/{wid}/approve", headers=h(w.buyer)).status_code == 403
+    r = client.post(f"/api/v1/withdrawals/{wid}/approve", headers=h(w.operator))
+    assert r.status_code == 200 and r.json["status"] == "paid"
+    wallet = client.get("/api/v1/wallet", headers=h(w.buyer)).json
+    assert (wallet["available"], wallet["held"]) == (400_000, 0)
+    r = client.post("/api/v1/deposits", headers=h(w.operator), json={"holder_id": w.buyer.holder.id, "amount": 5,
+                                                                     "external_ref": "slip-1"})
+    assert r.status_code == 201
+    r = client.post("/api/v1/deposits", headers=h(w.operator), json={"holder_id": w.buyer.holder.id, "amount": 5,
+                                                                     "external_ref": "slip-1"})
+    assert r.status_code == 409 and r.json["error"]["field"] == "external_ref"

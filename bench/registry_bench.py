@@ -328,10 +328,14 @@ def bulk_fill(factory: sessionmaker[Session], w: World, n_fill: int, pg: bool) -
         G = q.series()
 
         def run(sql: str, n: int) -> int:
+            t0 = time.perf_counter()
             res = s.execute(text(sql), p | {"n": n})
+            table = sql.split("INSERT INTO ")[1].split()[0]
+            timings[table] = timings.get(table, 0.0) + time.perf_counter() - t0
             return int(res.rowcount or 0)
 
         counts: dict[str, int] = {}
+        timings: dict[str, float] = {}
         # Holders x in [0, nh): holder hb+1+x, holding account ab+1+2x, retirement account ab+2+2x.
         counts["holders"] = run(f"""{W}{G}
             INSERT INTO holders (id, kind, name, suspended, created_at, city, province)
@@ -419,6 +423,8 @@ def bulk_fill(factory: sessionmaker[Session], w: World, n_fill: int, pg: bool) -
                       "transfers"):
                 s.execute(text(f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), "
                                f"(SELECT MAX(id) FROM {t}))"))
+    print("# bulk inserts (s, foreign keys checked): "
+          + ", ".join(f"{t} {v:.1f}" for t, v in timings.items() if v >= 0.05), flush=True)
     return counts
 
 

@@ -355,7 +355,7 @@ def bulk_fill(factory: sessionmaker[Session], w: World, n_fill: int, pg: bool) -
             SELECT :pb + 1 + i, 'project', 'bench project ' || {q.text('i')}, :meth, :hb + 1 + i % :nh,
                    '广东省', '深圳市', '[]', 'registered', :ver, :f, :now, :now FROM g""", nproj)
         # Batch b: project b / bpp, number b % bpp + 1, vintage 2015 + number, pieces np of s kg.
-        batch_cols = f"""i AS b, :pb + 1 + i / :bpp AS proj, i % :bpp + 1 AS num, 2016 + i % :bpp AS vin,
+        batch_cols = """i AS b, :pb + 1 + i / :bpp AS proj, i % :bpp + 1 AS num, 2016 + i % :bpp AS vin,
                          (CASE WHEN (i + 1) * :k <= :nfill THEN :k ELSE :nfill - i * :k END)
                          * (100 + ((i * 37) % 50) * 20) AS qty"""
         counts["monitoring_reports"] = run(f"""{W}{G}, x AS (SELECT {batch_cols} FROM g)
@@ -370,7 +370,7 @@ def bulk_fill(factory: sessionmaker[Session], w: World, n_fill: int, pg: bool) -
         # Block i: batch b = i / k, piece pc = i % k, lot j = pc / 2, s kg a piece.
         # Lot 0 stays with the owner; lot j >= 1 goes to the whale if (b + j) % 10 = 0, else to pool
         # holder d. Piece pc % 4 = 1 is retired by its holder.
-        blk = f"""
+        blk = """
             x AS (SELECT i, i / :k AS b, i % :k AS pc, (i % :k) / 2 AS j FROM g),
             y AS (SELECT i, b, pc, j, 100 + ((b * 37) % 50) * 20 AS s,
                          CASE WHEN (b + 1) * :k <= :nfill THEN :k ELSE :nfill - b * :k END AS np,

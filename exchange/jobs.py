@@ -116,15 +116,16 @@ def queue_expiry(session: Session, now_epoch: int) -> list[int]:
 
 
 def run_daily_close(session_factory: sessionmaker[Session], day: dt.date | None = None, *,
-                    wake: Wake | None = None) -> list[reference.CloseResult] | None:
-    """The daily close job: publish `day` (default today's China date) for every instrument, then
-    queue end_of_day. Returns the results, or None if another process holds the job's lock."""
+                    wake: Wake | None = None, catch_up_days: int = 7) -> list[reference.CloseResult] | None:
+    """The daily close job: publish `day` (default today's China date) for every instrument, first
+    catching up at most `catch_up_days` missed days, then queue end_of_day. Returns the results,
+    or None if another process holds the job's lock."""
     day = day or reference.china_today()
     with job_lock(session_factory, CLOSE_LOCK) as got:
         if not got:
             log.info("daily close for %s skipped: another process runs it", day)
             return None
-        results = reference.close_all(session_factory, day)
+        results = reference.close_all(session_factory, day, catch_up_days=catch_up_days)
         with session_factory() as s, s.begin():
             queued = queue_end_of_day(s, _live_instrument_ids(s), day=day)
     for r in results:
@@ -162,7 +163,7 @@ def _timezone(tz: str) -> dt.tzinfo:
 
 def build_scheduler(session_factory: sessionmaker[Session], *, close_time: str = "15:00",
                     tz: str = "Asia/Shanghai", wake: Wake | None = None,
-                    expiry_seconds: int = 60) -> BackgroundScheduler:
+                    expiry_seconds: int = 60, catch_up_days: int = 7) -> BackgroundScheduler:
     """A (not yet started) scheduler with the daily close at `close_time` in `tz` and GTD expiry
     every `expiry_seconds`. In-memory job store: the jobs are defined in code and rebuilt at start.
     `wake` (e.g. `Sequencer.wake`) is called after a job queued commands."""
@@ -175,7 +176,8 @@ def build_scheduler(session_factory: sessionmaker[Session], *, close_time: str =
     zone = _timezone(tz)
     sched = BackgroundScheduler(timezone=zone, job_defaults={"coalesce": True, "max_instances": 1})
     sched.add_job(run_daily_close, CronTrigger(hour=hour, minute=minute, timezone=zone),
-                  args=[session_factory], kwargs={"wake": wake}, id="exchange.daily_close",
+                  args=[session_factory], kwargs={"wake": wake, "catch_up_days": catch_up_days},
+                  id="exchange.daily_close",
                   name="reference price, next band and DAY-order expiry", replace_existing=True,
                   misfire_grace_time=3600)
     sched.add_job(run_expiry, IntervalTrigger(seconds=expiry_seconds, timezone=zone),

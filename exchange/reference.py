@@ -263,6 +263,7 @@ def close_day(session: Session, instrument_id: int, day: dt.date, *, actor: Acto
 class CloseResult:
     instrument_id: int
     symbol: str
+    day: dt.date
     ok: bool
     reference_price: int | None = None
     band: tuple[int, int] | None = None
@@ -270,32 +271,51 @@ class CloseResult:
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"instrument_id": self.instrument_id, "symbol": self.symbol, "ok": self.ok,
-                "reference_price": self.reference_price, "band": list(self.band) if self.band else None,
-                "method": self.method, "error": self.error}
+        return {"instrument_id": self.instrument_id, "symbol": self.symbol, "trading_day": self.day.isoformat(),
+                "ok": self.ok, "reference_price": self.reference_price,
+                "band": list(self.band) if self.band else None, "method": self.method, "error": self.error}
 
 
-def close_all(session_factory: sessionmaker[Session], day: dt.date, *,
-              actor: Actor | None = None) -> list[CloseResult]:
-    """Close `day` for every active or halted instrument, each in its own transaction. A failure
-    (e.g. a missing external index) is logged and reported; the other instruments still close."""
+def days_to_close(session: Session, inst: Instrument, day: dt.date, catch_up_days: int) -> list[dt.date]:
+    """`day`, preceded by the days missed since the instrument's last close (or its listing day),
+    at most `catch_up_days` of them: a scheduler that was down does not leave holes in the history."""
+    if catch_up_days <= 0:
+        return [day]
+    last = session.scalar(select(func.max(ReferencePrice.trading_day)).where(ReferencePrice.instrument_id == inst.id))
+    start = last + dt.timedelta(days=1) if last is not None else china_date(inst.created_at)
+    first = max(start, day - dt.timedelta(days=catch_up_days))
+    if first >= day:
+        return [day]
+    return [first + dt.timedelta(days=i) for i in range((day - first).days + 1)]
+
+
+def close_all(session_factory: sessionmaker[Session], day: dt.date, *, actor: Actor | None = None,
+              catch_up_days: int = 0) -> list[CloseResult]:
+    """Close `day` for every active or halted instrument, each day in its own transaction, one
+    result per instrument and day. With `catch_up_days`, days missed since an instrument's last close
+    are closed first, in order. A failure (e.g. a missing external index) is logged and reported;
+    that instrument's later days wait, the other instruments still close."""
     with session_factory() as s:
-        insts = list(s.execute(select(Instrument.id, Instrument.symbol).where(
+        insts = list(s.scalars(select(Instrument).where(
             Instrument.status.in_([InstrumentStatus.ACTIVE, InstrumentStatus.HALTED])).order_by(Instrument.id)))
+        plan = [(i.id, i.symbol, days_to_close(s, i, day, catch_up_days)) for i in insts]
     results: list[CloseResult] = []
-    for inst_id, symbol in insts:
-        try:
-            with session_factory() as s, s.begin():
-                row = close_day(s, inst_id, day, actor=actor)
-                res = CloseResult(inst_id, symbol, True, row.reference_price, (row.band_low, row.band_high),
-                                  row.method)
-        except RegistryError as e:
-            log.error("reference price of %s for %s not published: %s", symbol, day, e.message)
-            res = CloseResult(inst_id, symbol, False, error=f"{e.code}: {e.message}")
-        except Exception as e:   # one instrument's failure must not stop the others
-            log.exception("reference price of %s for %s failed", symbol, day)
-            res = CloseResult(inst_id, symbol, False, error=f"error: {e}")
-        results.append(res)
+    for inst_id, symbol, days in plan:
+        for d in days:
+            try:
+                with session_factory() as s, s.begin():
+                    row = close_day(s, inst_id, d, actor=actor)
+                    res = CloseResult(inst_id, symbol, d, True, row.reference_price, (row.band_low, row.band_high),
+                                      row.method)
+            except RegistryError as e:
+                log.error("reference price of %s for %s not published: %s", symbol, d, e.message)
+                res = CloseResult(inst_id, symbol, d, False, error=f"{e.code}: {e.message}")
+            except Exception as e:   # one instrument's failure must not stop the others
+                log.exception("reference price of %s for %s failed", symbol, d)
+                res = CloseResult(inst_id, symbol, d, False, error=f"error: {e}")
+            results.append(res)
+            if not res.ok:
+                break
     return results
 
 

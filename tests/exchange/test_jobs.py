@@ -166,3 +166,27 @@ def test_jobs_skip_when_another_process_holds_the_lock(session, session_factory,
         OrderCommand.status == CommandStatus.PENDING, OrderCommand.kind != "place")) == 0
     assert session.scalar(select(func.count()).select_from(ReferencePrice)) == 0
     assert jobs.run_expiry(session_factory, epoch(utcnow() + dt.timedelta(hours=1))) == [inst_id]
+
+
+def test_daily_close_catches_up_missed_days(session, session_factory, m):
+    w, inst_id, seq = m
+    today = reference.china_today()
+    missed = today - dt.timedelta(days=3)
+    reference.close_day(session, inst_id, missed)
+    session.commit()
+    results = jobs.run_daily_close(session_factory, catch_up_days=7)
+    assert results is not None
+    assert [(r.day, r.ok, r.method) for r in results] == [
+        (today - dt.timedelta(days=2), True, "carried_forward"), (today - dt.timedelta(days=1), True, "carried_forward"),
+        (today, True, "carried_forward")]
+    assert results[-1].as_dict()["trading_day"] == today.isoformat()
+    days = list(session.scalars(select(ReferencePrice.trading_day).order_by(ReferencePrice.trading_day)))
+    assert days == [missed + dt.timedelta(days=i) for i in range(4)]
+    # No more than `catch_up_days` are filled in; a failing day stops that instrument's later days.
+    session.rollback()
+    reference.set_blend(session, w.operator.actor, inst_id, {"vwap": 6000, "CEA": 4000})
+    session.commit()
+    later = jobs.run_daily_close(session_factory, today + dt.timedelta(days=10), catch_up_days=2)
+    assert later is not None
+    assert [(r.day, r.ok) for r in later] == [(today + dt.timedelta(days=8), False)]
+    assert "external_index_missing" in (later[0].error or "")

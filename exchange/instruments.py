@@ -93,7 +93,7 @@ def get_instrument(session: Session, instrument_id: int | str, *, lock: bool = F
     stmt = select(Instrument)
     stmt = stmt.where(Instrument.id == instrument_id) if isinstance(instrument_id, int) else stmt.where(
         Instrument.symbol == str(instrument_id).upper())
-    inst = session.scalar(stmt.with_for_update() if lock else stmt)
+    inst = session.scalar(stmt.with_for_update(key_share=True) if lock else stmt)
     if inst is None:
         raise NotFound(f"no instrument {instrument_id}", field="instrument")
     return inst

@@ -158,7 +158,7 @@ def place_order(session: Session, actor: Actor, req: OrderRequest) -> tuple[Orde
 
 def get_order(session: Session, actor: Actor, order_id: int, *, lock: bool = False) -> Order:
     """The actor's own order; another holder's is NotFound."""
-    order = session.get(Order, order_id, with_for_update=lock or None)
+    order = session.get(Order, order_id, with_for_update={"key_share": True} if lock else None)
     if order is None or order.holder_id != actor.holder_id:
         raise NotFound(f"no order {order_id}", field="order_id")
     return order

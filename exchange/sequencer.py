@@ -70,7 +70,7 @@ class _Batch:
     def order(self, order_id: int) -> Order:
         o = self.orders.get(order_id)
         if o is None:
-            o = self.s.get(Order, order_id, with_for_update=True)
+            o = self.s.get(Order, order_id, with_for_update={"key_share": True})
             if o is None:
                 raise RuntimeError(f"engine event for unknown order {order_id}")
             self.orders[order_id] = o
@@ -233,7 +233,7 @@ class Sequencer:
                     .order_by(OrderCommand.id).limit(self.batch_size)))
                 if not cmds:
                     return 0
-                inst = s.get(Instrument, inst_id, with_for_update=True)
+                inst = s.get(Instrument, inst_id, with_for_update={"key_share": True})
                 assert inst is not None
                 book = self.book(s, inst)
                 batch = _Batch(s, inst)

@@ -90,7 +90,7 @@ def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, 
     ids = sorted({a.id for a, _ in legs})
     locked = {a.id: a for a in session.scalars(
         select(CashAccount).where(CashAccount.id.in_(ids)).order_by(CashAccount.id)
-        .with_for_update().execution_options(populate_existing=True))}
+        .with_for_update(key_share=True).execution_options(populate_existing=True))}
     delta: dict[int, int] = {}
     for a, amt in legs:
         delta[a.id] = delta.get(a.id, 0) + amt
@@ -169,7 +169,7 @@ def decide_withdrawal(session: Session, actor: Actor, withdrawal_id: int, *, app
                       reason: str | None = None) -> Withdrawal:
     """Operator pays out (held → bank) or rejects (held → available, with a reason)."""
     actor.require_kind(HolderKind.OPERATOR)
-    w = session.get(Withdrawal, withdrawal_id, with_for_update=True)
+    w = session.get(Withdrawal, withdrawal_id, with_for_update={"key_share": True})
     if w is None:
         raise NotFound(f"no withdrawal {withdrawal_id}", field="withdrawal_id")
     if w.status is not WithdrawalStatus.REQUESTED:

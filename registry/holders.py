@@ -156,7 +156,7 @@ def set_holder_suspension(session: Session, actor: Actor, holder_id: int, suspen
     actor.require_kind(HolderKind.OPERATOR)
     if not reason or not reason.strip():
         raise InvalidInput("a reason is required", field="reason")
-    holder = session.get(Holder, holder_id, with_for_update=True)
+    holder = session.get(Holder, holder_id, with_for_update={"key_share": True})
     if holder is None:
         raise NotFound(f"no holder {holder_id}", field="holder_id")
     if holder.suspended == suspended:

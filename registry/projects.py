@@ -41,7 +41,7 @@ def _documents(docs: Any) -> list[dict[str, Any]]:
 
 
 def get_project(session: Session, project_id: int, *, lock: bool = False) -> Project:
-    project = session.get(Project, project_id, with_for_update=lock or None)
+    project = session.get(Project, project_id, with_for_update={"key_share": True} if lock else None)
     if project is None:
         raise NotFound(f"no project {project_id}", field="project_id")
     return project
@@ -216,7 +216,7 @@ def submit_report(session: Session, actor: Actor, project_id: int, *, period_sta
 
 
 def get_report(session: Session, report_id: int, *, lock: bool = False) -> MonitoringReport:
-    report = session.get(MonitoringReport, report_id, with_for_update=lock or None)
+    report = session.get(MonitoringReport, report_id, with_for_update={"key_share": True} if lock else None)
     if report is None:
         raise NotFound(f"no monitoring report {report_id}", field="report_id")
     return report

@@ -69,7 +69,9 @@ class Selection:
 
 def lock_account(session: Session, account_id: int, *, field: str = "account",
                  check_suspension: bool = True) -> Account:
-    acc = session.get(Account, account_id, with_for_update=True)
+    # FOR NO KEY UPDATE: it does not block the KEY SHARE locks that foreign-key checks take, so two
+    # opposite transfers between the same holders cannot deadlock on each other's account rows.
+    acc = session.get(Account, account_id, with_for_update={"key_share": True})
     if acc is None:
         raise NotFound(f"no account {account_id}", field=field)
     if check_suspension:
@@ -158,12 +160,7 @@ def _pick_serials(session: Session, account: Account, serials: Sequence[str], *,
             raise NotFound("no such issuance batch", field=field, code="unknown_serial")
         if rng.end > batch.quantity_kg:
             raise NotFound(f"batch has serials 1..{batch.quantity_kg}", field=field, code="unknown_serial")
-        first = session.scalar(select(Block).where(Block.batch_id == batch.id, Block.start <= rng.start)
-                               .order_by(Block.start.desc()).limit(1).with_for_update())
-        rest = session.scalars(select(Block).where(Block.batch_id == batch.id, Block.start > rng.start,
-                                                   Block.start <= rng.end)
-                               .order_by(Block.start).with_for_update()).all()
-        blocks = ([first] if first is not None else []) + list(rest)
+        blocks = _covering(session, batch.id, rng.start, rng.end, field)
         for b in blocks:
             if b.account_id != account.id or b.status is not BlockStatus.HELD:
                 raise InsufficientUnits(
@@ -175,6 +172,27 @@ def _pick_serials(session: Session, account: Account, serials: Sequence[str], *,
         for b in blocks:
             picked.append(carve(session, b, max(b.start, rng.start), min(b.end, rng.end)))
     return picked
+
+
+def _covering(session: Session, batch_id: int, start: int, end: int, field: str) -> list[Block]:
+    """Lock the blocks of a batch that cover [start, end], exactly and contiguously.
+
+    A concurrent mover (of another account) may carve the head block while we wait for its lock;
+    PostgreSQL then re-checks the row, may drop it, and this statement cannot see the remainder
+    that took its place. A fresh statement can: so retry until the cover is complete."""
+    for _ in range(5):
+        first = session.scalar(select(Block).where(Block.batch_id == batch_id, Block.start <= start)
+                               .order_by(Block.start.desc()).limit(1).with_for_update()
+                               .execution_options(populate_existing=True))
+        rest = session.scalars(select(Block).where(Block.batch_id == batch_id, Block.start > start,
+                                                   Block.start <= end)
+                               .order_by(Block.start).with_for_update()
+                               .execution_options(populate_existing=True)).all()
+        blocks = ([first] if first is not None else []) + list(rest)
+        if blocks and blocks[0].start <= start and blocks[-1].end >= end and all(
+                a.end + 1 == b.start for a, b in zip(blocks, blocks[1:], strict=False)):
+            return blocks
+    raise Conflict("these serials are being moved by someone else; retry", field=field, code="concurrent_change")
 
 
 def _pick(session: Session, account: Account, sel: Selection, *,

@@ -40,7 +40,7 @@ from registry.models import (
 )
 from registry.serials import SerialRange, parse_serial
 
-_PICK_CHUNK = 64
+_PICK_CHUNK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +107,20 @@ def _pick_quantity(session: Session, account: Account, sel: Selection, *,
     remaining = sel.quantity_kg
     picked: list[Block] = []
     after: tuple[int, int, int] | None = None
+    # Suspended projects are few: exclude them by id rather than joining projects, which keeps the
+    # plan on the ordered pick index however many projects there are.
+    suspended = [] if allow_suspended else list(session.scalars(select(Project.id).where(Project.suspended)))
+    chunk = min(4, _PICK_CHUNK)   # most moves need one or two blocks: lock few, then widen
     while remaining > 0:
         stmt = (select(Block).where(Block.account_id == account.id, Block.status == BlockStatus.HELD)
                 .order_by(Block.vintage, Block.batch_id, Block.start)
-                .limit(_PICK_CHUNK).with_for_update(of=Block))
-        if not allow_suspended or sel.where:
-            stmt = stmt.join(Project, Project.id == Block.project_id)
-        if not allow_suspended:
-            stmt = stmt.where(Project.suspended.is_(False))
+                .limit(chunk).with_for_update(of=Block))
+        chunk = min(chunk * 4, _PICK_CHUNK)
+        if suspended:
+            stmt = stmt.where(Block.project_id.not_in(suspended))
         if sel.where:
-            stmt = stmt.join(Methodology, Methodology.id == Project.methodology_id).where(*sel.where)
+            stmt = (stmt.join(Project, Project.id == Block.project_id)
+                    .join(Methodology, Methodology.id == Project.methodology_id).where(*sel.where))
         if sel.project_id is not None:
             stmt = stmt.where(Block.project_id == sel.project_id)
         if sel.vintage is not None:

@@ -424,7 +424,7 @@ def fresh_db_source(template_db):  # type: ignore[no-untyped-def]
 
 def test_registry_state_machine(fresh_db_source) -> None:  # type: ignore[no-untyped-def]
     run_state_machine_as_test(RegistryMachine, settings=settings(
-        max_examples=40, stateful_step_count=25, deadline=None,
+        max_examples=25 if ON_PG else 40, stateful_step_count=25, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                HealthCheck.filter_too_much]))
 

@@ -20,6 +20,7 @@ users_cli = AppGroup("users", help="Users and API tokens.")
 registry_cli = AppGroup("registry", help="Registry checks and maintenance.")
 demo_cli = AppGroup("demo", help="Demo data.")
 exchange_cli = AppGroup("exchange", help="The exchange's engine and market jobs.")
+scheduler_cli = AppGroup("scheduler", help="Scheduled jobs (the daily close, order expiry).")
 
 
 @users_cli.command("create-token")
@@ -131,7 +132,46 @@ def run_engine(symbols: tuple[str, ...], once: bool, poll: float) -> None:
             time.sleep(poll)
 
 
+@exchange_cli.command("close-day")
+@click.option("--day", default=None, help="YYYY-MM-DD (China date). Default: today, as the job does.")
+@click.option("--catch-up", default=7, show_default=True, help="Close up to N missed days first.")
+def close_day(day: str | None, catch_up: int) -> None:
+    """Publish reference prices and next-day bands. Without --day this is the daily close job
+    (it also expires DAY orders); with --day it only publishes that day."""
+    import datetime as dt
+
+    from exchange import jobs, reference
+
+    factory = sessionmaker(bind=db.engine)
+    if day is None:
+        results = jobs.run_daily_close(factory, catch_up_days=catch_up)
+    else:
+        try:
+            when = dt.date.fromisoformat(day)
+        except ValueError:
+            raise click.BadParameter("use YYYY-MM-DD", param_hint="--day") from None
+        results = reference.close_all(factory, when, catch_up_days=catch_up)
+    if results is None:
+        click.echo("another process is running the close; nothing done")
+        sys.exit(1)
+    for r in results:
+        click.echo(json.dumps(r.as_dict(), ensure_ascii=False, default=str))
+    if any(not r.ok for r in results):
+        sys.exit(1)
+
+
+@scheduler_cli.command("run")
+@click.option("--close-time", default="15:00", show_default=True, help="Daily close, HH:MM in --tz.")
+@click.option("--tz", default="Asia/Shanghai", show_default=True)
+def scheduler_run(close_time: str, tz: str) -> None:
+    """Run the scheduler in the foreground (one per deployment; jobs also take a lock)."""
+    from exchange import jobs
+
+    jobs.serve(sessionmaker(bind=db.engine), close_time=close_time, tz=tz)
+
+
 def register_cli(app: Flask) -> None:
+    app.cli.add_command(scheduler_cli)
     app.cli.add_command(exchange_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(registry_cli)

@@ -18,12 +18,15 @@ class Config:
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
     EMBEDDED_SEQUENCER = True       # the sequencer runs as a thread of the app (embedded default)
     ORDER_WAIT_S = 2.0              # how long an order POST waits for the engine's result
+    EMBEDDED_SCHEDULER = True       # the daily close and expiry jobs, with the embedded sequencer
+    CLOSE_TIME = "15:00"            # China time
 
 
 class TestConfig(Config):
     TESTING = True
     AUDIT_SEALER_INTERVAL_S = 0.0
     EMBEDDED_SEQUENCER = False
+    EMBEDDED_SCHEDULER = False
     ORDER_WAIT_S = 5.0
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from registry import holders, issuance, methodologies, projects, units
 from registry.actors import Actor
-from registry.models import Holder, HolderKind, User
+from registry.models import Holder, HolderKind, Project, User
 
 DEMO_PASSWORD = "tanhui-demo"
 
@@ -39,10 +39,69 @@ def seed_demo(session: Session) -> SeedResult:
     try:
         result = _seed(session)
         session.commit()
+        result.summary += " " + _seed_market(session)
     except Exception:
         session.rollback()
         raise
     return result
+
+
+def _actor(session: Session, email: str) -> Actor:
+    user = session.scalar(select(User).where(User.email == email))
+    assert user is not None
+    return Actor.of(user)
+
+
+def _seed_market(session: Session) -> str:
+    """Three instruments with a day of trading, settled by the sequencer, and today's close."""
+    from sqlalchemy.orm import sessionmaker
+
+    from exchange import instruments, orders, reference, wallets
+    from exchange.sequencer import Sequencer
+
+    op = _actor(session, "operator@tanhui.demo")
+    forest_project = session.scalar(select(Project.id).where(Project.title == "安吉毛竹林经营碳汇项目"))
+    for kw in (
+        dict(symbol="SZ-TRANSIT-2026", name_zh="深圳公共出行碳普惠2026", name_en="Shenzhen transit credits 2026",
+             kind="pooled", project_kind="programme", sector="transport", vintage_from=2026, vintage_to=2026,
+             reference_price=58_00),
+        dict(symbol="CI-ENERGY-2025", name_zh="小微企业能源类减排量2025", name_en="Small-enterprise energy credits 2025",
+             kind="pooled", project_kind="project", sector="energy", vintage_from=2024, vintage_to=2025,
+             reference_price=62_00),
+        dict(symbol=f"P{forest_project:05d}-2025", name_zh="安吉毛竹林碳汇2025", name_en="Anji bamboo sink 2025",
+             kind="project", project_id=forest_project, vintage_from=2025, vintage_to=2025, reference_price=75_00),
+    ):
+        instruments.create_instrument(session, op, **kw)  # type: ignore[arg-type]
+    holder_of = {email: _actor(session, email) for email in (
+        "esg@sccloud.demo", "events@gba-forum.demo", "liming@example.demo", "programme@sz-carbon.demo",
+        "owner@nanshan-solar.demo", "owner@anji-bamboo.demo")}
+    for email, fen in (("esg@sccloud.demo", 20_000_000), ("events@gba-forum.demo", 5_000_000),
+                       ("liming@example.demo", 100_000)):
+        wallets.deposit(session, op, holder_of[email].holder_id, fen, external_ref=f"DEMO-{email}",
+                        memo="银行转账入金 / bank transfer")
+    book = [
+        ("programme@sz-carbon.demo", "SZ-TRANSIT-2026", "sell", 200_000, 59_00),
+        ("programme@sz-carbon.demo", "SZ-TRANSIT-2026", "sell", 300_000, 60_00),
+        ("owner@nanshan-solar.demo", "CI-ENERGY-2025", "sell", 100_000, 63_00),
+        ("owner@nanshan-solar.demo", "CI-ENERGY-2025", "sell", 50_000, 64_00),
+        ("owner@anji-bamboo.demo", f"P{forest_project:05d}-2025", "sell", 20_000, 76_00),
+        ("esg@sccloud.demo", "CI-ENERGY-2025", "buy", 120_000, 64_00),
+        ("esg@sccloud.demo", "SZ-TRANSIT-2026", "buy", 100_000, 57_00),
+        ("events@gba-forum.demo", "SZ-TRANSIT-2026", "buy", 30_000, 59_50),
+        ("liming@example.demo", "SZ-TRANSIT-2026", "buy", 1_000, 59_00),
+    ]
+    for email, symbol, side, qty, price in book:
+        orders.place_order(session, holder_of[email], orders.OrderRequest(
+            instrument=symbol, side=side, qty_kg=qty, price=price))
+    session.commit()
+    factory = sessionmaker(bind=session.get_bind())
+    # Yesterday's close (nothing traded: the listing price carries forward) gives the history a first
+    # row without closing today, whose trades the 15:00 job will price.
+    import datetime as dt
+    closed = reference.close_all(factory, reference.china_today() - dt.timedelta(days=1))
+    applied = Sequencer(factory).run_once()
+    return (f"Market: 3 instruments, {applied} engine commands applied (orders and bands), "
+            f"{sum(r.ok for r in closed)} reference prices published for yesterday.")
 
 
 def _seed(session: Session) -> SeedResult:

@@ -61,3 +61,11 @@ def start_embedded_sequencer(app: Flask) -> None:
             seq = Sequencer(sessionmaker(bind=db.engine))
         app.extensions["sequencer"] = seq
         seq.start()
+        if app.config.get("EMBEDDED_SCHEDULER"):
+            from exchange import jobs
+
+            with app.app_context():
+                sched = jobs.build_scheduler(sessionmaker(bind=db.engine), wake=seq.wake,
+                                             close_time=app.config.get("CLOSE_TIME", "15:00"))
+            sched.start()
+            app.extensions["scheduler"] = sched

@@ -125,3 +125,44 @@ def test_withdrawal_flow(client, mkt):
     r = client.post("/api/v1/deposits", headers=h(w.operator), json={"holder_id": w.buyer.holder.id, "amount": 5,
                                                                      "external_ref": "slip-1"})
     assert r.status_code == 409 and r.json["error"]["field"] == "external_ref"
+
+
+def test_close_day_history_and_blend(client, runner, mkt):
+    from exchange.reference import china_today
+
+    w = mkt
+    client.post("/api/v1/instruments", headers=h(w.operator), json={
+        "symbol": "CI-PV-2025", "name_zh": "光伏2025", "name_en": "PV 2025", "kind": "pooled",
+        "vintage_from": 2025, "vintage_to": 2025, "reference_price": 5000})
+    client.post("/api/v1/orders", headers=h(w.owner), json={
+        "instrument": "CI-PV-2025", "side": "sell", "qty_kg": 3000, "price": 5200})
+    client.post("/api/v1/orders", headers=h(w.owner), json={
+        "instrument": "CI-PV-2025", "side": "sell", "qty_kg": 1000, "price": 5400})
+    r = client.post("/api/v1/orders", headers=h(w.buyer), json={
+        "instrument": "CI-PV-2025", "side": "buy", "qty_kg": 4000, "price": 5500})
+    assert r.json["status"] == "filled"
+    tick = client.get("/api/v1/instruments/CI-PV-2025").json
+    assert tick["last_price"] == 5400 and tick["today"]["volume_kg"] == 4000 and tick["today"]["vwap"] == 5250
+
+    today = china_today().isoformat()
+    result = runner.invoke(args=["exchange", "close-day", "--day", today])
+    assert result.exit_code == 0, result.output
+    assert '"reference_price": 5250' in result.output
+    hist = client.get("/api/v1/instruments/CI-PV-2025/history").json
+    assert hist[-1]["close"] == 5250 and hist[-1]["volume_kg"] == 4000 and hist[-1]["method"] == "vwap"
+    assert (hist[-1]["band_low"], hist[-1]["band_high"]) == (4725, 5775)
+    ref = client.get("/api/v1/instruments/CI-PV-2025/reference-prices").json
+    assert ref[-1]["reference_price"] == 5250 and ref[-1]["inputs"]
+
+    r = client.post("/api/v1/external-indices", headers=h(w.operator), json={
+        "code": "CEA", "trading_day": today, "price": 9_000, "source": "上海环境能源交易所收盘价"})
+    assert r.status_code == 201, r.json
+    assert client.post("/api/v1/external-indices", headers=h(w.owner), json={
+        "code": "CEA", "trading_day": today, "price": 9_000, "source": "x"}).status_code == 403
+    r = client.post("/api/v1/instruments/CI-PV-2025/blend", headers=h(w.operator),
+                    json={"weights": {"vwap": 8000, "CEA": 1000}})
+    assert r.status_code == 422 and r.json["error"]["field"] == "weights"
+    r = client.post("/api/v1/instruments/CI-PV-2025/blend", headers=h(w.operator),
+                    json={"weights": {"vwap": 8000, "CEA": 2000}})
+    assert r.status_code == 200 and r.json["blend_weights"] == {"vwap": 8000, "CEA": 2000}
+    assert client.get("/api/v1/external-indices?code=CEA").json[0]["price"] == 9_000

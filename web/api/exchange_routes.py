@@ -9,7 +9,7 @@ from flask import current_app
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from exchange import instruments, orders, wallets
+from exchange import instruments, market_data, orders, reference, wallets
 from exchange.models import (
     CommandStatus,
     Instrument,
@@ -30,15 +30,49 @@ from web.extensions import db
 # ---- public market data ----------------------------------------------------------------------
 
 
-@endpoint(bp, "/instruments", summary="Tradable instruments with today's reference price and band",
-          tags=("market",), response=s.InstrumentOut, many=True)
+@endpoint(bp, "/instruments", summary="Listed instruments: reference price, band, last trade, today's volume",
+          tags=("market",), response=s.InstrumentSummaryOut, many=True)
 def list_instruments(session: Session, actor: Actor | None) -> Any:
-    return session.scalars(select(Instrument).order_by(Instrument.symbol)).all()
+    return market_data.instruments(session)
 
 
-@endpoint(bp, "/instruments/<symbol>", summary="One instrument", tags=("market",), response=s.InstrumentOut)
+@endpoint(bp, "/instruments/<symbol>", summary="One instrument's ticker and contract terms", tags=("market",),
+          response=s.InstrumentSummaryOut)
 def get_instrument(session: Session, actor: Actor | None, symbol: str) -> Any:
-    return instruments.get_instrument(session, symbol)
+    return market_data.summary(session, instruments.get_instrument(session, symbol))
+
+
+@endpoint(bp, "/instruments/<symbol>/history", summary="Daily OHLC, VWAP, volume and reference price",
+          tags=("market",), query=s.HistoryQuery, response=s.DailyOut, many=True)
+def get_history(session: Session, actor: Actor | None, symbol: str, *, query: dict[str, Any]) -> Any:
+    return market_data.daily_history(session, instruments.get_instrument(session, symbol).id, query["days"])
+
+
+@endpoint(bp, "/instruments/<symbol>/reference-prices", summary="Reference-price history with every input",
+          tags=("market",), query=s.HistoryQuery, response=s.ReferenceOut, many=True)
+def get_reference_prices(session: Session, actor: Actor | None, symbol: str, *, query: dict[str, Any]) -> Any:
+    return market_data.reference_history(session, instruments.get_instrument(session, symbol).id, query["days"])
+
+
+@endpoint(bp, "/external-indices", summary="External price indices (CEA, CCER) entered by the operator",
+          tags=("market",), query=s.ExternalIndexQuery, response=s.ExternalIndexOut, many=True)
+def list_external_indices(session: Session, actor: Actor | None, *, query: dict[str, Any]) -> Any:
+    return reference.external_indices(session, query.get("code"))
+
+
+@endpoint(bp, "/external-indices", "POST", summary="Operator enters an external index value",
+          tags=("operator",), auth=True, body=s.ExternalIndexIn, response=s.ExternalIndexOut, status=201)
+def create_external_index(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
+    row = reference.set_external_index(session, actor, body["code"], body["trading_day"], body["price"],
+                                       body["source"])
+    return {"code": row.code, "trading_day": row.trading_day.isoformat(), "price": row.price, "source": row.source,
+            "entered_at": row.entered_at.isoformat() + "Z"}
+
+
+@endpoint(bp, "/instruments/<symbol>/blend", "POST", summary="Operator publishes the reference-price blend",
+          tags=("operator",), auth=True, body=s.BlendIn, response=s.InstrumentOut)
+def set_blend(session: Session, actor: Actor, symbol: str, *, body: dict[str, Any]) -> Any:
+    return reference.set_blend(session, actor, symbol, body["weights"])
 
 
 def depth_of(session: Session, inst: Instrument, levels: int) -> dict[str, Any]:

@@ -557,3 +557,106 @@ class WithdrawalOut(Schema):
 
 class StatusChange(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class TodayOut(Schema):
+    trading_day = fields.String()
+    volume_kg = fields.Integer()
+    turnover = fields.Integer()
+    trade_count = fields.Integer()
+    open = fields.Integer(allow_none=True)
+    high = fields.Integer(allow_none=True)
+    low = fields.Integer(allow_none=True)
+    vwap = fields.Integer(allow_none=True)
+
+
+class InstrumentSummaryOut(Schema):
+    id = fields.Integer()
+    symbol = fields.String()
+    name_zh = fields.String()
+    name_en = fields.String()
+    kind = fields.String()
+    status = fields.String()
+    currency = fields.String()
+    vintage_from = fields.Integer()
+    vintage_to = fields.Integer()
+    tick_size = fields.Integer()
+    lot_size_kg = fields.Integer()
+    min_qty_kg = fields.Integer()
+    max_qty_kg = fields.Integer()
+    fees_bp = fields.Dict(keys=fields.String(), values=fields.Integer())
+    reference_price = fields.Integer()
+    reference_day = fields.String(allow_none=True)
+    band_low = fields.Integer()
+    band_high = fields.Integer()
+    band_bp = fields.Integer()
+    blend_weights = fields.Dict(allow_none=True)
+    last_price = fields.Integer(allow_none=True)
+    last_trade_at = fields.String(allow_none=True)
+    change = fields.Integer(allow_none=True)
+    change_bp = fields.Integer(allow_none=True)
+    today = fields.Nested(TodayOut)
+    best_bid = fields.Integer(allow_none=True)
+    best_ask = fields.Integer(allow_none=True)
+
+
+class HistoryQuery(Schema):
+    days = fields.Integer(load_default=90, validate=validate.Range(min=1, max=3660))
+
+
+class DailyOut(Schema):
+    trading_day = fields.String()
+    open = fields.Integer(allow_none=True)
+    high = fields.Integer(allow_none=True)
+    low = fields.Integer(allow_none=True)
+    close = fields.Integer()
+    vwap = fields.Integer(allow_none=True)
+    volume_kg = fields.Integer()
+    turnover = fields.Integer()
+    trade_count = fields.Integer()
+    reference_price = fields.Integer()
+    previous_reference = fields.Integer()
+    change = fields.Integer()
+    change_bp = fields.Integer()
+    band_low = fields.Integer()
+    band_high = fields.Integer()
+    method = fields.String()
+
+
+class ReferenceOut(Schema):
+    trading_day = fields.String()
+    reference_price = fields.Integer()
+    method = fields.String()
+    close = fields.Integer()
+    vwap = fields.Integer(allow_none=True)
+    previous_reference = fields.Integer()
+    band_low = fields.Integer()
+    band_high = fields.Integer()
+    weights = fields.Dict(allow_none=True)
+    inputs = fields.Dict()
+    computed_at = fields.String()
+
+
+class ExternalIndexQuery(Schema):
+    code = fields.String(validate=validate.OneOf(["CEA", "CCER", "cea", "ccer"]))
+
+
+class ExternalIndexIn(Schema):
+    code = fields.String(required=True, validate=validate.OneOf(["CEA", "CCER"]))
+    trading_day = fields.Date(required=True)
+    price = _strict_positive(required=True, metadata={"description": "minor units per tonne"})
+    source = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class ExternalIndexOut(Schema):
+    code = fields.String()
+    trading_day = fields.String()
+    price = fields.Integer()
+    source = fields.String()
+    entered_at = fields.String()
+
+
+class BlendIn(Schema):
+    weights = fields.Dict(keys=fields.String(), values=fields.Integer(strict=True), required=True,
+                          allow_none=True, metadata={"description": "basis points adding up to 10,000, "
+                                                                    "e.g. {\"vwap\": 6000, \"CEA\": 2000, \"CCER\": 2000}"})

@@ -185,6 +185,8 @@ def exchange_problems(s: Session) -> list[str]:
     moved_kg = defaultdict(int, {tid: _i(q) for tid, q in s.execute(
         select(Movement.transfer_id, func.sum(Movement.end - Movement.start + 1))
         .where(Movement.transfer_id.is_not(None)).group_by(Movement.transfer_id))})
+    # (an order's price is its latest: only never re-priced orders are checked against their limit)
+    replaced = set(s.scalars(select(OrderCommand.order_id).where(OrderCommand.kind == "replace")))
     for t in trades:
         inst = insts[t.instrument_id]
         buy, sell = all_orders[t.buy_order_id], all_orders[t.sell_order_id]
@@ -196,7 +198,8 @@ def exchange_problems(s: Session) -> list[str]:
             p.append(f"trade {t.id} pairs orders {buy.id} ({buy.side}) and {sell.id} ({sell.side}) wrongly")
         if (t.buyer_id, t.seller_id) != (buy.holder_id, sell.holder_id) or t.buyer_id == t.seller_id:
             p.append(f"trade {t.id}: buyer {t.buyer_id}, seller {t.seller_id} disagree with the orders")
-        if (buy.price is not None and t.price > buy.price) or (sell.price is not None and t.price < sell.price):
+        if ((buy.price is not None and buy.id not in replaced and t.price > buy.price)
+                or (sell.price is not None and sell.id not in replaced and t.price < sell.price)):
             p.append(f"trade {t.id} at {t.price} outside the limits buy {buy.price} / sell {sell.price}")
         if t.qty_kg % inst.lot_size_kg or t.price % inst.tick_size:
             p.append(f"trade {t.id}: {t.qty_kg} kg at {t.price} is off the lot or tick")

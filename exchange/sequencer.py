@@ -16,12 +16,13 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import matching
 from exchange import wallets
 from exchange.models import (
+    CashAccount,
     CashAccountKind,
     CommandStatus,
     Instrument,
@@ -66,6 +67,24 @@ class _Batch:
         self.inst = inst
         self.orders: dict[int, Order] = {}
         self.trades = 0
+
+    def lock(self, planned: list[tuple[OrderCommand, list[matching.Event]]]) -> None:
+        ids = {cmd.order_id for cmd, _ in planned if cmd.order_id}
+        for _, events in planned:
+            for ev in events:
+                ids.update(i for i in (ev.order_id, ev.maker_id) if i)
+        if not ids:
+            return
+        locked = self.s.scalars(select(Order).where(Order.id.in_(sorted(ids))).order_by(Order.id)
+                                .with_for_update(key_share=True).execution_options(populate_existing=True)).all()
+        self.orders.update({o.id: o for o in locked})
+        holders = sorted({o.holder_id for o in locked})
+        for h in holders:
+            wallets.holder_accounts(self.s, h)   # opened now if missing, before the locks
+        fees = wallets.system_account(self.s, CashAccountKind.FEES)
+        self.s.scalars(select(CashAccount.id).where(
+            or_(CashAccount.holder_id.in_(holders), CashAccount.id == fees.id))
+            .order_by(CashAccount.id).with_for_update(key_share=True)).all()
 
     def order(self, order_id: int) -> Order:
         o = self.orders.get(order_id)
@@ -238,12 +257,21 @@ class Sequencer:
                 book = self.book(s, inst)
                 batch = _Batch(s, inst)
                 now = utcnow()
+                # 1. The engine: pure and in memory, so the batch's whole effect is known before any
+                #    row is touched.
+                planned: list[tuple[OrderCommand, list[matching.Event]]] = []
                 for cmd in cmds:
-                    order = batch.order(cmd.order_id) if cmd.kind == "place" and cmd.order_id else None
+                    order = s.get(Order, cmd.order_id) if cmd.kind == "place" and cmd.order_id else None
                     if order is not None and order.status is not OrderStatus.PENDING:
-                        cmd.status, cmd.result, cmd.processed_at = CommandStatus.DONE, [], now
+                        planned.append((cmd, []))
                         continue
-                    events = _run(book, cmd, order)
+                    planned.append((cmd, _run(book, cmd, order)))
+                # 2. Lock what it touches in one global order, orders then cash accounts, each by id:
+                #    the order every other writer follows (order entry locks an order, then its
+                #    holder's accounts), so a batch cannot deadlock with order entry.
+                batch.lock(planned)
+                # 3. Write it.
+                for cmd, events in planned:
                     cmd.result = batch.apply(cmd, events)
                     cmd.status, cmd.processed_at = CommandStatus.DONE, now
                     if cmd.kind == "expire":

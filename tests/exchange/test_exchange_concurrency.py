@@ -130,9 +130,7 @@ def test_twenty_traders_two_sequencers(session, engine) -> None:  # type: ignore
             except RegistryError as e:
                 count(f"refused_{op}_{type(e).__name__}")
             except DBAPIError as e:
-                if isinstance(e.orig, DeadlockDetected):   # the known lock-order bug, see the xfail below
-                    count(f"deadlock_{op}")
-                    continue
+                # Any database error, a deadlock included, is a bug (the lock-order one is fixed).
                 count(f"db_error_{op}")
                 with lock:
                     failures.append(f"{op}: {type(e.orig).__name__}: {e.orig}")
@@ -234,11 +232,8 @@ def test_twenty_traders_two_sequencers(session, engine) -> None:  # type: ignore
     big.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lock-order deadlock: a sequencer batch locks the buyer's HELD cash account first (settlement "
-    "journal) and its AVAILABLE account later (release when the buy order finishes), while order "
-    "entry's wallets.hold locks AVAILABLE then HELD; wallets.post orders locks within one journal "
-    "only, so a buy placed during a batch that settles the same buyer deadlocks (DeadlockDetected)"))
+# Was a bug (lock-order deadlock between a settling batch and order entry for the same buyer); fixed by
+# the sequencer locking every order and cash account a batch touches up front, in one global order.
 def test_buy_entry_during_settlement_of_the_same_buyer_does_not_deadlock(session, engine, monkeypatch):  # type: ignore[no-untyped-def]
     """Deterministic interleaving: the sequencer has posted the settlement of B's resting buy (B's
     held account locked) and pauses before delivering; B places another buy, whose hold locks B's

@@ -164,6 +164,9 @@ def _pick_serials(session: Session, account: Account, serials: Sequence[str], *,
             raise NotFound("no such issuance batch", field=field, code="unknown_serial")
         if rng.end > batch.quantity_kg:
             raise NotFound(f"batch has serials 1..{batch.quantity_kg}", field=field, code="unknown_serial")
+        # Look before locking: a range held by someone else is refused without locking their blocks
+        # (two such requests crossing in opposite directions could otherwise deadlock).
+        _refuse_unheld(session, account, batch.id, rng.start, rng.end, field)
         blocks = _covering(session, batch.id, rng.start, rng.end, field)
         for b in blocks:
             if b.account_id != account.id or b.status is not BlockStatus.HELD:
@@ -176,6 +179,20 @@ def _pick_serials(session: Session, account: Account, serials: Sequence[str], *,
         for b in blocks:
             picked.append(carve(session, b, max(b.start, rng.start), min(b.end, rng.end)))
     return picked
+
+
+def _refuse_unheld(session: Session, account: Account, batch_id: int, start: int, end: int, field: str) -> None:
+    stmt = select(Block.start, Block.end).where(
+        Block.batch_id == batch_id, Block.end >= start, Block.start <= end,
+        (Block.account_id != account.id) | (Block.status != BlockStatus.HELD)).limit(1)
+    head = session.scalar(select(Block.start).where(Block.batch_id == batch_id, Block.start <= start)
+                          .order_by(Block.start.desc()).limit(1))
+    if head is not None:
+        stmt = stmt.where(Block.start >= head)   # stay on the (batch, start) index
+    other = session.execute(stmt).first()
+    if other is not None:
+        raise InsufficientUnits(f"serials {other[0]}-{other[1]} of this batch are not held in your account",
+                                field=field, code="not_held")
 
 
 def _covering(session: Session, batch_id: int, start: int, end: int, field: str) -> list[Block]:

@@ -1,0 +1,263 @@
+"""The printable certificate: a bilingual (中文 / English) A4 PDF with a QR code to its public page.
+
+`render_pdf` is built only from a signed document (`registry.certificates.issue_document`), so the
+PDF shows exactly what was signed, and it prints the digest and key id that verify it. Rendering is
+deterministic (reportlab's invariant mode): the same document gives the same bytes.
+
+Chinese text uses reportlab's built-in CID font STSong-Light (Adobe-GB1): no font file is shipped
+or embedded; PDF viewers supply the glyphs. Text is split into runs so Latin characters use
+Helvetica and everything else the CID font.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Mapping
+from typing import Any
+from xml.sax.saxutils import escape
+
+from reportlab.graphics.barcode.qr import QrCodeWidget  # type: ignore[import-untyped]
+from reportlab.graphics.shapes import Drawing  # type: ignore[import-untyped]
+from reportlab.lib import colors  # type: ignore[import-untyped]
+from reportlab.lib.enums import TA_CENTER, TA_RIGHT  # type: ignore[import-untyped]
+from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
+from reportlab.lib.styles import ParagraphStyle  # type: ignore[import-untyped]
+from reportlab.lib.units import mm  # type: ignore[import-untyped]
+from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont  # type: ignore[import-untyped]
+from reportlab.platypus import (  # type: ignore[import-untyped]
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+CJK = "STSong-Light"
+LATIN = "Helvetica"
+LATIN_BOLD = "Helvetica-Bold"
+MONO = "Courier"
+CHINA_TIME = dt.timezone(dt.timedelta(hours=8))  # no DST since 1991
+GREEN = colors.HexColor("#1f6f43")
+PALE = colors.HexColor("#eef6f0")
+
+PURPOSES = {
+    "event_offset": ("活动碳中和", "Event carbon neutrality"),
+    "organisational": ("组织碳中和", "Organisational carbon neutrality"),
+    "personal": ("个人碳中和", "Personal carbon neutrality"),
+    "other": ("其他", "Other"),
+}
+
+_registered = False
+
+
+def _register_fonts() -> None:
+    global _registered
+    if not _registered:
+        pdfmetrics.registerFont(UnicodeCIDFont(CJK))
+        _registered = True
+
+
+def _is_latin(ch: str) -> bool:
+    try:
+        ch.encode("cp1252")  # what the standard Helvetica (WinAnsi) can show
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def rich(text: str | None, latin: str = LATIN) -> str:
+    """Paragraph markup for arbitrary text: escaped, with non-Latin runs in the CJK font."""
+    if not text:
+        return ""
+    out: list[str] = []
+    run = ""
+    run_latin = True
+    for ch in text:
+        is_latin = _is_latin(ch)
+        if run and is_latin != run_latin:
+            out.append(escape(run) if run_latin else f'<font name="{CJK}">{escape(run)}</font>')
+            run = ""
+        run += ch
+        run_latin = is_latin
+    if run:
+        out.append(escape(run) if run_latin else f'<font name="{CJK}">{escape(run)}</font>')
+    return "".join(out).replace("\n", "<br/>")
+
+
+def tonnes(kg: int) -> str:
+    """Integer kg as tonnes with three decimals, by integer arithmetic: 182640 -> "182.640"."""
+    sign = "-" if kg < 0 else ""
+    t, rest = divmod(abs(kg), 1000)
+    return f"{sign}{t:,}.{rest:03d}"
+
+
+def times(retired_at: str) -> tuple[str, str]:
+    """("2026-05-09 07:35:25 UTC", "2026-05-09 15:35:25 北京时间 China time (UTC+8)")."""
+    t = dt.datetime.strptime(retired_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    return (t.strftime(fmt) + " UTC",
+            t.astimezone(CHINA_TIME).strftime(fmt) + " 北京时间 China time (UTC+8)")
+
+
+def qr_drawing(url: str, size: float = 34 * mm) -> Drawing:
+    """A QR code (error correction M) of `url`, `size` points square, quiet zone included."""
+    widget = QrCodeWidget(url, barLevel="M")
+    x0, y0, x1, y1 = widget.getBounds()
+    d = Drawing(size, size, transform=[size / (x1 - x0), 0, 0, size / (y1 - y0), 0, 0])
+    d.add(widget)  # d.contents[0].value is what the code encodes
+    return d
+
+
+def _styles() -> dict[str, ParagraphStyle]:
+    base = ParagraphStyle("base", fontName=LATIN, fontSize=9.5, leading=13, wordWrap="CJK")
+    return {
+        "base": base,
+        "small": ParagraphStyle("small", base, fontSize=7.5, leading=9.5),
+        "mono": ParagraphStyle("mono", base, fontName=MONO, fontSize=7.5, leading=9.5),
+        "label": ParagraphStyle("label", base, fontSize=8.5, leading=11, textColor=colors.HexColor("#444444")),
+        "value": ParagraphStyle("value", base, fontSize=10, leading=13.5),
+        "big": ParagraphStyle("big", base, fontName=LATIN_BOLD, fontSize=13, leading=17, textColor=GREEN),
+        "title_zh": ParagraphStyle("title_zh", base, fontName=CJK, fontSize=26, leading=34,
+                                   alignment=TA_CENTER, textColor=GREEN),
+        "title_en": ParagraphStyle("title_en", base, fontName=LATIN_BOLD, fontSize=15, leading=20,
+                                   alignment=TA_CENTER, textColor=GREEN),
+        "center": ParagraphStyle("center", base, alignment=TA_CENTER),
+        "h2": ParagraphStyle("h2", base, fontName=LATIN_BOLD, fontSize=10.5, leading=15, textColor=GREEN,
+                             spaceBefore=8, spaceAfter=3),
+        "right": ParagraphStyle("right", base, fontSize=8, leading=10, alignment=TA_RIGHT),
+    }
+
+
+def _label(zh: str, en: str, st: Mapping[str, ParagraphStyle]) -> Paragraph:
+    return Paragraph(f'<font name="{CJK}">{escape(zh)}</font><br/>{escape(en)}', st["label"])
+
+
+def build_story(document: Mapping[str, Any]) -> list[Any]:
+    """The flowables of the certificate, from the signed document only."""
+    _register_fonts()
+    st = _styles()
+    c = document["certificate"]
+    number = str(c["certificate_number"])
+    purpose_zh, purpose_en = PURPOSES.get(str(c["purpose"]), (str(c["purpose"]), str(c["purpose"])))
+    utc, china = times(str(c["retired_at"]))
+    qty = int(c["quantity_kg"])
+    co2e = "CO<sub>2</sub>e"
+
+    story: list[Any] = [
+        Paragraph(rich(str(c.get("registry", ""))), st["right"]),
+        Spacer(1, 4 * mm),
+        Paragraph("碳中和注销证书", st["title_zh"]),
+        Paragraph("Retirement Certificate", st["title_en"]),
+        Spacer(1, 3 * mm),
+        Paragraph(f"{rich('证书编号')} Certificate No. <b>{escape(number)}</b>", st["center"]),
+        Spacer(1, 4 * mm),
+        Paragraph(rich(f"兹证明下列减排量已在登记簿中永久注销，归属于 {c['beneficiary']}，不可再转让或使用。"),
+                  st["base"]),
+        Paragraph("This certifies that the carbon credits below were permanently retired in the registry on "
+                  f"behalf of {rich(str(c['beneficiary']))}; they can never be transferred or used again.",
+                  st["base"]),
+        Spacer(1, 4 * mm),
+    ]
+
+    retired_by = c.get("retired_by") or {}
+    rows = [
+        (("受益方", "Beneficiary"), Paragraph(rich(str(c["beneficiary"])), st["big"])),
+        (("注销数量", "Quantity"),
+         Paragraph(f"<b>{tonnes(qty)} t {co2e}</b> ({qty:,} kg)", st["big"])),
+        (("用途", "Purpose"), Paragraph(f"{rich(purpose_zh)} / {escape(purpose_en)}", st["value"])),
+        (("适用地域", "Jurisdiction"), Paragraph(rich(str(c["jurisdiction"])), st["value"])),
+        (("注销方", "Retired by"), Paragraph(rich(str(retired_by.get("name", ""))), st["value"])),
+        (("留言", "Message"), Paragraph(rich(c.get("message")) or "—", st["value"])),
+        (("碳足迹", "Footprint"), Paragraph(rich(c.get("footprint_ref")) or "—", st["value"])),
+        (("注销时间", "Retired at"), Paragraph(f"{escape(utc)}<br/>{rich(china)}", st["value"])),
+    ]
+    fields = Table([[_label(zh, en, st), value] for (zh, en), value in rows],
+                   colWidths=[32 * mm, None], hAlign="LEFT")
+    fields.setStyle(TableStyle([
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("LINEBELOW", (0, 0), (-1, -2), 0.25, colors.HexColor("#cccccc")),
+        ("TOPPADDING", (0, 0), (-1, -1), 3),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+    ]))
+    story += [fields, Paragraph(f"{rich('注销序列号')} Retired serial ranges", st["h2"])]
+
+    head = [Paragraph(f'<font name="{CJK}">{zh}</font><br/>{en}', st["small"]) for zh, en in (
+        ("序列号", "Serial"), ("项目", "Project"), ("年份", "Vintage"), ("方法学", "Methodology"),
+        ("数量", "kg"))]
+    table_rows: list[list[Any]] = [head]
+    for s in c["serials"]:
+        p, m = s["project"], s["methodology"]
+        project = rich(str(p.get("title", "")))
+        if p.get("title_en"):
+            project += "<br/>" + rich(str(p["title_en"]))
+        table_rows.append([
+            Paragraph(escape(str(s["serial"])), st["mono"]),
+            Paragraph(f"{project}<br/><font size=6.5>#{escape(str(p.get('code', p.get('id'))))}</font>",
+                      st["small"]),
+            Paragraph(str(int(s["vintage"])), st["small"]),
+            Paragraph(f"{escape(str(m['code']))} v{escape(str(m['version']))}<br/>"
+                      f"{rich(str(m.get('title_zh') or ''))}", st["small"]),
+            Paragraph(f"{int(s['quantity_kg']):,}", ParagraphStyle("r", st["small"], alignment=TA_RIGHT)),
+        ])
+    table_rows.append(["", "", "", Paragraph(f"{rich('合计')} Total", st["small"]),
+                       Paragraph(f"<b>{qty:,}</b>", ParagraphStyle("r", st["small"], alignment=TA_RIGHT))])
+    serials = Table(table_rows, colWidths=[52 * mm, 48 * mm, 14 * mm, 36 * mm, None], repeatRows=1)
+    serials.setStyle(TableStyle([
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("BACKGROUND", (0, 0), (-1, 0), PALE),
+        ("LINEBELOW", (0, 0), (-1, 0), 0.5, GREEN),
+        ("LINEBELOW", (0, 1), (-1, -2), 0.25, colors.HexColor("#dddddd")),
+        ("LINEABOVE", (0, -1), (-1, -1), 0.5, GREEN),
+    ]))
+    story.append(serials)
+
+    url = str(c["verification_url"])
+    key_url = str(c.get("public_key_url", ""))
+    verify_text = [
+        Paragraph(f"{rich('验证')} Verify: <link href=\"{escape(url)}\" color=\"blue\">{escape(url)}</link>",
+                  st["small"]),
+        Paragraph(f"SHA-256: <font name=\"{MONO}\">{escape(str(document['sha256']))}</font>", st["small"]),
+        Paragraph(f"{escape(str(document['algorithm']))} key id: "
+                  f"<font name=\"{MONO}\">{escape(str(document['key_id']))}</font>"
+                  + (f" — {rich('公钥')} public key: {escape(key_url)}" if key_url else ""), st["small"]),
+        Spacer(1, 2 * mm),
+        Paragraph(rich("离线验证：下载本证书的 JSON 文件和登记簿公钥，运行 ")
+                  + f"<font name=\"{MONO}\">flask registry verify-certificate {escape(number)}.json "
+                    "--public-key tanhui-registry-key.pem</font>", st["small"]),
+        Paragraph("Verify offline: download this certificate's JSON and the registry's public key, then run "
+                  "the command above (or check the Ed25519 signature over the canonical JSON of the "
+                  "\"certificate\" object yourself). The digest above must match.", st["small"]),
+    ]
+    box = Table([[qr_drawing(url), verify_text]], colWidths=[38 * mm, None])
+    box.setStyle(TableStyle([
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("BOX", (0, 0), (-1, -1), 0.75, GREEN),
+        ("BACKGROUND", (0, 0), (-1, -1), PALE),
+    ]))
+    story += [Spacer(1, 6 * mm), KeepTogether([Paragraph(f"{rich('证书验证')} Verification", st["h2"]), box])]
+    return story
+
+
+def render_pdf(document: Mapping[str, Any]) -> bytes:
+    """The certificate as an A4 PDF, rendered from the signed document only (deterministic bytes)."""
+    c = document["certificate"]
+    number = str(c["certificate_number"])
+    buf = io.BytesIO()
+
+    def footer(canvas: Any, doc: Any) -> None:
+        canvas.saveState()
+        canvas.setFont(LATIN, 7)
+        canvas.setFillColor(colors.HexColor("#777777"))
+        canvas.drawString(18 * mm, 10 * mm, f"{number} · {document['sha256'][:16]}…")
+        canvas.drawRightString(A4[0] - 18 * mm, 10 * mm, f"{doc.page}")
+        canvas.restoreState()
+
+    template = SimpleDocTemplate(
+        buf, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm, bottomMargin=18 * mm,
+        title=f"碳中和注销证书 Retirement Certificate {number}", author=str(c.get("registry", "")),
+        subject=f"{c['beneficiary']} — {tonnes(int(c['quantity_kg']))} t CO2e", invariant=1, lang="zh-CN")
+    template.build(build_story(document), onFirstPage=footer, onLaterPages=footer)
+    return buf.getvalue()

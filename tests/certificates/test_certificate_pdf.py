@@ -1,0 +1,121 @@
+"""The bilingual PDF certificate: built from the signed document only, with a QR code to its page."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reportlab.graphics.barcode.qr import QrCodeWidget  # type: ignore[import-untyped]
+from reportlab.graphics.shapes import Drawing  # type: ignore[import-untyped]
+from sqlalchemy.orm import Session
+
+from registry import certificate_pdf as pdf
+from registry import certificates as certs
+from registry.certificates import SigningKey
+from tests.certificates.conftest import BASE_URL, Retired
+
+
+def _text(path: Path) -> str:
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_tonnes_and_times() -> None:
+    assert pdf.tonnes(182_640) == "182.640"
+    assert pdf.tonnes(1) == "0.001"
+    assert pdf.tonnes(1_234_567_890) == "1,234,567.890"
+    assert pdf.times("2026-05-09T20:05:01Z") == ("2026-05-09 20:05:01 UTC",
+                                                  "2026-05-10 04:05:01 北京时间 China time (UTC+8)")
+
+
+def test_rich_text_escapes_and_splits_scripts() -> None:
+    assert pdf.rich("A<b>&") == "A&lt;b&gt;&amp;"
+    assert pdf.rich("论坛 GBA") == f'<font name="{pdf.CJK}">论坛</font> GBA'
+    assert pdf.rich(None) == ""
+
+
+def test_pdf_from_the_signed_document(session: Session, retired: Retired, signing_key: SigningKey,
+                                      tmp_path: Path) -> None:
+    doc = certs.issue_document(session, retired.retirement, signing_key, BASE_URL)
+    data = pdf.render_pdf(doc)
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert pdf.render_pdf(doc) == data  # deterministic
+    path = tmp_path / "certificate.pdf"
+    path.write_bytes(data)
+
+    number = retired.retirement.certificate_number
+    text = _text(path)
+    for expected in (number, "Retirement Certificate", "182.640 t", "182,640 kg", doc["sha256"],
+                     signing_key.key_id, retired.b1.serial(1, 60_000), retired.b2.serial(1_001, 123_640),
+                     "FP-GBA-2026", "UTC", "verify-certificate", doc["certificate"]["verification_url"]):
+        assert expected in text, expected
+
+
+def test_the_pdf_shows_what_was_signed_not_the_database(session: Session, retired: Retired,
+                                                        signing_key: SigningKey, tmp_path: Path) -> None:
+    doc = certs.issue_document(session, retired.retirement, signing_key, BASE_URL)
+    retired.retirement.footprint_ref = "FP-CHANGED-LATER"
+    session.commit()
+    path = tmp_path / "c.pdf"
+    path.write_bytes(pdf.render_pdf(doc))
+    text = _text(path)
+    assert "FP-GBA-2026" in text and "FP-CHANGED-LATER" not in text
+    retired.retirement.footprint_ref = "FP-GBA-2026"
+    session.commit()
+
+
+def test_qr_code_encodes_the_verification_url(session: Session, retired: Retired, signing_key: SigningKey,
+                                              tmp_path: Path) -> None:
+    doc = certs.issue_document(session, retired.retirement, signing_key, BASE_URL)
+    url = doc["certificate"]["verification_url"]
+    widgets = [d.contents[0] for d in _flatten(pdf.build_story(doc)) if isinstance(d, Drawing)]
+    assert len(widgets) == 1 and isinstance(widgets[0], QrCodeWidget) and widgets[0].value == url
+
+    if shutil.which("pdftoppm") is None or shutil.which("zbarimg") is None:
+        pytest.skip("pdftoppm and zbarimg (poppler-utils, zbar-tools) are needed to decode the QR code")
+    pdf_path = tmp_path / "c.pdf"
+    pdf_path.write_bytes(pdf.render_pdf(doc))
+    subprocess.run(["pdftoppm", "-png", "-r", "150", str(pdf_path), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page*.png"))
+    out = subprocess.run(["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", *map(str, pages)],
+                         capture_output=True, text=True)
+    assert out.stdout.split() == [url]
+
+
+def test_many_ranges_flow_onto_more_pages(signing_key: SigningKey, tmp_path: Path) -> None:
+    serials = [{"serial": f"THR-00007-2025-{i}-1-1000", "vintage": 2025, "quantity_kg": 1000,
+                "project": {"id": 7, "code": "00007", "title": "公交出行" * 3, "title_en": "Public transit",
+                            "city": "成都市"},
+                "methodology": {"code": "CI-BUS", "version": "2.1", "title_zh": "公共交通", "title_en": "Bus"}}
+               for i in range(1, 121)]
+    body = {"schema": certs.SCHEMA, "registry": certs.REGISTRY_NAME, "certificate_number": "THC-TEST-1",
+            "beneficiary": "成都大运会 <Chengdu & Co>", "jurisdiction": "四川省成都市", "purpose": "other",
+            "message": None, "footprint_ref": None, "quantity_kg": 120_000, "retired_at": "2025-12-31T23:59:59Z",
+            "retired_by": {"holder_id": 1, "name": "运营方"}, "serials": serials,
+            "verification_url": "https://x.example/retirements/THC-TEST-1",
+            "public_key_url": "https://x.example/.well-known/tanhui-registry-key.pem"}
+    doc = certs.sign_body(body, signing_key)
+    assert certs.verify_document(doc, signing_key.public_key_pem()).ok
+    path = tmp_path / "long.pdf"
+    path.write_bytes(pdf.render_pdf(doc))
+    text = _text(path)
+    assert text.count("\f") >= 3  # pages
+    assert "THR-00007-2025-120-1-1000" in text and "120.000 t" in text and "<Chengdu & Co>" in text
+
+
+def _flatten(items: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for x in items:
+        out.append(x)
+        if isinstance(x, (list, tuple)):
+            out += _flatten(list(x))
+        for attr in ("_content", "_cellvalues"):
+            inner = getattr(x, attr, None)
+            if isinstance(inner, (list, tuple)):
+                out += _flatten(list(inner))
+    return out

@@ -12,7 +12,10 @@ Helvetica and everything else the CID font.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import io
+import os
 from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import escape
@@ -26,6 +29,7 @@ from reportlab.lib.styles import ParagraphStyle  # type: ignore[import-untyped]
 from reportlab.lib.units import mm  # type: ignore[import-untyped]
 from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont  # type: ignore[import-untyped]
+from reportlab.pdfbase.ttfonts import TTFont  # type: ignore[import-untyped]
 from reportlab.platypus import (  # type: ignore[import-untyped]
     KeepTogether,
     Paragraph,
@@ -50,14 +54,23 @@ PURPOSES = {
     "other": ("其他", "Other"),
 }
 
-_registered = False
+def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
+    """Register and name the font for Chinese text.
 
-
-def _register_fonts() -> None:
-    global _registered
-    if not _registered:
-        pdfmetrics.registerFont(UnicodeCIDFont(CJK))
-        _registered = True
+    Without `font_file`: the built-in CID font STSong-Light, not embedded (the viewer supplies the
+    glyphs; every desktop OS and Acrobat have them). With a TrueType file (.ttf, or .ttc: its first
+    face), e.g. /usr/share/fonts/truetype/wqy/wqy-microhei.ttc from Debian's fonts-wqy-microhei:
+    a subset of it is embedded, so the PDF shows the same everywhere.
+    """
+    if font_file is None:
+        if CJK not in pdfmetrics.getRegisteredFontNames():
+            pdfmetrics.registerFont(UnicodeCIDFont(CJK))
+        return CJK
+    path = os.fspath(font_file)
+    name = "CJK-" + hashlib.sha256(path.encode()).hexdigest()[:8]
+    if name not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont(name, path, subfontIndex=0))
+    return name
 
 
 def _is_latin(ch: str) -> bool:
@@ -68,8 +81,8 @@ def _is_latin(ch: str) -> bool:
         return False
 
 
-def rich(text: str | None, latin: str = LATIN) -> str:
-    """Paragraph markup for arbitrary text: escaped, with non-Latin runs in the CJK font."""
+def rich(text: str | None, cjk: str = CJK) -> str:
+    """Paragraph markup for arbitrary text: escaped, with non-Latin runs in the CJK font `cjk`."""
     if not text:
         return ""
     out: list[str] = []
@@ -78,13 +91,14 @@ def rich(text: str | None, latin: str = LATIN) -> str:
     for ch in text:
         is_latin = _is_latin(ch)
         if run and is_latin != run_latin:
-            out.append(escape(run) if run_latin else f'<font name="{CJK}">{escape(run)}</font>')
+            out.append(escape(run) if run_latin else f'<font name="{cjk}">{escape(run)}</font>')
             run = ""
         run += ch
         run_latin = is_latin
     if run:
-        out.append(escape(run) if run_latin else f'<font name="{CJK}">{escape(run)}</font>')
+        out.append(escape(run) if run_latin else f'<font name="{cjk}">{escape(run)}</font>')
     return "".join(out).replace("\n", "<br/>")
+
 
 
 def tonnes(kg: int) -> str:
@@ -111,7 +125,7 @@ def qr_drawing(url: str, size: float = 34 * mm) -> Drawing:
     return d
 
 
-def _styles() -> dict[str, ParagraphStyle]:
+def _styles(cjk: str) -> dict[str, ParagraphStyle]:
     base = ParagraphStyle("base", fontName=LATIN, fontSize=9.5, leading=13, wordWrap="CJK")
     return {
         "base": base,
@@ -120,7 +134,7 @@ def _styles() -> dict[str, ParagraphStyle]:
         "label": ParagraphStyle("label", base, fontSize=8.5, leading=11, textColor=colors.HexColor("#444444")),
         "value": ParagraphStyle("value", base, fontSize=10, leading=13.5),
         "big": ParagraphStyle("big", base, fontName=LATIN_BOLD, fontSize=13, leading=17, textColor=GREEN),
-        "title_zh": ParagraphStyle("title_zh", base, fontName=CJK, fontSize=26, leading=34,
+        "title_zh": ParagraphStyle("title_zh", base, fontName=cjk, fontSize=26, leading=34,
                                    alignment=TA_CENTER, textColor=GREEN),
         "title_en": ParagraphStyle("title_en", base, fontName=LATIN_BOLD, fontSize=15, leading=20,
                                    alignment=TA_CENTER, textColor=GREEN),
@@ -131,14 +145,15 @@ def _styles() -> dict[str, ParagraphStyle]:
     }
 
 
-def _label(zh: str, en: str, st: Mapping[str, ParagraphStyle]) -> Paragraph:
-    return Paragraph(f'<font name="{CJK}">{escape(zh)}</font><br/>{escape(en)}', st["label"])
+def _label(zh: str, en: str, st: Mapping[str, ParagraphStyle], cjk: str) -> Paragraph:
+    return Paragraph(f'<font name="{cjk}">{escape(zh)}</font><br/>{escape(en)}', st["label"])
 
 
-def build_story(document: Mapping[str, Any]) -> list[Any]:
+def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] | None = None) -> list[Any]:
     """The flowables of the certificate, from the signed document only."""
-    _register_fonts()
-    st = _styles()
+    cjk = cjk_font(font_file)
+    mark = functools.partial(rich, cjk=cjk)
+    st = _styles(cjk)
     c = document["certificate"]
     number = str(c["certificate_number"])
     purpose_zh, purpose_en = PURPOSES.get(str(c["purpose"]), (str(c["purpose"]), str(c["purpose"])))
@@ -147,34 +162,34 @@ def build_story(document: Mapping[str, Any]) -> list[Any]:
     co2e = "CO<sub>2</sub>e"
 
     story: list[Any] = [
-        Paragraph(rich(str(c.get("registry", ""))), st["right"]),
+        Paragraph(mark(str(c.get("registry", ""))), st["right"]),
         Spacer(1, 4 * mm),
         Paragraph("碳中和注销证书", st["title_zh"]),
         Paragraph("Retirement Certificate", st["title_en"]),
         Spacer(1, 3 * mm),
-        Paragraph(f"{rich('证书编号')} Certificate No. <b>{escape(number)}</b>", st["center"]),
+        Paragraph(f"{mark('证书编号')} Certificate No. <b>{escape(number)}</b>", st["center"]),
         Spacer(1, 4 * mm),
-        Paragraph(rich(f"兹证明下列减排量已在登记簿中永久注销，归属于 {c['beneficiary']}，不可再转让或使用。"),
+        Paragraph(mark(f"兹证明下列减排量已在登记簿中永久注销，归属于 {c['beneficiary']}，不可再转让或使用。"),
                   st["base"]),
         Paragraph("This certifies that the carbon credits below were permanently retired in the registry on "
-                  f"behalf of {rich(str(c['beneficiary']))}; they can never be transferred or used again.",
+                  f"behalf of {mark(str(c['beneficiary']))}; they can never be transferred or used again.",
                   st["base"]),
         Spacer(1, 4 * mm),
     ]
 
     retired_by = c.get("retired_by") or {}
     rows = [
-        (("受益方", "Beneficiary"), Paragraph(rich(str(c["beneficiary"])), st["big"])),
+        (("受益方", "Beneficiary"), Paragraph(mark(str(c["beneficiary"])), st["big"])),
         (("注销数量", "Quantity"),
          Paragraph(f"<b>{tonnes(qty)} t {co2e}</b> ({qty:,} kg)", st["big"])),
-        (("用途", "Purpose"), Paragraph(f"{rich(purpose_zh)} / {escape(purpose_en)}", st["value"])),
-        (("适用地域", "Jurisdiction"), Paragraph(rich(str(c["jurisdiction"])), st["value"])),
-        (("注销方", "Retired by"), Paragraph(rich(str(retired_by.get("name", ""))), st["value"])),
-        (("留言", "Message"), Paragraph(rich(c.get("message")) or "—", st["value"])),
-        (("碳足迹", "Footprint"), Paragraph(rich(c.get("footprint_ref")) or "—", st["value"])),
-        (("注销时间", "Retired at"), Paragraph(f"{escape(utc)}<br/>{rich(china)}", st["value"])),
+        (("用途", "Purpose"), Paragraph(f"{mark(purpose_zh)} / {escape(purpose_en)}", st["value"])),
+        (("适用地域", "Jurisdiction"), Paragraph(mark(str(c["jurisdiction"])), st["value"])),
+        (("注销方", "Retired by"), Paragraph(mark(str(retired_by.get("name", ""))), st["value"])),
+        (("留言", "Message"), Paragraph(mark(c.get("message")) or "—", st["value"])),
+        (("碳足迹", "Footprint"), Paragraph(mark(c.get("footprint_ref")) or "—", st["value"])),
+        (("注销时间", "Retired at"), Paragraph(f"{escape(utc)}<br/>{mark(china)}", st["value"])),
     ]
-    fields = Table([[_label(zh, en, st), value] for (zh, en), value in rows],
+    fields = Table([[_label(zh, en, st, cjk), value] for (zh, en), value in rows],
                    colWidths=[32 * mm, None], hAlign="LEFT")
     fields.setStyle(TableStyle([
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -182,27 +197,27 @@ def build_story(document: Mapping[str, Any]) -> list[Any]:
         ("TOPPADDING", (0, 0), (-1, -1), 3),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
     ]))
-    story += [fields, Paragraph(f"{rich('注销序列号')} Retired serial ranges", st["h2"])]
+    story += [fields, Paragraph(f"{mark('注销序列号')} Retired serial ranges", st["h2"])]
 
-    head = [Paragraph(f'<font name="{CJK}">{zh}</font><br/>{en}', st["small"]) for zh, en in (
+    head = [Paragraph(f'<font name="{cjk}">{zh}</font><br/>{en}', st["small"]) for zh, en in (
         ("序列号", "Serial"), ("项目", "Project"), ("年份", "Vintage"), ("方法学", "Methodology"),
         ("数量", "kg"))]
     table_rows: list[list[Any]] = [head]
     for s in c["serials"]:
         p, m = s["project"], s["methodology"]
-        project = rich(str(p.get("title", "")))
+        project = mark(str(p.get("title", "")))
         if p.get("title_en"):
-            project += "<br/>" + rich(str(p["title_en"]))
+            project += "<br/>" + mark(str(p["title_en"]))
         table_rows.append([
             Paragraph(escape(str(s["serial"])), st["mono"]),
             Paragraph(f"{project}<br/><font size=6.5>#{escape(str(p.get('code', p.get('id'))))}</font>",
                       st["small"]),
             Paragraph(str(int(s["vintage"])), st["small"]),
             Paragraph(f"{escape(str(m['code']))} v{escape(str(m['version']))}<br/>"
-                      f"{rich(str(m.get('title_zh') or ''))}", st["small"]),
+                      f"{mark(str(m.get('title_zh') or ''))}", st["small"]),
             Paragraph(f"{int(s['quantity_kg']):,}", ParagraphStyle("r", st["small"], alignment=TA_RIGHT)),
         ])
-    table_rows.append(["", "", "", Paragraph(f"{rich('合计')} Total", st["small"]),
+    table_rows.append(["", "", "", Paragraph(f"{mark('合计')} Total", st["small"]),
                        Paragraph(f"<b>{qty:,}</b>", ParagraphStyle("r", st["small"], alignment=TA_RIGHT))])
     serials = Table(table_rows, colWidths=[52 * mm, 48 * mm, 14 * mm, 36 * mm, None], repeatRows=1)
     serials.setStyle(TableStyle([
@@ -217,14 +232,14 @@ def build_story(document: Mapping[str, Any]) -> list[Any]:
     url = str(c["verification_url"])
     key_url = str(c.get("public_key_url", ""))
     verify_text = [
-        Paragraph(f"{rich('验证')} Verify: <link href=\"{escape(url)}\" color=\"blue\">{escape(url)}</link>",
+        Paragraph(f"{mark('验证')} Verify: <link href=\"{escape(url)}\" color=\"blue\">{escape(url)}</link>",
                   st["small"]),
         Paragraph(f"SHA-256: <font name=\"{MONO}\">{escape(str(document['sha256']))}</font>", st["small"]),
         Paragraph(f"{escape(str(document['algorithm']))} key id: "
                   f"<font name=\"{MONO}\">{escape(str(document['key_id']))}</font>"
-                  + (f" — {rich('公钥')} public key: {escape(key_url)}" if key_url else ""), st["small"]),
+                  + (f" — {mark('公钥')} public key: {escape(key_url)}" if key_url else ""), st["small"]),
         Spacer(1, 2 * mm),
-        Paragraph(rich("离线验证：下载本证书的 JSON 文件和登记簿公钥，运行 ")
+        Paragraph(mark("离线验证：下载本证书的 JSON 文件和登记簿公钥，运行 ")
                   + f"<font name=\"{MONO}\">flask registry verify-certificate {escape(number)}.json "
                     "--public-key tanhui-registry-key.pem</font>", st["small"]),
         Paragraph("Verify offline: download this certificate's JSON and the registry's public key, then run "
@@ -237,12 +252,14 @@ def build_story(document: Mapping[str, Any]) -> list[Any]:
         ("BOX", (0, 0), (-1, -1), 0.75, GREEN),
         ("BACKGROUND", (0, 0), (-1, -1), PALE),
     ]))
-    story += [Spacer(1, 6 * mm), KeepTogether([Paragraph(f"{rich('证书验证')} Verification", st["h2"]), box])]
+    story += [Spacer(1, 6 * mm), KeepTogether([Paragraph(f"{mark('证书验证')} Verification", st["h2"]), box])]
     return story
 
 
-def render_pdf(document: Mapping[str, Any]) -> bytes:
-    """The certificate as an A4 PDF, rendered from the signed document only (deterministic bytes)."""
+def render_pdf(document: Mapping[str, Any], font_file: str | os.PathLike[str] | None = None) -> bytes:
+    """The certificate as an A4 PDF, rendered from the signed document only (deterministic bytes).
+
+    `font_file`: a TrueType font to embed for Chinese (see `cjk_font`); default STSong-Light."""
     c = document["certificate"]
     number = str(c["certificate_number"])
     buf = io.BytesIO()
@@ -252,12 +269,12 @@ def render_pdf(document: Mapping[str, Any]) -> bytes:
         canvas.setFont(LATIN, 7)
         canvas.setFillColor(colors.HexColor("#777777"))
         canvas.drawString(18 * mm, 10 * mm, f"{number} · {document['sha256'][:16]}…")
-        canvas.drawRightString(A4[0] - 18 * mm, 10 * mm, f"{doc.page}")
+        canvas.drawRightString(A4[0] - 18 * mm, 10 * mm, f"page {doc.page}")
         canvas.restoreState()
 
     template = SimpleDocTemplate(
         buf, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm, bottomMargin=18 * mm,
         title=f"碳中和注销证书 Retirement Certificate {number}", author=str(c.get("registry", "")),
         subject=f"{c['beneficiary']} — {tonnes(int(c['quantity_kg']))} t CO2e", invariant=1, lang="zh-CN")
-    template.build(build_story(document), onFirstPage=footer, onLaterPages=footer)
+    template.build(build_story(document, font_file), onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()

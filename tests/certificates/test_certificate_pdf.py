@@ -119,3 +119,31 @@ def _flatten(items: list[Any]) -> list[Any]:
             if isinstance(inner, (list, tuple)):
                 out += _flatten(list(inner))
     return out
+
+
+WQY = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")  # Debian: fonts-wqy-microhei
+
+
+def test_an_embedded_truetype_font_for_chinese(session: Session, retired: Retired, signing_key: SigningKey,
+                                               tmp_path: Path) -> None:
+    if not WQY.exists() or shutil.which("pdffonts") is None:
+        pytest.skip("needs fonts-wqy-microhei and pdffonts (poppler-utils)")
+    doc = certs.issue_document(session, retired.retirement, signing_key, BASE_URL)
+    path = tmp_path / "embedded.pdf"
+    path.write_bytes(pdf.render_pdf(doc, font_file=WQY))
+    fonts = subprocess.run(["pdffonts", str(path)], check=True, capture_output=True, text=True).stdout
+    assert "STSong" not in fonts
+    embedded = [line for line in fonts.splitlines() if "WenQuanYi" in line or "CJK-" in line]
+    assert embedded and all(" yes " in line for line in embedded), fonts
+    text = _text(path)
+    assert "碳中和注销证书" in text and "大湾区论坛" in text and retired.retirement.certificate_number in text
+
+
+def test_default_font_is_the_builtin_cid_font(session: Session, retired: Retired, signing_key: SigningKey,
+                                              tmp_path: Path) -> None:
+    doc = certs.issue_document(session, retired.retirement, signing_key, BASE_URL)
+    data = pdf.render_pdf(doc)
+    assert b"/STSong-Light" in data and len(data) < 60_000
+    path = tmp_path / "c.pdf"
+    path.write_bytes(data)
+    assert "碳中和注销证书" in _text(path)

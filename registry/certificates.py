@@ -188,6 +188,20 @@ def key_id_of(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(_raw_public(public)).hexdigest()[:16]
 
 
+def configured_key_file(config: Mapping[str, Any]) -> str | None:
+    """The key file named by the config or the environment (`TANHUI_SIGNING_KEY_FILE`), if any."""
+    path = config.get(KEY_FILE_ENV) or os.environ.get(KEY_FILE_ENV)
+    return str(path) if path else None
+
+
+def existing_key_file(config: Mapping[str, Any], instance_path: str | os.PathLike[str]) -> Path | None:
+    """Where the registry's key is, without creating one: the configured file, else the instance
+    folder's, if it exists."""
+    configured = configured_key_file(config)
+    path = Path(configured) if configured else Path(instance_path) / KEY_FILE_NAME
+    return path if path.exists() else None
+
+
 class SigningKey:
     """The registry's Ed25519 key. Load it with `from_file`, `load_or_create` or `from_config`."""
 
@@ -240,7 +254,7 @@ class SigningKey:
     def from_config(cls, config: Mapping[str, Any], instance_path: str | os.PathLike[str]) -> SigningKey:
         """`TANHUI_SIGNING_KEY_FILE` from the config, else from the environment, else a key kept in
         the instance folder (generated on first use)."""
-        path = config.get(KEY_FILE_ENV) or os.environ.get(KEY_FILE_ENV)
+        path = configured_key_file(config)
         if path:
             return cls.from_file(path)
         return cls.load_or_create(instance_path)

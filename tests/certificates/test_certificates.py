@@ -257,3 +257,11 @@ def test_verify_p99_under_20ms(session: Session, retired: Retired, signing_key: 
     p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
     print(f"\ncertificate verification: p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms over 200")
     assert p99 < 0.020
+
+
+def test_existing_key_file_never_creates_one(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv(certs.KEY_FILE_ENV, raising=False)
+    assert certs.existing_key_file({}, tmp_path) is None and not any(tmp_path.iterdir())
+    SigningKey.load_or_create(tmp_path)
+    assert certs.existing_key_file({}, tmp_path) == tmp_path / certs.KEY_FILE_NAME
+    assert certs.existing_key_file({certs.KEY_FILE_ENV: str(tmp_path / "nope.pem")}, tmp_path) is None

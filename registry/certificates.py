@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,15 +236,15 @@ class SigningKey:
         if not path.exists():
             Path(folder).mkdir(parents=True, exist_ok=True)
             key = cls.generate()
-            tmp = path.with_name(f".{KEY_FILE_NAME}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp = path.with_name(f".{KEY_FILE_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(fd, key.private_pem())
                 os.fsync(fd)
             finally:
                 os.close(fd)
             try:
-                os.link(tmp, path)  # atomic and fails if another process created it first
+                os.link(tmp, path)  # atomic, and fails if another process or thread created it first
             except FileExistsError:
                 pass
             finally:

@@ -265,3 +265,12 @@ def test_existing_key_file_never_creates_one(tmp_path: Any, monkeypatch: Any) ->
     SigningKey.load_or_create(tmp_path)
     assert certs.existing_key_file({}, tmp_path) == tmp_path / certs.KEY_FILE_NAME
     assert certs.existing_key_file({certs.KEY_FILE_ENV: str(tmp_path / "nope.pem")}, tmp_path) is None
+
+
+def test_concurrent_first_use_makes_one_key(tmp_path: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: SigningKey.load_or_create(tmp_path).key_id, range(16)))
+    assert len(ids) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [certs.KEY_FILE_NAME]

@@ -32,6 +32,9 @@ def create_app(config: type | dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    from registry.certificate_pdf import tonnes
+    app.jinja_env.filters["tonnes"] = tonnes   # kg → "1.850" t, integer arithmetic
+
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
 

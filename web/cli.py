@@ -72,6 +72,70 @@ def verify_audit(seal: bool) -> None:
         sys.exit(1)
 
 
+@registry_cli.command("verify-certificate")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The registry's public key PEM (from /.well-known/tanhui-registry-key.pem). "
+                   "Default: this registry's own key.")
+def verify_certificate(file: str, public_key: str | None) -> None:
+    """Verify a certificate JSON FILE offline; exit 0 if valid, 1 with the reason otherwise."""
+    from flask import current_app
+
+    from registry import certificates
+
+    if public_key:
+        with open(public_key, "rb") as fh:
+            pem = fh.read()
+    else:
+        own = certificates.existing_key_file(current_app.config, current_app.instance_path)
+        if own is None:
+            raise click.ClickException("no registry key here: pass --public-key PEM")
+        pem = certificates.SigningKey.from_file(own).public_key_pem()
+    result = certificates.verify_file(file, pem)
+    click.echo(result.describe())
+    if not result.ok:
+        sys.exit(1)
+
+
+@registry_cli.command("certificate")
+@click.argument("number")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the signed JSON here.")
+@click.option("--pdf", "pdf_out", type=click.Path(dir_okay=False), default=None, help="Write the PDF here.")
+def certificate(number: str, json_out: str | None, pdf_out: str | None) -> None:
+    """Issue the signed certificate of retirement NUMBER (prints the JSON unless --json/--pdf)."""
+    from flask import current_app
+
+    from registry import certificates
+    from registry.certificate_pdf import render_pdf
+    from registry.queries import retirement_by_certificate
+    from web.signing import signing_key
+
+    session = db.session()
+    with session.begin():
+        r, _ = retirement_by_certificate(session, number)
+        doc = certificates.issue_document(session, r, signing_key(), current_app.config["PUBLIC_BASE_URL"])
+    data = certificates.document_bytes(doc)
+    if json_out:
+        with open(json_out, "wb") as fh:
+            fh.write(data)
+    if pdf_out:
+        with open(pdf_out, "wb") as fh:
+            fh.write(render_pdf(doc, current_app.config.get("CERTIFICATE_FONT_FILE")))
+    if not json_out and not pdf_out:
+        click.echo(data.decode("utf-8"), nl=False)
+
+
+@registry_cli.command("public-key")
+def public_key_cmd() -> None:
+    """Print this registry's certificate public key (PEM) and its key id."""
+    from web.signing import signing_key
+
+    key = signing_key()
+    click.echo(key.public_key_pem().decode("ascii"), nl=False)
+    click.echo(f"# key id {key.key_id}", err=True)
+
+
 @registry_cli.command("check")
 def check() -> None:
     """Check every registry invariant; exit 1 listing the violations."""

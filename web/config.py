@@ -20,6 +20,8 @@ class Config:
     ORDER_WAIT_S = 2.0              # how long an order POST waits for the engine's result
     EMBEDDED_SCHEDULER = True       # the daily close and expiry jobs, with the embedded sequencer
     CLOSE_TIME = "15:00"            # China time
+    TANHUI_SIGNING_KEY_FILE: str | None = None  # Ed25519 PEM; default instance/certificate-signing-key.pem
+    CERTIFICATE_FONT_FILE: str | None = None    # a TrueType font to embed for Chinese in certificate PDFs
 
 
 class TestConfig(Config):
@@ -36,6 +38,8 @@ ENV_KEYS = {
     "PUBLIC_BASE_URL": "PUBLIC_BASE_URL",
     "AUDIT_SEALER_INTERVAL_S": "AUDIT_SEALER_INTERVAL_S",
     "EMBEDDED_SEQUENCER": "EMBEDDED_SEQUENCER",
+    "TANHUI_SIGNING_KEY_FILE": "TANHUI_SIGNING_KEY_FILE",
+    "TANHUI_CERTIFICATE_FONT_FILE": "CERTIFICATE_FONT_FILE",
 }
 
 

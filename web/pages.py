@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template
+from flask import Blueprint, Response, abort, render_template
 from sqlalchemy import func, select
 
 from registry.errors import NotFound
@@ -42,3 +42,14 @@ def retirement_page(number: str) -> str:
     except NotFound:
         abort(404)
     return render_template("retirement.html", r=r, blocks=blocks)
+
+
+@bp.get("/.well-known/tanhui-registry-key.pem")
+def registry_public_key() -> Response:
+    """The public key that verifies every certificate (registry.certificates.PUBLIC_KEY_PATH)."""
+    from web.signing import signing_key
+
+    key = signing_key()
+    return Response(key.public_key_pem(), mimetype="application/x-pem-file",
+                    headers={"X-Key-Id": key.key_id, "Cache-Control": "public, max-age=3600",
+                             "Access-Control-Allow-Origin": "*"})

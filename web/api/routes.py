@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import current_app, g, jsonify
+from flask import Response, current_app, g, jsonify
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import holders, issuance, methodologies, projects, queries, units
+from registry import certificates, holders, issuance, methodologies, projects, queries, units
 from registry.actors import Actor
+from registry.certificate_pdf import render_pdf
 from registry.errors import Forbidden, NotFound
 from registry.models import (
     ApiToken,
@@ -26,6 +27,7 @@ from web.api import presenters
 from web.api import schemas as s
 from web.api.blueprint import bp
 from web.api.core import endpoint, paginate
+from web.signing import signing_key
 
 # ---- public -----------------------------------------------------------------------------------
 
@@ -319,6 +321,32 @@ def reinstate_holder(session: Session, actor: Actor, holder_id: int, *, body: di
           auth=True, body=s.MethodologyCreate, response=s.MethodologyOut, status=201)
 def create_methodology(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
     return methodologies.create_methodology(session, actor, **body)
+
+
+# ---- certificates -------------------------------------------------------------------------------
+
+
+def _certificate(session: Session, number: str) -> dict[str, Any]:
+    r, _ = queries.retirement_by_certificate(session, number)
+    return certificates.issue_document(session, r, signing_key(), current_app.config["PUBLIC_BASE_URL"])
+
+
+@endpoint(bp, "/retirements/<number>/certificate.json", tags=("public",),
+          summary="A retirement's signed certificate (Ed25519 over the canonical JSON; verify offline)")
+def get_certificate_json(session: Session, actor: Actor | None, number: str) -> Any:
+    body = certificates.document_bytes(_certificate(session, number))
+    return Response(body, mimetype="application/json",
+                    headers={"Content-Disposition": f'inline; filename="{number}.json"',
+                             "Cache-Control": "public, max-age=300"})
+
+
+@endpoint(bp, "/retirements/<number>/certificate.pdf", tags=("public",),
+          summary="A retirement's certificate as a bilingual A4 PDF with a QR code to its page")
+def get_certificate_pdf(session: Session, actor: Actor | None, number: str) -> Any:
+    data = render_pdf(_certificate(session, number), current_app.config.get("CERTIFICATE_FONT_FILE"))
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="{number}.pdf"',
+                             "Cache-Control": "public, max-age=300"})
 
 
 @bp.get("/openapi.json")

@@ -16,6 +16,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 
 setup: $(VENV)/.installed
 	$(BIN)/flask db upgrade
+	$(BIN)/flask registry sync-factors
 	$(BIN)/flask demo seed
 
 run: setup

@@ -136,6 +136,16 @@ def public_key_cmd() -> None:
     click.echo(f"# key id {key.key_id}", err=True)
 
 
+@registry_cli.command("sync-factors")
+def sync_factors() -> None:
+    """Load the shipped emission-factor table into the database (idempotent; operator rows kept)."""
+    from registry import factors
+
+    with db.session.begin():
+        result = factors.sync_shipped(db.session)
+    click.echo(f"emission factors synced: {result}")
+
+
 @registry_cli.command("check")
 def check() -> None:
     """Check every registry invariant; exit 1 listing the violations."""

@@ -37,6 +37,8 @@ def seed_demo(session: Session) -> SeedResult:
         session.rollback()
         return SeedResult("demo data already present; nothing changed")
     try:
+        from registry import factors
+        factors.sync_shipped(session)
         result = _seed(session)
         session.commit()
         result.summary += " " + _seed_market(session)

@@ -660,3 +660,57 @@ class BlendIn(Schema):
     weights = fields.Dict(keys=fields.String(), values=fields.Integer(strict=True), required=True,
                           allow_none=True, metadata={"description": "basis points adding up to 10,000, "
                                                                     "e.g. {\"vwap\": 6000, \"CEA\": 2000, \"CCER\": 2000}"})
+
+
+# ---- carbon inclusion -------------------------------------------------------------------------
+
+class FactorsQuery(PageQuery):
+    key = fields.String(metadata={"description": "prefix of the factor key, e.g. grid. or transport."})
+    region = fields.String()
+    year = fields.Integer()
+
+
+class FactorOut(Schema):
+    id = fields.Integer()
+    key = fields.String()
+    value = fields.String(metadata={"description": "exact decimal text"})
+    unit = fields.String()
+    gas_basis = fields.String()
+    region = fields.String()
+    year = fields.Integer()
+    source = fields.String()
+    valid_from = fields.Date(allow_none=True)
+    valid_to = fields.Date(allow_none=True)
+    origin = fields.String()
+
+
+class FactorCreate(Schema):
+    key = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    value = fields.String(required=True, validate=validate.Regexp(r"^-?\d+(\.\d+)?$"),
+                          metadata={"description": "exact decimal text, e.g. \"0.5306\""})
+    unit = fields.String(required=True, validate=validate.Length(min=1, max=40))
+    gas_basis = fields.String(required=True, validate=validate.OneOf(["CO2", "CO2e"]))
+    region = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    year = fields.Integer(strict=True, required=True, validate=validate.Range(min=1990, max=2200))
+    source = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    valid_from = fields.Date()
+    valid_to = fields.Date()
+
+
+class CalculateRequest(Schema):
+    activity = fields.Dict(required=True, metadata={"description": "the methodology's activity data"})
+
+
+class CalculationOut(Schema):
+    methodology = fields.String()
+    reduction_g = fields.Integer()
+    baseline_g = fields.Integer()
+    project_g = fields.Integer()
+    leakage_g = fields.Integer()
+    withheld_g = fields.Integer()
+    issuable_g = fields.Integer()
+    clamped = fields.Boolean()
+    formula = fields.String()
+    factors = fields.List(fields.Dict())
+    inputs = fields.Dict()
+    notes = fields.List(fields.String())

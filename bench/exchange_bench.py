@@ -389,8 +389,9 @@ def build_world(factory: sessionmaker[Session], n_traders: int, kg_per_seller: i
 class SqlCounter:
     """Counts (and times) every statement on an engine while `on`; keyed by verb and table."""
 
-    def __init__(self) -> None:
+    def __init__(self, thread: int | None = None) -> None:
         self.on = False
+        self.thread = thread     # count only this thread's statements (None: all)
         self.n: Counter[str] = Counter()
         self.t: dict[str, float] = defaultdict(float)
         self._t0: dict[int, float] = {}
@@ -415,12 +416,12 @@ class SqlCounter:
     def attach(self, engine: Engine) -> None:
         @event.listens_for(engine, "before_cursor_execute")
         def _before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-            if self.on:
+            if self.on and (self.thread is None or threading.get_ident() == self.thread):
                 self._t0[id(cursor)] = time.perf_counter()
 
         @event.listens_for(engine, "after_cursor_execute")
         def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-            if self.on:
+            if self.on and (self.thread is None or threading.get_ident() == self.thread):
                 t0 = self._t0.pop(id(cursor), None)
                 k = self.key(statement) + (" (executemany)" if many else "")
                 self.n[k] += 1
@@ -486,22 +487,25 @@ def phase_entry(args: argparse.Namespace, url: str, w: World, procs: Procs, tmp:
         json.dump(cfg, f)
     lg = procs.start("loadgen", [sys.executable, os.path.abspath(__file__), "--_loadgen", cfg_path, out_path],
                      dict(os.environ), os.path.join(tmp, "loadgen.log"))
-    pyspy = None
-    if args.py_spy and shutil.which("py-spy"):
+    spies: dict[str, subprocess.Popen[bytes]] = {}
+    spy_exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if args.py_spy and os.path.exists(spy_exe):
         time.sleep(0.5 + args.warmup)
-        # one gunicorn worker, sampled for most of the timed window
+        # one gunicorn worker, sampled (on-CPU only) for most of the timed window
         kids = subprocess.run(["pgrep", "-P", str(gun.pid)], capture_output=True, text=True).stdout.split()
-        if kids:
-            pyspy = subprocess.Popen(["py-spy", "record", "-p", kids[0], "-d", str(max(1, int(args.duration) - 1)),
-                                      "-f", "raw", "-o", os.path.join(tmp, "worker.folded"), "--nonblocking"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, pid in (("worker", kids[0] if kids else None),):
+            if pid:
+                spies[name] = subprocess.Popen(
+                    [spy_exe, "record", "-p", pid, "-d", str(max(1, int(args.duration) - 1)), "-f", "raw",
+                     "-o", os.path.join(tmp, f"{name}.folded"), "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lg.wait(args.duration + args.warmup + 180)
     except subprocess.TimeoutExpired:
         procs.stop(lg)
         raise SystemExit("the load generator did not finish") from None
-    if pyspy is not None:
-        pyspy.wait(30)
+    for sp in spies.values():
+        sp.wait(30)
     if lg.returncode != 0 or not os.path.exists(out_path):
         raise SystemExit("load generator failed:\n" + open(os.path.join(tmp, "loadgen.log")).read()[-3000:])
     with open(out_path) as f:
@@ -527,12 +531,12 @@ def phase_entry(args: argparse.Namespace, url: str, w: World, procs: Procs, tmp:
     eng.dispose()
     procs.stop(engine_p)
     res["orders_per_s"] = res["accepted"] / args.duration
-    res["pyspy"] = os.path.join(tmp, "worker.folded") if pyspy is not None else None
+    res["pyspy"] = {name: os.path.join(tmp, f"{name}.folded") for name in spies}
     return res
 
 
-def summarise_pyspy(path: str, top: int = 14) -> list[str]:
-    """Self+children share of frames of ours in a py-spy raw (folded) profile."""
+def summarise_pyspy(path: str, top: int = 22) -> list[str]:
+    """Inclusive share of frames of ours (and a few library ones) in a py-spy raw (folded) profile."""
     if not path or not os.path.exists(path):
         return []
     total = 0
@@ -550,7 +554,9 @@ def summarise_pyspy(path: str, top: int = 14) -> list[str]:
             if not name:
                 m2 = re.match(r"(\w+) \(.*/(sqlalchemy|psycopg|flask|gunicorn|werkzeug|marshmallow)/", fr)
                 name = f"[{m2.group(2)}] {m2.group(1)}" if m2 and m2.group(1) in (
-                    "commit", "execute", "_execute_context", "flush", "sleep", "wait", "handle_request") else None
+                    "commit", "execute", "_execute_context", "flush", "_autoflush", "sleep", "wait", "handle_request",
+                    "full_dispatch_request", "dispatch_request", "_compile_w_cache", "load", "dump", "_emit_update_statements",
+                    "_emit_insert_statements") else None
             if name and name not in seen:
                 seen.add(name)
                 incl[name] += k
@@ -587,19 +593,23 @@ def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]
         before = s.scalar(select(func.count()).select_from(Trade)) or 0
     counter.reset()
     counter.on = True
-    prof = None
-    if args.profile:
-        import cProfile
-        prof = cProfile.Profile()
-        prof.enable()
     t0 = time.perf_counter()
     applied = seq.run_once()
     drain_s = time.perf_counter() - t0
-    if prof is not None:
-        prof.disable()
     counter.on = False
     with factory() as s:
         trades = (s.scalar(select(func.count()).select_from(Trade)) or 0) - before
+    prof = None
+    if args.profile:   # untimed: the same drain again, smaller, under cProfile
+        import cProfile
+        m = min(n, 1000)
+        place_many(factory, w.sellers, "sell", m, REF_PRICE)
+        seq.run_once()
+        place_many(factory, w.buyers, "buy", m, REF_PRICE)
+        prof = cProfile.Profile()
+        prof.enable()
+        seq.run_once()
+        prof.disable()
     eng.dispose()
     res = {"n": n, "place_sells_s": place_sells, "rest_s": rest_s, "rested": rested, "place_buys_s": place_buys,
            "applied": applied, "drain_s": drain_s, "trades": trades, "trades_per_s": trades / drain_s,
@@ -706,7 +716,7 @@ def profile_post(url: str, w: World, n: int) -> dict[str, Any]:
                (orders.units, "lock_units", wrap(orders.units, "lock_units", "  of which units.lock_units (sell)")),
                (orders.audit, "record", wrap(orders.audit, "record", "  of which audit.record")),
                (routes, "_await", wrap(routes, "_await", "wait for the sequencer + order view"))]
-    counter = SqlCounter()
+    counter = SqlCounter(thread=threading.get_ident())
     try:
         with _env(DATABASE_URL=url, AUDIT_SEALER_INTERVAL_S="0", EMBEDDED_SEQUENCER="0"):
             app = create_app(_cfg(url) | {"ORDER_WAIT_S": 2.0})
@@ -735,7 +745,7 @@ def profile_post(url: str, w: World, n: int) -> dict[str, Any]:
                     t = (w.buyers if side == "buy" else w.sellers)[i % len(w.buyers)]
                     off = rng.randint(1, 50) if rng.random() >= 0.15 else -50
                     price = REF_PRICE - off if side == "buy" else REF_PRICE + off
-                    counter.on = threading.current_thread() is threading.main_thread()
+                    counter.on = True
                     t0 = time.perf_counter()
                     r = client.post("/api/v1/orders", headers={"Authorization": f"Bearer {t.token}"},
                                     json={"instrument": ENTRY, "side": side, "qty_kg": 1000, "price": price})
@@ -819,9 +829,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{e['db_trades']} trades, orders {e['db_orders']}", flush=True)
         if e["errors"]:
             print(f"# phase 1 errors (first): {e['errors']}")
-        if args.py_spy:
-            for line in summarise_pyspy(e.get("pyspy") or ""):
-                print(f"#   py-spy worker: {line}")
+        for name, path in (e.get("pyspy") or {}).items():
+            print(f"# py-spy {name} (on-CPU samples, inclusive share):")
+            for line in summarise_pyspy(path):
+                print(f"#   {line}")
         st = res["settle"] = phase_settle(args, url, w)
         print(f"# phase 2: placed {st['n']} sells in {st['place_sells_s']:.1f} s and {st['n']} buys in "
               f"{st['place_buys_s']:.1f} s in-process ({st['entry_orders_per_s_inproc']:.0f} orders/s, one "
@@ -834,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for k, v in sorted(st["sql_n"].items(), key=lambda kv: -kv[1]):
             print(f"#   {v / tn:6.2f} x  {st['sql_t'].get(k, 0) * 1000 / tn:6.3f} ms  {k}")
         if args.profile:
-            print("# cProfile of the drain (cumulative):")
+            print(f"# cProfile of a second, untimed drain of {min(st['n'], 1000)} trades (cumulative):")
             for line in st["cprofile"].splitlines():
                 if line.strip():
                     print("#   " + line)

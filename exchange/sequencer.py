@@ -67,6 +67,9 @@ class _Batch:
         self.inst = inst
         self.orders: dict[int, Order] = {}
         self.trades = 0
+        # Cash accounts locked by `lock()`, by holder: (available, held); and the fee account.
+        self.cash: dict[int, tuple[CashAccount, CashAccount]] = {}
+        self.fees: CashAccount | None = None
 
     def lock(self, planned: list[tuple[OrderCommand, list[matching.Event]]]) -> None:
         ids = {cmd.order_id for cmd, _ in planned if cmd.order_id}
@@ -82,9 +85,27 @@ class _Batch:
         for h in holders:
             wallets.holder_accounts(self.s, h)   # opened now if missing, before the locks
         fees = wallets.system_account(self.s, CashAccountKind.FEES)
-        self.s.scalars(select(CashAccount.id).where(
+        rows = self.s.scalars(select(CashAccount).where(
             or_(CashAccount.holder_id.in_(holders), CashAccount.id == fees.id))
-            .order_by(CashAccount.id).with_for_update(key_share=True)).all()
+            .order_by(CashAccount.id).with_for_update(key_share=True)
+            .execution_options(populate_existing=True)).all()
+        by_holder: dict[int, dict[CashAccountKind, CashAccount]] = {}
+        for a in rows:
+            if a.holder_id is None:
+                self.fees = a
+            elif a.currency == wallets.CURRENCY:
+                by_holder.setdefault(a.holder_id, {})[a.kind] = a
+        self.cash = {h: (k[CashAccountKind.AVAILABLE], k[CashAccountKind.HELD]) for h, k in by_holder.items()}
+
+    def accounts(self, holder_id: int) -> tuple[CashAccount, CashAccount]:
+        """(available, held) of a holder this batch locked."""
+        return self.cash[holder_id]
+
+    def release(self, o: Order, amount: int) -> None:
+        available, held = self.accounts(o.holder_id)
+        wallets.post(self.s, JournalKind.RELEASE, [(held, -amount), (available, amount)], ref=o.ref,
+                     already_locked=True)
+        o.cash_held -= amount
 
     def order(self, order_id: int) -> Order:
         o = self.orders.get(order_id)
@@ -137,12 +158,12 @@ class _Batch:
         seller_fee = fee(amount, self.inst.taker_fee_bp if sell is taker else self.inst.maker_fee_bp)
         if amount + buyer_fee > buy.cash_held:
             raise RuntimeError(f"order {buy.id} holds {buy.cash_held}, trade needs {amount + buyer_fee}")
-        _, buyer_held = wallets.holder_accounts(self.s, buy.holder_id)
-        seller_available, _ = wallets.holder_accounts(self.s, sell.holder_id)
+        _, buyer_held = self.accounts(buy.holder_id)
+        seller_available, _ = self.accounts(sell.holder_id)
+        assert self.fees is not None
         journal = wallets.post(self.s, JournalKind.SETTLEMENT, [
             (buyer_held, -(amount + buyer_fee)), (seller_available, amount - seller_fee),
-            (wallets.system_account(self.s, CashAccountKind.FEES), buyer_fee + seller_fee)],
-            ref=f"trade:{self.inst.id}:{ev.seq}")
+            (self.fees, buyer_fee + seller_fee)], ref=f"trade:{self.inst.id}:{ev.seq}", already_locked=True)
         transfer = units.deliver_units(self.s, sell.ref, ev.qty, buy.holder_id,
                                        memo=f"trade {self.inst.symbol} #{ev.seq}")
         buy.cash_held -= amount + buyer_fee
@@ -167,15 +188,14 @@ class _Batch:
             need = buy_hold(o.price, o.remaining_kg, self.inst.lot_size_kg,
                             max(self.inst.maker_fee_bp, self.inst.taker_fee_bp))
             if o.cash_held > need:
-                wallets.release(self.s, o.holder_id, o.cash_held - need, ref=o.ref)
-                o.cash_held = need
+                self.release(o, o.cash_held - need)
 
     def finish(self, o: Order) -> None:
         """The order left the book: release whatever it still reserves."""
         if o.side == matching.BUY and o.cash_held > 0:
-            wallets.release(self.s, o.holder_id, o.cash_held, ref=o.ref)
-            o.cash_held = 0
-        elif o.side == matching.SELL:
+            self.release(o, o.cash_held)
+        elif o.side == matching.SELL and o.filled_kg < o.qty_kg:
+            # A fully filled sell delivered everything it listed: nothing is left to unlock.
             units.unlock_units(self.s, o.ref)
 
 

@@ -81,16 +81,21 @@ def holder_accounts(session: Session, holder_id: int, currency: str = CURRENCY) 
 
 
 def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, int]], *,
-         ref: str | None = None, memo: str | None = None, user_id: int | None = None) -> Journal:
+         ref: str | None = None, memo: str | None = None, user_id: int | None = None,
+         already_locked: bool = False) -> Journal:
     """Write one balanced journal. Raises InsufficientFunds (field "amount") if a non-bank account
-    would go below zero; nothing is written then."""
+    would go below zero; nothing is written then. `already_locked`: the caller holds the rows'
+    locks and passes the objects it loaded under them (the sequencer), so they are not re-read."""
     legs = [(a, amt) for a, amt in legs if amt != 0]
     if sum(amt for _, amt in legs) != 0:
         raise ValueError("a journal must balance")
     ids = sorted({a.id for a, _ in legs})
-    locked = {a.id: a for a in session.scalars(
-        select(CashAccount).where(CashAccount.id.in_(ids)).order_by(CashAccount.id)
-        .with_for_update(key_share=True).execution_options(populate_existing=True))}
+    if already_locked:
+        locked = {a.id: a for a, _ in legs}
+    else:
+        locked = {a.id: a for a in session.scalars(
+            select(CashAccount).where(CashAccount.id.in_(ids)).order_by(CashAccount.id)
+            .with_for_update(key_share=True).execution_options(populate_existing=True))}
     delta: dict[int, int] = {}
     for a, amt in legs:
         delta[a.id] = delta.get(a.id, 0) + amt

@@ -15,7 +15,6 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     DateTime,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -26,13 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from registry.db import Base, BigKey, utcnow
+from registry.db import Base, BigKey, str_enum, utcnow
 from registry.models import Holder
-
-
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    return Enum(cls, name=name, native_enum=False, length=32, create_constraint=True,
-                values_callable=lambda e: [m.value for m in e], validate_strings=True)
 
 
 class InstrumentKind(enum.StrEnum):
@@ -68,7 +62,7 @@ class Instrument(Base):
     symbol: Mapped[str] = mapped_column(String(40), unique=True)
     name_zh: Mapped[str] = mapped_column(String(200))
     name_en: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[InstrumentKind] = mapped_column(_enum(InstrumentKind, "instrument_kind"))
+    kind: Mapped[InstrumentKind] = mapped_column(str_enum(InstrumentKind, "instrument_kind"))
     project_kind: Mapped[str | None] = mapped_column(String(16))   # pooled: "project" or "programme"
     sector: Mapped[str | None] = mapped_column(String(64))         # pooled: methodology sector
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
@@ -83,7 +77,7 @@ class Instrument(Base):
     maker_fee_bp: Mapped[int] = mapped_column(Integer, default=0)
     taker_fee_bp: Mapped[int] = mapped_column(Integer, default=50)
     trading_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)   # None: always open
-    status: Mapped[InstrumentStatus] = mapped_column(_enum(InstrumentStatus, "instrument_status"),
+    status: Mapped[InstrumentStatus] = mapped_column(str_enum(InstrumentStatus, "instrument_status"),
                                                      default=InstrumentStatus.ACTIVE)
     status_reason: Mapped[str | None] = mapped_column(Text)
     # The published reference price (minor units per tonne) and the band the engine enforces today.
@@ -122,7 +116,7 @@ class CashAccount(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     holder_id: Mapped[int | None] = mapped_column(ForeignKey("holders.id"))
-    kind: Mapped[CashAccountKind] = mapped_column(_enum(CashAccountKind, "cash_account_kind"))
+    kind: Mapped[CashAccountKind] = mapped_column(str_enum(CashAccountKind, "cash_account_kind"))
     currency: Mapped[str] = mapped_column(String(3), default="CNY")
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
 
@@ -145,7 +139,7 @@ class Journal(Base):
     __tablename__ = "journals"
 
     id: Mapped[int] = mapped_column(BigKey, primary_key=True)
-    kind: Mapped[JournalKind] = mapped_column(_enum(JournalKind, "journal_kind"))
+    kind: Mapped[JournalKind] = mapped_column(str_enum(JournalKind, "journal_kind"))
     ref: Mapped[str | None] = mapped_column(String(64), index=True)   # e.g. "order:12", "trade:5"
     memo: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -184,7 +178,7 @@ class Withdrawal(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3), default="CNY")
     bank_reference: Mapped[str | None] = mapped_column(String(100))
-    status: Mapped[WithdrawalStatus] = mapped_column(_enum(WithdrawalStatus, "withdrawal_status"),
+    status: Mapped[WithdrawalStatus] = mapped_column(str_enum(WithdrawalStatus, "withdrawal_status"),
                                                      default=WithdrawalStatus.REQUESTED)
     reason: Mapped[str | None] = mapped_column(Text)
     requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -252,7 +246,7 @@ class Order(Base):
     post_only: Mapped[bool] = mapped_column(default=False)
     stp: Mapped[str] = mapped_column(String(16), default="cancel_newest")
     expire_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    status: Mapped[OrderStatus] = mapped_column(_enum(OrderStatus, "order_status"), default=OrderStatus.PENDING)
+    status: Mapped[OrderStatus] = mapped_column(str_enum(OrderStatus, "order_status"), default=OrderStatus.PENDING)
     reason: Mapped[str | None] = mapped_column(String(64))
     cash_held: Mapped[int] = mapped_column(BigInteger, default=0)      # buy: money still reserved
     notional_paid: Mapped[int] = mapped_column(BigInteger, default=0)  # buy: paid so far, fees apart
@@ -284,7 +278,7 @@ class OrderCommand(Base):
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
     kind: Mapped[str] = mapped_column(String(16))   # place | cancel | reduce | replace | expire | end_of_day
     args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[CommandStatus] = mapped_column(_enum(CommandStatus, "command_status"),
+    status: Mapped[CommandStatus] = mapped_column(str_enum(CommandStatus, "command_status"),
                                                   default=CommandStatus.PENDING)
     result: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -6,10 +6,11 @@ Nothing here knows about Flask. `web/` builds its Flask-SQLAlchemy extension on 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import sqlite3
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, MetaData, event
+from sqlalchemy import BigInteger, Enum, Integer, MetaData, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -28,6 +29,13 @@ BigKey = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def str_enum(cls: type[enum.Enum], name: str) -> Enum:
+    """A column of an enum's values: a VARCHAR with a CHECK constraint on both databases (not a
+    native PostgreSQL enum), so adding a member is a plain migration."""
+    return Enum(cls, name=name, native_enum=False, length=32, create_constraint=True,
+                values_callable=lambda e: [m.value for m in e], validate_strings=True)
 
 
 def utcnow() -> dt.datetime:

@@ -17,7 +17,6 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     DateTime,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -27,14 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from registry.db import Base, BigKey, utcnow
-
-
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    # Stored as the value strings, with a CHECK constraint on SQLite and a VARCHAR on PostgreSQL
-    # (native_enum=False) so adding a member is a plain migration.
-    return Enum(cls, name=name, native_enum=False, length=32, create_constraint=True,
-                values_callable=lambda e: [m.value for m in e], validate_strings=True)
+from registry.db import Base, BigKey, str_enum, utcnow
 
 
 class HolderKind(enum.StrEnum):
@@ -106,7 +98,7 @@ class Holder(Base):
     __tablename__ = "holders"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[HolderKind] = mapped_column(_enum(HolderKind, "holder_kind"))
+    kind: Mapped[HolderKind] = mapped_column(str_enum(HolderKind, "holder_kind"))
     name: Mapped[str] = mapped_column(String(200))
     name_en: Mapped[str | None] = mapped_column(String(200))
     # 统一社会信用代码 for organisations; unique when given.
@@ -127,7 +119,7 @@ class Account(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(32), unique=True)
     holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
-    kind: Mapped[AccountKind] = mapped_column(_enum(AccountKind, "account_kind"))
+    kind: Mapped[AccountKind] = mapped_column(str_enum(AccountKind, "account_kind"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     holder: Mapped[Holder] = relationship(back_populates="accounts")
@@ -140,7 +132,7 @@ class User(Base):
     holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[UserRole] = mapped_column(_enum(UserRole, "user_role"))
+    role: Mapped[UserRole] = mapped_column(str_enum(UserRole, "user_role"))
     password_hash: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -187,7 +179,7 @@ class Project(Base):
     __table_args__ = (Index("ix_projects_status_city", "status", "city"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[ProjectKind] = mapped_column(_enum(ProjectKind, "project_kind"))
+    kind: Mapped[ProjectKind] = mapped_column(str_enum(ProjectKind, "project_kind"))
     title: Mapped[str] = mapped_column(String(200))
     title_en: Mapped[str | None] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text)
@@ -199,7 +191,7 @@ class Project(Base):
     estimated_annual_kg: Mapped[int | None] = mapped_column(BigInteger)
     documents: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     external_ref: Mapped[str | None] = mapped_column(String(100), unique=True)
-    status: Mapped[ProjectStatus] = mapped_column(_enum(ProjectStatus, "project_status"),
+    status: Mapped[ProjectStatus] = mapped_column(str_enum(ProjectStatus, "project_status"),
                                                   default=ProjectStatus.DRAFT)
     status_reason: Mapped[str | None] = mapped_column(Text)
     validated_by_id: Mapped[int | None] = mapped_column(ForeignKey("holders.id"))
@@ -232,7 +224,7 @@ class MonitoringReport(Base):
     period_end: Mapped[dt.date] = mapped_column(Date)
     claimed_kg: Mapped[int] = mapped_column(BigInteger)
     approved_kg: Mapped[int | None] = mapped_column(BigInteger)
-    status: Mapped[ReportStatus] = mapped_column(_enum(ReportStatus, "report_status"),
+    status: Mapped[ReportStatus] = mapped_column(str_enum(ReportStatus, "report_status"),
                                                  default=ReportStatus.SUBMITTED)
     status_reason: Mapped[str | None] = mapped_column(Text)
     external_ref: Mapped[str | None] = mapped_column(String(100), unique=True)
@@ -302,7 +294,7 @@ class Block(Base):
     end: Mapped[int] = mapped_column(BigInteger)
     quantity: Mapped[int] = mapped_column(BigInteger)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    status: Mapped[BlockStatus] = mapped_column(_enum(BlockStatus, "block_status"))
+    status: Mapped[BlockStatus] = mapped_column(str_enum(BlockStatus, "block_status"))
     retirement_id: Mapped[int | None] = mapped_column(ForeignKey("retirements.id"), index=True)
     cancellation_id: Mapped[int | None] = mapped_column(ForeignKey("cancellations.id"), index=True)
     # Who locked a LISTED block, e.g. "order:42" (a sell order on the exchange). Opaque to the registry.
@@ -349,7 +341,7 @@ class Retirement(Base):
     quantity_kg: Mapped[int] = mapped_column(BigInteger)
     beneficiary: Mapped[str] = mapped_column(String(200))
     jurisdiction: Mapped[str] = mapped_column(String(100))
-    purpose: Mapped[RetirementPurpose] = mapped_column(_enum(RetirementPurpose, "retirement_purpose"))
+    purpose: Mapped[RetirementPurpose] = mapped_column(str_enum(RetirementPurpose, "retirement_purpose"))
     footprint_ref: Mapped[str | None] = mapped_column(String(100))
     message: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -383,7 +375,7 @@ class Movement(Base):
     )
 
     id: Mapped[int] = mapped_column(BigKey, primary_key=True)
-    kind: Mapped[MovementKind] = mapped_column(_enum(MovementKind, "movement_kind"))
+    kind: Mapped[MovementKind] = mapped_column(str_enum(MovementKind, "movement_kind"))
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
     start: Mapped[int] = mapped_column(BigInteger)
     end: Mapped[int] = mapped_column(BigInteger)

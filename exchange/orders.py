@@ -164,14 +164,16 @@ def get_order(session: Session, actor: Actor, order_id: int, *, lock: bool = Fal
     return order
 
 
-def _queue(session: Session, actor: Actor, order: Order, kind: str, args: dict[str, int]) -> OrderCommand:
+def _queue(session: Session, actor: Actor, order: Order, kind: str, args: dict[str, int],
+           cash_topped_up: int = 0) -> OrderCommand:
     if order.status.is_final:
         raise Conflict(f"order is {order.status.value}", field="order_id", code="order_final")
     cmd = OrderCommand(instrument_id=order.instrument_id, order_id=order.id, kind=kind, args=args,
                        status=CommandStatus.PENDING, created_at=utcnow())
     session.add(cmd)
     session.flush()
-    audit.record(session, actor, f"order.{kind}_requested", "order", order.id, args | {"seq": cmd.id})
+    audit.record(session, actor, f"order.{kind}_requested", "order", order.id,
+                 args | {"seq": cmd.id, "cash_topped_up": cash_topped_up})
     return cmd
 
 
@@ -203,6 +205,7 @@ def replace_order(session: Session, actor: Actor, order_id: int, price: int) -> 
     if not inst.band_low <= price <= inst.band_high:
         raise InvalidInput(f"price must be within [{inst.band_low}, {inst.band_high}]", field="price",
                            code="price_outside_band")
+    topped_up = 0
     if order.side == matching.BUY:
         open_kg = order.qty_kg - order.filled_kg
         need = buy_hold(price, open_kg, inst.lot_size_kg, max(inst.maker_fee_bp, inst.taker_fee_bp))
@@ -211,8 +214,9 @@ def replace_order(session: Session, actor: Actor, order_id: int, price: int) -> 
                 wallets.hold(session, order.holder_id, need - order.cash_held, ref=order.ref, user_id=actor.user_id)
             except InsufficientFunds as e:
                 raise InsufficientFunds(e.message, field="price") from None
+            topped_up = need - order.cash_held
             order.cash_held = need
-    return _queue(session, actor, order, "replace", {"price": price})
+    return _queue(session, actor, order, "replace", {"price": price}, topped_up)
 
 
 def orders_of(session: Session, holder_id: int, *, open_only: bool = False, limit: int = 100,

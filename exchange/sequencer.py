@@ -35,7 +35,7 @@ from exchange.models import (
 )
 from exchange.orders import epoch
 from exchange.pricing import buy_hold, fee, notional
-from registry import units
+from registry import audit, units
 from registry.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -179,24 +179,39 @@ class _Batch:
                          qty_kg=ev.qty, notional=amount, buyer_fee=buyer_fee, seller_fee=seller_fee,
                          transfer_id=transfer.id, journal_id=journal.id, executed_at=utcnow()))
         self.trades += 1
+        audit.record(self.s, None, "trade.settled", "trade", f"{self.inst.symbol}#{ev.seq}",
+                     {"instrument": self.inst.symbol, "engine_seq": ev.seq, "buy_order": buy.id, "sell_order": sell.id,
+                      "maker_order": maker.id, "price": ev.price, "qty_kg": ev.qty, "notional": amount,
+                      "buyer_fee": buyer_fee, "seller_fee": seller_fee, "journal_id": journal.id,
+                      "transfer_id": transfer.id})
 
     def trim(self, o: Order, by_kg: int) -> None:
         """A resting order got smaller: give back what it no longer needs."""
+        released = unlocked = 0
         if o.side == matching.SELL:
-            units.unlock_units(self.s, o.ref, by_kg)
+            unlocked = units.unlock_units(self.s, o.ref, by_kg)
         elif o.price is not None:
             need = buy_hold(o.price, o.remaining_kg, self.inst.lot_size_kg,
                             max(self.inst.maker_fee_bp, self.inst.taker_fee_bp))
             if o.cash_held > need:
-                self.release(o, o.cash_held - need)
+                released = o.cash_held - need
+                self.release(o, released)
+        audit.record(self.s, None, "order.reduced", "order", o.id,
+                     {"by_kg": by_kg, "remaining_kg": o.remaining_kg, "cash_released": released,
+                      "units_unlocked_kg": unlocked})
 
     def finish(self, o: Order) -> None:
         """The order left the book: release whatever it still reserves."""
+        released = unlocked = 0
         if o.side == matching.BUY and o.cash_held > 0:
-            self.release(o, o.cash_held)
+            released = o.cash_held
+            self.release(o, released)
         elif o.side == matching.SELL and o.filled_kg < o.qty_kg:
             # A fully filled sell delivered everything it listed: nothing is left to unlock.
-            units.unlock_units(self.s, o.ref)
+            unlocked = units.unlock_units(self.s, o.ref)
+        audit.record(self.s, None, f"order.{o.status.value}", "order", o.id,
+                     {"filled_kg": o.filled_kg, "reason": o.reason, "cash_released": released,
+                      "units_unlocked_kg": unlocked, "notional_paid": o.notional_paid, "fees_paid": o.fees_paid})
 
 
 def _run(book: matching.OrderBook, cmd: OrderCommand, order: Order | None) -> list[matching.Event]:

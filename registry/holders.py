@@ -77,7 +77,14 @@ def account_by_number(session: Session, number: str, field: str = "to_account") 
 
 
 def create_user(session: Session, *, holder_id: int, email: str, name: str,
-                role: UserRole | str = UserRole.ADMIN, password: str | None = None) -> User:
+                role: UserRole | str = UserRole.ADMIN, password: str | None = None,
+                actor: Actor | None = None) -> User:
+    """Add a user to a holder. `actor` (None for bootstrap, the CLI and the seed) must be the operator
+    or an admin of that holder; another holder's is NotFound."""
+    if actor is not None and not actor.is_operator:
+        if actor.holder_id != holder_id:
+            raise NotFound(f"no holder {holder_id}", field="holder_id")
+        actor.require_admin()
     try:
         role = UserRole(role)
     except ValueError:
@@ -93,7 +100,7 @@ def create_user(session: Session, *, holder_id: int, email: str, name: str,
                 password_hash=generate_password_hash(password) if password else None)
     session.add(user)
     session.flush()
-    audit.record(session, None, "user.created", "user", user.id,
+    audit.record(session, actor, "user.created", "user", user.id,
                  {"holder_id": holder_id, "email": email, "role": role.value})
     return user
 

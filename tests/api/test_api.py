@@ -268,6 +268,12 @@ def test_operator_actions(client, session, w):
         "from_account": w.owner.account, "serials": [b.serial(1, 5)], "reason": "double counting correction"})
     assert r.status_code == 201 and r.json["quantity_kg"] == 5
     assert client.get(f"/api/v1/holders/{w.operator.holder.id}", headers=auth(w.owner)).status_code == 404
+    r = client.post(f"/api/v1/holders/{w.buyer.holder.id}/users", headers=auth(w.owner),
+                    json={"email": "intruder@x.example", "name": "x"})
+    assert r.status_code == 404                       # another holder's: not disclosed
+    r = client.post(f"/api/v1/holders/{w.owner.holder.id}/users", headers=auth(w.owner),
+                    json={"email": "colleague@x.example", "name": "同事", "role": "trader"})
+    assert r.status_code == 201 and r.json["role"] == "trader"
     r = client.post("/api/v1/methodologies", headers=auth(w.operator), json={
         "code": "CI-WASTE", "version": "1.0", "title_zh": "垃圾分类", "title_en": "Waste sorting",
         "sector": "waste", "activity_unit": "kg"})

@@ -84,6 +84,12 @@ def test_buy_meets_sell_delivery_versus_payment(session, m):
     assert wallets.system_account(session, CashAccountKind.FEES).balance == 144
     bought = queries.holdings(session, w.buyer.holder.id)
     assert bought[0]["held_kg"] == 4_000
+    # Every movement of money and units is in the audit log.
+    from registry.models import AuditRecord
+    actions = {a for (a,) in session.execute(select(AuditRecord.action))}
+    assert {"order.placed", "trade.settled", "units.delivered", "order.filled"} <= actions
+    settled = session.scalar(select(AuditRecord).where(AuditRecord.action == "trade.settled"))
+    assert '"notional":24000' in settled.payload and '"buyer_fee":120' in settled.payload
     session.rollback()
     _hash_matches_db(session, m)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -220,7 +221,7 @@ def _await(command_id: int, order_id: int) -> Any:
           tags=("orders",), auth=True, body=s.OrderCreate, response=s.OrderOut, status=201)
 def create_order(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
     if body.get("expire_at") is not None:
-        body["expire_at"] = body["expire_at"].astimezone(orders.dt.UTC).replace(tzinfo=None)
+        body["expire_at"] = body["expire_at"].astimezone(dt.UTC).replace(tzinfo=None)
     order, cmd = orders.place_order(session, actor, orders.OrderRequest(**body))
     oid, cid = order.id, cmd.id
     return AfterCommit(lambda: _await(cid, oid))

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from registry import certificates, holders, issuance, methodologies, projects, queries, units
 from registry.actors import Actor
 from registry.certificate_pdf import render_pdf
-from registry.errors import Forbidden, NotFound
+from registry.errors import NotFound
 from registry.models import (
     ApiToken,
     Holder,
@@ -21,7 +21,6 @@ from registry.models import (
     Project,
     ProjectStatus,
     Transfer,
-    UserRole,
 )
 from web.api import presenters
 from web.api import schemas as s
@@ -297,12 +296,7 @@ def get_holder(session: Session, actor: Actor, holder_id: int) -> Any:
 @endpoint(bp, "/holders/<int:holder_id>/users", "POST", summary="Add a user to a holder",
           tags=("operator",), auth=True, body=s.UserCreate, response=s.UserOut, status=201)
 def create_user(session: Session, actor: Actor, holder_id: int, *, body: dict[str, Any]) -> Any:
-    if not actor.is_operator:
-        if holder_id != actor.holder_id:
-            raise NotFound(f"no holder {holder_id}", field="holder_id")
-        if actor.role is not UserRole.ADMIN:
-            raise Forbidden("only an admin of the holder may add users", code="wrong_role")
-    return holders.create_user(session, holder_id=holder_id, **body)
+    return holders.create_user(session, holder_id=holder_id, actor=actor, **body)
 
 
 @endpoint(bp, "/holders/<int:holder_id>/suspend", "POST", summary="Operator suspends a holder",

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from exchange import wallets
 from registry import audit, invariants
 from registry.db import normalise_url
+from tests.freshdb import truncate_pg
 from web.config import TestConfig
 
 PG_URL = os.environ.get("DATABASE_URL", "")
@@ -57,14 +58,7 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _truncate_pg(url: str) -> None:
     engine = create_engine(url)
-    with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
-        if tables:
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        # Tamper tests disable the guards the way an attacker would; every test starts with them on.
-        conn.execute(text("ALTER TABLE audit_records ENABLE TRIGGER USER"))
-        conn.execute(text("ALTER TABLE blocks ENABLE TRIGGER USER"))
+    truncate_pg(engine)
     engine.dispose()
 
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 import matching
 import registry.db  # noqa: F401  (SQLite pragmas and BEGIN IMMEDIATE listeners)
@@ -63,6 +61,7 @@ from registry.models import (
     Transfer,
 )
 from tests.factories import issued_batch, party, registered_project, world
+from tests.freshdb import FreshDb
 
 ON_PG = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql"))
 
@@ -278,40 +277,6 @@ def books_match(s: Session, seq: Sequencer) -> list[str]:
 # Fresh databases
 # --------------------------------------------------------------------------------------------------
 
-def truncate_pg(engine) -> None:  # type: ignore[no-untyped-def]
-    with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
-        conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        conn.execute(text("ALTER TABLE audit_records ENABLE TRIGGER USER"))
-        conn.execute(text("ALTER TABLE blocks ENABLE TRIGGER USER"))
-
-
-class _Db:
-    """One fresh database per example."""
-
-    template: str = ""
-    pg_engine = None
-
-    def __init__(self) -> None:
-        self.tmpdir: str | None = None
-        if ON_PG:
-            assert _Db.pg_engine is not None
-            truncate_pg(_Db.pg_engine)
-            self.engine = _Db.pg_engine
-        else:
-            self.tmpdir = tempfile.mkdtemp(prefix="tanhui-xprops-")
-            path = os.path.join(self.tmpdir, "db.sqlite3")
-            shutil.copyfile(_Db.template, path)
-            self.engine = create_engine("sqlite:///" + path)
-        self.factory = sessionmaker(bind=self.engine, expire_on_commit=False)
-
-    def close(self) -> None:
-        if self.tmpdir is not None:
-            self.engine.dispose()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
 def _snapshot(s: Session) -> tuple:
     """Everything a refused request must leave as it was."""
     blocks = s.execute(select(Block.id, Block.batch_id, Block.start, Block.end, Block.account_id, Block.status,
@@ -336,7 +301,7 @@ STYLES = ("gtc",) * 6 + ("ioc", "fok", "post", "market", "market_fok", "day", "g
 class ExchangeMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.db = _Db()
+        self.db = FreshDb()
         self.factory = self.db.factory
         self.seq = Sequencer(self.factory)
         self.deposited = 0
@@ -615,15 +580,9 @@ class ExchangeMachine(RuleBasedStateMachine):
 
 
 def test_exchange_state_machine(template_db) -> None:  # type: ignore[no-untyped-def]
-    _Db.template = template_db
-    if ON_PG:
-        _Db.pg_engine = create_engine(template_db)
-    try:
+    with FreshDb.source(template_db, ON_PG):
         run_state_machine_as_test(ExchangeMachine, settings=settings(
-            max_examples=int(os.environ.get("TANHUI_XPROPS_EXAMPLES", "25")), stateful_step_count=int(os.environ.get("TANHUI_XPROPS_STEPS", "40")),
+            max_examples=int(os.environ.get("TANHUI_XPROPS_EXAMPLES", "25")),
+            stateful_step_count=int(os.environ.get("TANHUI_XPROPS_STEPS", "40")),
             deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                   HealthCheck.filter_too_much, HealthCheck.data_too_large]))
-    finally:
-        if _Db.pg_engine is not None:
-            _Db.pg_engine.dispose()
-            _Db.pg_engine = None

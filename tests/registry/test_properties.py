@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from collections import Counter
 
 import pytest
@@ -25,8 +23,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 import registry.db  # noqa: F401  (SQLite pragmas and BEGIN IMMEDIATE listeners)
 from registry import audit, holders, invariants, projects, units
@@ -41,6 +39,7 @@ from registry.errors import (
 from registry.models import Account, Batch, Block, BlockStatus, HolderKind
 from registry.serials import format_serial, parse_serial
 from tests.factories import issued_batch, party, registered_project, world
+from tests.freshdb import FreshDb
 
 ON_PG = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql"))
 
@@ -142,40 +141,6 @@ class Model:
 # Fresh databases
 # --------------------------------------------------------------------------------------------------
 
-def _truncate_pg(engine) -> None:  # type: ignore[no-untyped-def]
-    with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
-        conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        conn.execute(text("ALTER TABLE audit_records ENABLE TRIGGER USER"))
-        conn.execute(text("ALTER TABLE blocks ENABLE TRIGGER USER"))
-
-
-class _Db:
-    """One fresh database per example."""
-
-    template: str = ""
-    pg_engine = None
-
-    def __init__(self) -> None:
-        self.tmpdir = None
-        if ON_PG:
-            assert _Db.pg_engine is not None
-            _truncate_pg(_Db.pg_engine)
-            self.engine = _Db.pg_engine
-        else:
-            self.tmpdir = tempfile.mkdtemp(prefix="tanhui-props-")
-            path = os.path.join(self.tmpdir, "db.sqlite3")
-            shutil.copyfile(_Db.template, path)
-            self.engine = create_engine("sqlite:///" + path)
-        self.factory = sessionmaker(bind=self.engine, expire_on_commit=False)
-
-    def close(self) -> None:
-        if self.tmpdir is not None:
-            self.engine.dispose()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
 def _snapshot(s: Session) -> tuple:
     blocks = s.execute(select(Block.id, Block.batch_id, Block.start, Block.end, Block.account_id,
                               Block.status).order_by(Block.id)).all()
@@ -188,7 +153,7 @@ def _snapshot(s: Session) -> tuple:
 class RegistryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.db = _Db()
+        self.db = FreshDb()
         self.model = Model()
         self.final: dict[int, tuple] = {}
         with self.db.factory() as s:
@@ -411,22 +376,12 @@ class RegistryMachine(RuleBasedStateMachine):
             s.rollback()
 
 
-@pytest.fixture
-def fresh_db_source(template_db):  # type: ignore[no-untyped-def]
-    _Db.template = template_db
-    if ON_PG:
-        _Db.pg_engine = create_engine(template_db)
-    yield
-    if _Db.pg_engine is not None:
-        _Db.pg_engine.dispose()
-        _Db.pg_engine = None
-
-
-def test_registry_state_machine(fresh_db_source) -> None:  # type: ignore[no-untyped-def]
-    run_state_machine_as_test(RegistryMachine, settings=settings(
-        max_examples=25 if ON_PG else 40, stateful_step_count=25, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                               HealthCheck.filter_too_much]))
+def test_registry_state_machine(template_db) -> None:  # type: ignore[no-untyped-def]
+    with FreshDb.source(template_db, ON_PG):
+        run_state_machine_as_test(RegistryMachine, settings=settings(
+            max_examples=25 if ON_PG else 40, stateful_step_count=25, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                   HealthCheck.filter_too_much]))
 
 
 # --------------------------------------------------------------------------------------------------

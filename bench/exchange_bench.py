@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,24 +212,6 @@ def is_pg(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql"))
 
 
-@contextlib.contextmanager
-def _env(**values: str | None) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _cfg(url: str) -> dict[str, Any]:
     from web.config import TestConfig
     return {k: getattr(TestConfig, k) for k in dir(TestConfig) if k.isupper()} | {"SQLALCHEMY_DATABASE_URI": url}
@@ -242,11 +224,10 @@ def migrate(url: str) -> None:
     from web import create_app
     from web.extensions import db
 
-    with _env(DATABASE_URL=url, AUDIT_SEALER_INTERVAL_S="0", EMBEDDED_SEQUENCER="0"):
-        app = create_app(_cfg(url))
-        with app.app_context():
-            upgrade()
-            db.engine.dispose()
+    app = create_app(_cfg(url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
 
 
 class Database:
@@ -718,8 +699,7 @@ def profile_post(url: str, w: World, n: int) -> dict[str, Any]:
                (routes, "_await", wrap(routes, "_await", "wait for the sequencer + order view"))]
     counter = SqlCounter(thread=threading.get_ident())
     try:
-        with _env(DATABASE_URL=url, AUDIT_SEALER_INTERVAL_S="0", EMBEDDED_SEQUENCER="0"):
-            app = create_app(_cfg(url) | {"ORDER_WAIT_S": 2.0})
+        app = create_app(_cfg(url) | {"ORDER_WAIT_S": 2.0})
         with app.app_context():
             counter.attach(db.engine)
             seq = Sequencer(sessionmaker(bind=db.engine))

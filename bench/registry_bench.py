@@ -50,7 +50,6 @@ retirement p99), preceded by an informational ``BENCH registry-transfer ...`` li
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import gc
 import math
@@ -62,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,26 +91,6 @@ def is_pg(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql"))
 
 
-@contextlib.contextmanager
-def _env(**values: str | None) -> Iterator[None]:
-    """create_app lets the environment win over the given config (DATABASE_URL, the sealer
-    interval): pin them to what we migrate while the app exists."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def migrate(url: str) -> None:
     """As tests/conftest.py: flask_migrate.upgrade inside web.create_app(config)."""
     from flask_migrate import upgrade
@@ -122,11 +101,10 @@ def migrate(url: str) -> None:
 
     cfg = {k: getattr(TestConfig, k) for k in dir(TestConfig) if k.isupper()} | {
         "SQLALCHEMY_DATABASE_URI": url}
-    with _env(DATABASE_URL=url, AUDIT_SEALER_INTERVAL_S="0"):
-        app = create_app(cfg)
-        with app.app_context():
-            upgrade()
-            db.engine.dispose()
+    app = create_app(cfg)
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
 
 
 class Databases:

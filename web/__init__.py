@@ -19,16 +19,16 @@ MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 def create_app(config: type | dict[str, Any] | None = None) -> Flask:
-    """Configuration: `Config` defaults, then `config` (a class or a mapping), then the environment
-    (DATABASE_URL, SECRET_KEY, ...), which wins. With no DATABASE_URL the app uses a SQLite file in
-    the instance folder."""
+    """Configuration: the `Config` class, then the environment (DATABASE_URL, SECRET_KEY, ...), then
+    `config` (a class or a mapping: what tests and scripts pass explicitly wins). With no database URL
+    the app uses a SQLite file in the instance folder."""
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_object(Config)
+    app.config.update(from_environment())
     if isinstance(config, dict):
         app.config.update(config)
     elif config is not None:
         app.config.from_object(config)
-    app.config.update(from_environment())
     url = app.config.get("SQLALCHEMY_DATABASE_URI") or default_sqlite_url(app.instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_url(url)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]

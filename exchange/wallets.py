@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -112,6 +113,55 @@ def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, 
     session.add_all([Posting(journal_id=journal.id, account_id=a.id, amount=amt) for a, amt in legs])
     session.flush()
     return journal
+
+
+class Balanced(Protocol):
+    """What `Journals` needs of an account: a `CashAccount`, or a plain copy of one locked row."""
+
+    id: int
+    kind: CashAccountKind
+    balance: int
+
+
+class Journals:
+    """Journals of one settlement batch on accounts the caller has locked, written at `flush()` with
+    one INSERT for the journals and one for their postings (`post` costs two flushes each).
+
+    Balances move on the locked objects at once, so an overdraft is refused at the journal that
+    would cause it (InsufficientFunds, field "amount"), exactly as `post` refuses it."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.rows: list[dict[str, object]] = []
+        self.legs: list[list[tuple[int, int]]] = []
+        self.ids: list[int] = []
+
+    def post(self, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None) -> int:
+        """Queue a balanced journal; returns its index (its id is `ids[index]` after `flush()`)."""
+        legs = [(a, amt) for a, amt in legs if amt != 0]
+        if sum(amt for _, amt in legs) != 0:
+            raise ValueError("a journal must balance")
+        delta: dict[int, tuple[Balanced, int]] = {}
+        for a, amt in legs:
+            delta[a.id] = (a, delta.get(a.id, (a, 0))[1] + amt)
+        for a, d in delta.values():
+            if a.kind is not CashAccountKind.BANK and a.balance + d < 0:
+                raise InsufficientFunds(
+                    f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
+        for a, d in delta.values():
+            a.balance += d
+        self.rows.append({"kind": kind, "ref": ref, "memo": None, "created_by_id": None, "created_at": utcnow()})
+        self.legs.append([(a.id, amt) for a, amt in legs])
+        return len(self.rows) - 1
+
+    def flush(self) -> list[int]:
+        if self.rows:
+            self.ids = list(self.s.scalars(insert(Journal).returning(Journal.id, sort_by_parameter_order=True),
+                                           self.rows))
+            self.s.execute(insert(Posting), [{"journal_id": jid, "account_id": acc, "amount": amt}
+                                             for jid, legs in zip(self.ids, self.legs, strict=True)
+                                             for acc, amt in legs])
+        return self.ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from registry.actors import Actor
@@ -43,6 +43,20 @@ def record(session: Session, actor: Actor | None, action: str, entity_type: str,
     )
     session.add(rec)
     return rec
+
+
+def record_many(session: Session, rows: list[tuple[str, str, int | str, dict[str, Any]]],
+                actor: Actor | None = None) -> None:
+    """Append many unsealed records (action, entity type, entity id, payload) with one INSERT: the
+    sequencer's settlement writes several per trade and must not pay an ORM flush for each."""
+    if not rows:
+        return
+    now = utcnow()
+    user_id, holder_id = (actor.user_id, actor.holder_id) if actor else (None, None)
+    session.execute(insert(AuditRecord), [
+        {"at": now, "actor_user_id": user_id, "actor_holder_id": holder_id, "action": action,
+         "entity_type": entity_type, "entity_id": str(entity_id), "payload": canonical_json(payload)}
+        for action, entity_type, entity_id, payload in rows])
 
 
 def link_hash(rec: AuditRecord, chain_seq: int, prev_hash: str) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import ColumnElement, literal, select, tuple_
+from sqlalchemy import ColumnElement, Table, bindparam, insert, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from registry import audit
@@ -407,3 +408,165 @@ def deliver_units(session: Session, ref: str, quantity: int, to_holder_id: int, 
                  {"ref": ref, "to_holder_id": to_holder_id, "quantity_kg": quantity, "memo": memo,
                   "serials": _ranges_payload(session, blocks)})
     return t
+
+
+_BLOCKS = cast(Table, Block.__table__)
+_TRANSFERS = cast(Table, Transfer.__table__)
+_MOVEMENTS = cast(Table, Movement.__table__)
+
+
+@dataclass(slots=True)
+class _Piece:
+    """A listed range while a settlement batch works on it: an existing row, or a remainder that
+    becomes a new row when the batch is written."""
+
+    row_id: int | None
+    batch_id: int
+    project_id: int
+    vintage: int
+    start: int
+    end: int
+    account_id: int
+    status: BlockStatus = BlockStatus.LISTED
+    hold_ref: str | None = None
+    loaded: tuple[object, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.loaded = (self.end, self.account_id, self.status, self.hold_ref)
+
+    @property
+    def quantity(self) -> int:
+        return self.end - self.start + 1
+
+    def changed(self) -> bool:
+        return (self.end, self.account_id, self.status, self.hold_ref) != self.loaded
+
+
+@dataclass(slots=True)
+class Delivery:
+    ref: str
+    quantity: int
+    from_account_id: int
+    to_account_id: int
+    to_holder_id: int
+    memo: str
+    pieces: list[_Piece]
+    transfer_id: int = 0
+
+
+class ListedUnits:
+    """Delivery and unlocking of listed units for one settlement batch, written in bulk.
+
+    `deliver` and `unlock` give the same result as `deliver_units` and `unlock_units` called one by
+    one (transfers, movements, carved blocks, `units.delivered` audit records), but work in memory on
+    the blocks locked once at construction and write everything at `flush()` with one statement per
+    table. The one-by-one path costs ~10 statements per trade; the sequencer settles thousands.
+
+    Splitting keeps `carve`'s rule: the row keeps the head of its range and the tail becomes a new
+    row, so no row ever gives up its start and the inserts cannot collide on (batch, start).
+    """
+
+    def __init__(self, session: Session, refs: Sequence[str]) -> None:
+        self.s = session
+        self.listed: dict[str, list[_Piece]] = {}
+        self.pieces: list[_Piece] = []
+        self.deliveries: list[Delivery] = []
+        self._accounts: dict[int, int] = {}
+        if refs:
+            rows = session.execute(
+                select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end,
+                       Block.account_id, Block.status, Block.hold_ref)
+                .where(Block.hold_ref.in_(sorted(set(refs))), Block.status == BlockStatus.LISTED)
+                .order_by(Block.hold_ref, Block.vintage, Block.batch_id, Block.start).with_for_update())
+            for row in rows:
+                p = _Piece(*row)
+                assert p.hold_ref is not None
+                self.listed.setdefault(p.hold_ref, []).append(p)
+                self.pieces.append(p)
+
+    def prefetch_accounts(self, holder_ids: Sequence[int]) -> None:
+        """Holding accounts of the holders units will be delivered to, in one query."""
+        missing = sorted(set(holder_ids) - set(self._accounts))
+        if missing:
+            self._accounts.update(self.s.execute(select(Account.holder_id, Account.id).where(
+                Account.holder_id.in_(missing), Account.kind == AccountKind.HOLDING)).tuples().all())
+
+    def _take(self, ref: str, quantity: int | None) -> list[_Piece]:
+        listed = self.listed.get(ref, [])
+        have = sum(p.quantity for p in listed)
+        if quantity is None:
+            quantity = have
+        elif quantity <= 0 or quantity > have:
+            raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
+        taken: list[_Piece] = []
+        while quantity > 0:
+            head = listed[0]
+            if head.quantity > quantity:
+                tail = _Piece(None, head.batch_id, head.project_id, head.vintage, head.start + quantity, head.end,
+                              head.account_id, head.status, head.hold_ref)
+                head.end = head.start + quantity - 1
+                listed[0] = tail
+                self.pieces.append(tail)
+            else:
+                listed.pop(0)
+            taken.append(head)
+            quantity -= head.quantity
+        return taken
+
+    def deliver(self, ref: str, quantity: int, to_holder_id: int, *, memo: str) -> Delivery:
+        """Deliver `quantity` kg listed under `ref` to the holder's holding account. The returned
+        delivery's `transfer_id` is set by `flush()`. Raises InsufficientUnits (field quantity_kg)."""
+        pieces = self._take(ref, quantity)
+        if to_holder_id not in self._accounts:
+            self._accounts[to_holder_id] = account_of(self.s, to_holder_id).id
+        dest = self._accounts[to_holder_id]
+        d = Delivery(ref, quantity, pieces[0].account_id, dest, to_holder_id, memo, pieces)
+        for p in pieces:
+            p.account_id, p.status, p.hold_ref = dest, BlockStatus.HELD, None
+        self.deliveries.append(d)
+        return d
+
+    def unlock(self, ref: str, quantity: int | None = None) -> int:
+        """Return listed units of `ref` (all, or `quantity` kg) to held. Returns the kg unlocked."""
+        pieces = self._take(ref, quantity)
+        for p in pieces:
+            p.status, p.hold_ref = BlockStatus.HELD, None
+        return sum(p.quantity for p in pieces)
+
+    def flush(self) -> None:
+        """Write the batch: transfers (ids onto the deliveries), block rows, movements, audit."""
+        if not self.pieces and not self.deliveries:
+            return
+        now = utcnow()
+        if self.deliveries:
+            ids = self.s.scalars(insert(_TRANSFERS).returning(_TRANSFERS.c.id, sort_by_parameter_order=True), [
+                {"from_account_id": d.from_account_id, "to_account_id": d.to_account_id, "quantity_kg": d.quantity,
+                 "memo": d.memo, "created_by_id": None, "created_at": now} for d in self.deliveries]).all()
+            for d, tid in zip(self.deliveries, ids, strict=True):
+                d.transfer_id = tid
+        changed = [{"b_id": p.row_id, "b_end": p.end, "b_quantity": p.quantity, "b_account_id": p.account_id,
+                    "b_status": p.status, "b_hold_ref": p.hold_ref, "b_now": now}
+                   for p in self.pieces if p.row_id is not None and p.changed()]
+        if changed:   # rows shrink to their heads before the tails are inserted
+            self.s.execute(update(_BLOCKS).where(_BLOCKS.c.id == bindparam("b_id")).values(
+                end=bindparam("b_end"), quantity=bindparam("b_quantity"), account_id=bindparam("b_account_id"),
+                status=bindparam("b_status"), hold_ref=bindparam("b_hold_ref"), updated_at=bindparam("b_now")),
+                changed)
+        new_rows = [{"batch_id": p.batch_id, "project_id": p.project_id, "vintage": p.vintage, "start": p.start,
+                     "end": p.end, "quantity": p.quantity, "account_id": p.account_id, "status": p.status,
+                     "hold_ref": p.hold_ref, "updated_at": now} for p in self.pieces if p.row_id is None]
+        if new_rows:
+            self.s.execute(insert(_BLOCKS), new_rows)
+        if not self.deliveries:
+            return
+        self.s.execute(insert(_MOVEMENTS), [
+            {"kind": MovementKind.TRANSFER, "batch_id": p.batch_id, "start": p.start, "end": p.end,
+             "from_account_id": d.from_account_id, "to_account_id": d.to_account_id, "transfer_id": d.transfer_id,
+             "at": now} for d in self.deliveries for p in d.pieces])
+        batch_ids = {p.batch_id for d in self.deliveries for p in d.pieces}
+        prefixes = {b.id: b.serial_prefix() for b in self.s.scalars(select(Batch).where(Batch.id.in_(batch_ids)))}
+        audit.record_many(self.s, [
+            ("units.delivered", "transfer", d.transfer_id,
+             {"ref": d.ref, "to_holder_id": d.to_holder_id, "quantity_kg": d.quantity, "memo": d.memo,
+              "serials": [f"{prefixes[p.batch_id]}-{p.start}-{p.end}" for p in d.pieces]})
+            for d in self.deliveries])

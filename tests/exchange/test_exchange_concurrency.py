@@ -261,7 +261,7 @@ def test_buy_entry_during_settlement_of_the_same_buyer_does_not_deadlock(session
 
     entry_waiting = threading.Event()
     outcome: dict[str, object] = {}
-    real_deliver = units_mod.deliver_units
+    real_deliver = units_mod.ListedUnits.deliver
 
     def paused_deliver(*a, **k):  # type: ignore[no-untyped-def]
         t = threading.Thread(target=enter_buy)
@@ -291,7 +291,7 @@ def test_buy_entry_during_settlement_of_the_same_buyer_does_not_deadlock(session
                 s.rollback()
                 time.sleep(0.05)
 
-    monkeypatch.setattr(units_mod, "deliver_units", paused_deliver)
+    monkeypatch.setattr(units_mod.ListedUnits, "deliver", paused_deliver)
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
@@ -299,7 +299,7 @@ def test_buy_entry_during_settlement_of_the_same_buyer_does_not_deadlock(session
         outcome["sequencer"] = "ok"
     except Exception as e:  # noqa: BLE001
         outcome["sequencer"] = e
-    monkeypatch.setattr(units_mod, "deliver_units", real_deliver)
+    monkeypatch.setattr(units_mod.ListedUnits, "deliver", real_deliver)
     watcher.join(30)
     t = outcome.get("entry_thread")
     if isinstance(t, threading.Thread):

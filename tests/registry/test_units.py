@@ -266,3 +266,59 @@ def test_quantity_pick_pages_through_many_blocks(session, monkeypatch):
     assert r.quantity_kg == 45
     assert _blocks(session, w.buyer.account) == [(b.id, 86, 90, "held")]
     session.commit()
+
+
+def test_bulk_delivery_matches_one_by_one(session):
+    """`ListedUnits` (the sequencer's bulk path) leaves the same blocks, transfers, movements and
+    audit as `deliver_units`/`unlock_units` called one by one, through repeated splits of one block."""
+    from registry.models import AuditRecord, Movement, Transfer
+    w = world(session)
+    p = registered_project(session, w)
+    other = party(session, HolderKind.ENTERPRISE, "第二买方")
+    one, bulk = issued_batch(session, w, p, 1000, year=2023), issued_batch(session, w, p, 1000, year=2024)
+    units.lock_units(session, w.owner.holder.id, Q(quantity_kg=1000, vintage=2023), "order:one")
+    units.lock_units(session, w.owner.holder.id, Q(quantity_kg=1000, vintage=2024), "order:bulk")
+    session.flush()
+    steps = [("deliver", 100, w.buyer), ("deliver", 250, other), ("unlock", 50, None), ("deliver", 600, w.buyer)]
+    for kind, qty, to in steps:
+        if kind == "deliver":
+            units.deliver_units(session, "order:one", qty, to.holder.id, memo=f"m{qty}")
+        else:
+            units.unlock_units(session, "order:one", qty)
+    listed = units.ListedUnits(session, ["order:bulk"])
+    listed.prefetch_accounts([w.buyer.holder.id])
+    for kind, qty, to in steps:
+        if kind == "deliver":
+            listed.deliver("order:bulk", qty, to.holder.id, memo=f"m{qty}")
+        else:
+            assert listed.unlock("order:bulk", qty) == qty
+    with pytest.raises(InsufficientUnits):
+        listed.unlock("order:bulk", 1)
+    listed.flush()
+    session.commit()
+
+    def layout(batch_id):
+        return sorted((b.start, b.end, b.account_id, b.status.value, b.hold_ref) for b in session.scalars(
+            select(Block).where(Block.batch_id == batch_id)))
+
+    def moves(batch_id):
+        return [(m.start, m.end, m.from_account_id, m.to_account_id, m.kind.value,
+                 session.get(Transfer, m.transfer_id).quantity_kg if m.transfer_id else None)
+                for m in session.scalars(select(Movement).where(Movement.batch_id == batch_id,
+                                                                Movement.transfer_id.is_not(None))
+                                         .order_by(Movement.id))]
+
+    buyer = holders.account_by_number(session, w.buyer.account).id
+    second = holders.account_by_number(session, other.account).id
+    owner = holders.account_by_number(session, w.owner.account).id
+    assert layout(bulk.id) == [(1, 100, buyer, "held", None), (101, 350, second, "held", None),
+                               (351, 400, owner, "held", None), (401, 1000, buyer, "held", None)]
+    assert layout(one.id) == layout(bulk.id)
+    assert moves(one.id) == moves(bulk.id) == [
+        (1, 100, owner, buyer, "transfer", 100), (101, 350, owner, second, "transfer", 250),
+        (401, 1000, owner, buyer, "transfer", 600)]
+    delivered = [a.payload for a in session.scalars(select(AuditRecord).where(
+        AuditRecord.action == "units.delivered").order_by(AuditRecord.id))]
+    assert len(delivered) == 6
+    assert [d.replace(one.serial_prefix(), "X").replace("order:one", "R") for d in delivered[:3]] == \
+        [d.replace(bulk.serial_prefix(), "X").replace("order:bulk", "R") for d in delivered[3:]]

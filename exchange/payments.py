@@ -241,6 +241,30 @@ def refund(session: Session, actor: Actor, payment_id: int, amount: int | None, 
     return _refund(session, actor, p, p.refundable if amount is None else amount, reason.strip(), _gw(gateway))
 
 
+def refund_unfulfilled(session: Session, payment_id: int, error: str, *,
+                       gateway: StripeGateway | None = None) -> PaymentRefund:
+    """The system refunds what is left of a succeeded payment whose purpose could not be fulfilled
+    after all (e.g. an offset order's fill failed in a later job), and the payment says why
+    (`fulfilment_error`). No actor: call it only from the purpose's own use cases. If the money went
+    into the wallet, release what the purpose holds first: the refund takes it from `available`
+    (InsufficientFunds otherwise). Raises like `refund`."""
+    if not (error and error.strip()):
+        raise InvalidInput("say why the payment could not be fulfilled", field="error")
+    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    if p is None:
+        raise NotFound(f"no payment {payment_id}", field="payment_id")
+    p.fulfilment_error = error.strip()
+    audit.record(session, None, "payment.fulfilment_failed", "payment", p.id,
+                 {"purpose": p.purpose, "reference": p.reference, "error": p.fulfilment_error})
+    return _refund(session, None, p, p.refundable, f"fulfilment failed: {p.fulfilment_error}", _gw(gateway))
+
+
+def find_payments(session: Session, purpose: str, reference: str) -> list[Payment]:
+    """The payments started for one purpose's object, oldest first."""
+    return list(session.scalars(select(Payment).where(Payment.purpose == purpose, Payment.reference == reference)
+                                .order_by(Payment.id)))
+
+
 def _refund(session: Session, actor: Actor | None, p: Payment, amount: int, reason: str,
             gw: StripeGateway) -> PaymentRefund:
     if not p.status.has_succeeded:
@@ -346,10 +370,7 @@ def _succeeded(session: Session, p: Payment, obj: dict[str, Any], gw: StripeGate
             handler(session, p)
     except RegistryError as err:
         session.expire(p)   # the savepoint's changes (a wallet credit, say) are gone
-        p.fulfilment_error = f"{err.code}: {err.message}"
-        audit.record(session, None, "payment.fulfilment_failed", "payment", p.id,
-                     {"purpose": p.purpose, "reference": p.reference, "error": p.fulfilment_error})
-        _refund(session, None, p, p.refundable, f"fulfilment failed: {err.message}", gw)
+        refund_unfulfilled(session, p.id, f"{err.code}: {err.message}", gateway=gw)
         return "succeeded; fulfilment failed and was refunded"
     p.fulfilled_at = utcnow()
     return "succeeded"

@@ -323,7 +323,7 @@ def test_a_fulfilment_that_fails_is_refunded_and_says_why(client, session, peopl
     assert got["fulfilment_error"] == "sold_out: the instrument sold out before the fill"
     (ref,) = got["refunds"]
     assert (ref["amount"], ref["reason"], ref["from_wallet"]) == (
-        8_800, "fulfilment failed: the instrument sold out before the fill", False)
+        8_800, "fulfilment failed: sold_out: the instrument sold out before the fill", False)
     assert [x.amount for x in gw.client.v1.refunds.list(params={"payment_intent": pi}).data] == [8_800]
     # The wallet credit made inside the failed fulfilment was rolled back with it.
     assert available(session, buyer.holder.id) == 0
@@ -350,3 +350,26 @@ def test_unknown_purpose_and_unconfigured_stripe(session, people, gw, app):
     app.config["STRIPE_API_KEY"] = None
     r = app.test_client().post("/api/v1/wallet/topups", headers=auth(buyer), json={"amount": 100})
     assert r.status_code == 503 and r.json["error"]["code"] == "payments_unavailable"
+
+
+def test_a_fill_that_fails_later_is_refunded_from_the_wallet(client, session, people, gw, localstripe, order_purpose):
+    buyer, _ = people
+    calls, _ = order_purpose
+    p = payments.start_payment(session, buyer.actor, purpose="test_order", reference="44", holder_id=buyer.holder.id,
+                               amount=6_600, idempotency_key="order-44", gateway=gw)
+    session.commit()
+    pid, pi = p.id, p.stripe_payment_intent_id
+    assert browser_pays(gw, pi, VISA) is None
+    assert deliver(client, localstripe.inbox.wait_for(pi, "payment_intent.succeeded")[0]).json["outcome"] == "succeeded"
+    assert calls == [("succeeded", pid)] and available(session, buyer.holder.id) == 6_600
+
+    assert [x.id for x in payments.find_payments(session, "test_order", "44")] == [pid]
+    rec = payments.refund_unfulfilled(session, pid, "no seller left at the quoted price", gateway=gw)
+    session.commit()
+    assert (rec.amount, rec.reason) == (6_600, "fulfilment failed: no seller left at the quoted price")
+    assert rec.withdrawal_id is not None
+    got = client.get(f"/api/v1/payments/{pid}", headers=auth(buyer)).json
+    assert (got["status"], got["fulfilment_error"], got["refundable"]) == (
+        "refunded", "no seller left at the quoted price", 0)
+    assert available(session, buyer.holder.id) == 0
+    assert [x.amount for x in gw.client.v1.refunds.list(params={"payment_intent": pi}).data] == [6_600]

@@ -373,3 +373,33 @@ def test_a_fill_that_fails_later_is_refunded_from_the_wallet(client, session, pe
         "refunded", "no seller left at the quoted price", 0)
     assert available(session, buyer.holder.id) == 0
     assert [x.amount for x in gw.client.v1.refunds.list(params={"payment_intent": pi}).data] == [6_600]
+
+
+def test_what_stripe_says_that_tanhui_did_not_do_is_flagged(client, session, people, gw, localstripe):
+    buyer, op = people
+    p = topup(client, buyer, 9_000)
+    pi = p["stripe_payment_intent_id"]
+    assert browser_pays(gw, pi, VISA) is None
+    (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
+    wrong = json.loads(ok.body)
+    wrong["id"] = "evt_amount_differs"
+    wrong["data"]["object"]["amount"] = 900
+    r = deliver(client, signed(wrong)).json
+    assert r["outcome"] == "ignored: amount or currency differs"
+    got = client.get(f"/api/v1/payments/{p['id']}", headers=auth(op)).json
+    assert (got["status"], got["attention"]) == ("requires_payment", "Stripe reports 900 cny received for a payment of 9000 fen")
+    assert deliver(client, ok).json["outcome"] == "succeeded"
+
+    # Someone refunds 3,000 in Stripe's dashboard: recorded and flagged; the wallet is not touched.
+    outside = gw.client.v1.refunds.create(params={"payment_intent": pi, "amount": 3_000})
+    latest = gw.client.v1.payment_intents.retrieve(pi).latest_charge
+    charge = gw.client.v1.charges.retrieve(latest if isinstance(latest, str) else latest.id)
+    r = deliver(client, signed({"id": "evt_outside_refund", "object": "event", "type": "charge.refunded",
+                                "created": int(time.time()), "data": {"object": charge.to_dict()}})).json
+    assert r["outcome"] == "refund outside Tanhui recorded"
+    got = client.get(f"/api/v1/payments/{p['id']}", headers=auth(op)).json
+    assert (got["status"], got["refunded_amount"], got["refundable"]) == ("partially_refunded", 3_000, 6_000)
+    assert got["attention"].startswith("Stripe reports 3000 fen refunded, some of it outside Tanhui")
+    assert [(x["stripe_refund_id"], x["origin"], x["from_wallet"]) for x in got["refunds"]] == [
+        (outside.id, "stripe", False)]
+    assert available(session, buyer.holder.id) == 9_000

@@ -186,15 +186,23 @@ def deposit(session: Session, actor: Actor, holder_id: int, amount: int, *, exte
     """Operator credits money received (e.g. a bank transfer). `external_ref` (the bank slip) is
     unique, so a deposit is never credited twice."""
     actor.require_kind(HolderKind.OPERATOR)
+    return record_deposit(session, actor, holder_id, amount, external_ref=external_ref, memo=memo)
+
+
+def record_deposit(session: Session, actor: Actor | None, holder_id: int, amount: int, *,
+                   external_ref: str | None = None, memo: str | None = None) -> Deposit:
+    """Credit money received from outside (bank → holder's available), once per `external_ref`.
+    `actor` None: a verified system event (a card payment confirmed by Stripe's signed webhook);
+    callers check the right to credit. Raises Conflict (code "duplicate") on a repeated reference."""
     amount = _positive(amount)
     if external_ref and session.scalar(select(Deposit.id).where(Deposit.external_ref == external_ref)):
         raise Conflict("this bank reference was already credited", field="external_ref", code="duplicate")
     available, _ = holder_accounts(session, holder_id)
     j = post(session, JournalKind.DEPOSIT, [(system_account(session, CashAccountKind.BANK), -amount),
                                             (available, amount)],
-             ref=f"holder:{holder_id}", memo=memo, user_id=actor.user_id)
+             ref=f"holder:{holder_id}", memo=memo, user_id=actor.user_id if actor else None)
     d = Deposit(holder_id=holder_id, amount=amount, external_ref=external_ref, journal_id=j.id,
-                created_by_id=actor.user_id)
+                created_by_id=actor.user_id if actor else None)
     session.add(d)
     session.flush()
     audit.record(session, actor, "cash.deposited", "deposit", d.id,
@@ -246,6 +254,26 @@ def decide_withdrawal(session: Session, actor: Actor, withdrawal_id: int, *, app
     w.decided_at = utcnow()
     audit.record(session, actor, f"cash.withdrawal_{w.status.value}", "withdrawal", w.id,
                  {"amount": w.amount, "reason": reason})
+    return w
+
+
+def pay_out(session: Session, actor: Actor | None, holder_id: int, amount: int, *, bank_reference: str,
+            reason: str, ref: str) -> Withdrawal:
+    """Money leaves the holder's available balance straight to the outside world (a card refund
+    goes back to the card), recorded as a paid withdrawal so deposits minus paid withdrawals still
+    equal the money inside. Raises InsufficientFunds (field "amount") if it is not all available."""
+    amount = _positive(amount)
+    available, _ = holder_accounts(session, holder_id)
+    post(session, JournalKind.WITHDRAWAL_PAID, [(available, -amount),
+                                                (system_account(session, CashAccountKind.BANK), amount)],
+         ref=ref, memo=reason, user_id=actor.user_id if actor else None)
+    w = Withdrawal(holder_id=holder_id, amount=amount, bank_reference=bank_reference, reason=reason,
+                   status=WithdrawalStatus.PAID, requested_by_id=actor.user_id if actor else None,
+                   decided_by_id=actor.user_id if actor else None, decided_at=utcnow())
+    session.add(w)
+    session.flush()
+    audit.record(session, actor, "cash.paid_out", "withdrawal", w.id,
+                 {"holder_id": holder_id, "amount": amount, "bank_reference": bank_reference, "reason": reason})
     return w
 
 

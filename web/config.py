@@ -22,6 +22,10 @@ class Config:
     CLOSE_TIME = "15:00"            # China time
     TANHUI_SIGNING_KEY_FILE: str | None = None  # Ed25519 PEM; default instance/certificate-signing-key.pem
     CERTIFICATE_FONT_FILE: str | None = None    # a TrueType font to embed for Chinese in certificate PDFs
+    STRIPE_API_KEY: str | None = None           # secret key (sk_...); card payments are off without it
+    STRIPE_PUBLISHABLE_KEY: str | None = None   # pk_... handed to Stripe.js with a payment's client_secret
+    STRIPE_API_BASE: str | None = None          # default Stripe's own; e.g. a localstripe URL in tests
+    STRIPE_WEBHOOK_SECRET: str | None = None    # whsec_... of the webhook endpoint
 
 
 class TestConfig(Config):
@@ -40,6 +44,10 @@ ENV_KEYS = {
     "EMBEDDED_SEQUENCER": "EMBEDDED_SEQUENCER",
     "TANHUI_SIGNING_KEY_FILE": "TANHUI_SIGNING_KEY_FILE",
     "TANHUI_CERTIFICATE_FONT_FILE": "CERTIFICATE_FONT_FILE",
+    "STRIPE_API_KEY": "STRIPE_API_KEY",
+    "STRIPE_PUBLISHABLE_KEY": "STRIPE_PUBLISHABLE_KEY",
+    "STRIPE_API_BASE": "STRIPE_API_BASE",
+    "STRIPE_WEBHOOK_SECRET": "STRIPE_WEBHOOK_SECRET",
 }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, text, update
+from sqlalchemy import Table, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import matching
@@ -38,7 +38,7 @@ from exchange.models import (
 from exchange.orders import epoch
 from exchange.pricing import buy_hold, fee, notional
 from registry import audit, units
-from registry.db import utcnow
+from registry.db import bulk_insert, bulk_update, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +133,14 @@ def _orders(session: Session, ids: list[int], *, lock: bool) -> list[_Ord]:
 
 
 def _write_orders(session: Session, orders: Iterable[_Ord], now: dt.datetime) -> None:
-    """One executemany UPDATE per set of changed columns."""
+    """One bulk UPDATE per set of changed columns."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for o in orders:
         changes = o.changes()
         if changes:
-            groups.setdefault(tuple(changes), []).append(
-                {"o_id": o.id, "o_now": now, **{"o_" + k: v for k, v in changes.items()}})
-    for cols, rows in groups.items():
-        stmt = (update(_ORDERS).where(_ORDERS.c.id == bindparam("o_id"))
-                .values(updated_at=bindparam("o_now"), **{c: bindparam("o_" + c) for c in cols}))
-        session.execute(stmt, rows)
+            groups.setdefault(tuple(changes), []).append({"id": o.id, "updated_at": now, **changes})
+    for rows in groups.values():
+        bulk_update(session, _ORDERS, rows)
 
 
 class _Batch:
@@ -327,26 +324,22 @@ class _Batch:
                             "units_unlocked_kg": unlocked, "notional_paid": o.notional_paid,
                             "fees_paid": o.fees_paid}))
 
-    def flush(self, commands: list[dict[str, Any]]) -> int:
+    def flush(self, commands: list[tuple[int, list[dict[str, Any]]]]) -> int:
         """Write what the batch computed (and the commands' results); returns the number of trades."""
         assert self.units is not None
         now = utcnow()
         self.s.flush()   # the instrument row
-        if commands:
-            self.s.execute(update(_COMMANDS).where(_COMMANDS.c.id == bindparam("c_id")).values(
-                status=CommandStatus.DONE, processed_at=now, result=bindparam("c_result")), commands)
+        bulk_update(self.s, _COMMANDS, [{"id": c_id, "status": CommandStatus.DONE, "processed_at": now,
+                                         "result": result} for c_id, result in commands])
         _write_orders(self.s, self.orders.values(), now)
-        cash = [{"a_id": a.id, "a_balance": a.balance} for a in self.locked_cash if a.balance != a.loaded]
-        if cash:
-            self.s.execute(update(_CASH).where(_CASH.c.id == bindparam("a_id")).values(
-                balance=bindparam("a_balance")), cash)
+        bulk_update(self.s, _CASH, [{"id": a.id, "balance": a.balance} for a in self.locked_cash
+                                    if a.balance != a.loaded])
         self.units.flush()
         journal_ids = self.journals.flush()
         for trade, payload, journal, delivery in self.settled:
             trade["journal_id"] = payload["journal_id"] = journal_ids[journal]
             trade["transfer_id"] = payload["transfer_id"] = delivery.transfer_id
-        if self.settled:
-            self.s.execute(insert(_TRADES), [trade for trade, *_ in self.settled])
+        bulk_insert(self.s, _TRADES, [trade for trade, *_ in self.settled])
         audit.record_many(self.s, self.audit)
         return len(self.settled)
 
@@ -446,7 +439,7 @@ class Sequencer:
                 # 3. Write it.
                 results = []
                 for cmd, events in planned:
-                    results.append({"c_id": cmd.id, "c_result": batch.apply(cmd, events)})
+                    results.append((cmd.id, batch.apply(cmd, events)))
                     if cmd.kind == "expire":
                         inst.engine_now = max(inst.engine_now, int(cmd.args["now"]))
                     elif cmd.kind == "set_band" and not any(e.kind == matching.REJECTED for e in events):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ from exchange.models import (
 )
 from registry import audit
 from registry.actors import Actor
-from registry.db import utcnow
+from registry.db import bulk_insert, bulk_insert_ids, utcnow
 from registry.errors import Conflict, InvalidInput, NotFound, Suspended
 from registry.models import Holder, HolderKind
 
@@ -156,11 +156,10 @@ class Journals:
 
     def flush(self) -> list[int]:
         if self.rows:
-            self.ids = list(self.s.scalars(insert(Journal).returning(Journal.id, sort_by_parameter_order=True),
-                                           self.rows))
-            self.s.execute(insert(Posting), [{"journal_id": jid, "account_id": acc, "amount": amt}
-                                             for jid, legs in zip(self.ids, self.legs, strict=True)
-                                             for acc, amt in legs])
+            self.ids = bulk_insert_ids(self.s, cast(Table, Journal.__table__), self.rows)
+            bulk_insert(self.s, cast(Table, Posting.__table__), [
+                {"journal_id": jid, "account_id": acc, "amount": amt}
+                for jid, legs in zip(self.ids, self.legs, strict=True) for acc, amt in legs])
         return self.ids
 
 

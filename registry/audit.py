@@ -13,13 +13,13 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.orm import Session
 
 from registry.actors import Actor
-from registry.db import utcnow
+from registry.db import bulk_insert, utcnow
 from registry.models import AuditRecord
 
 GENESIS = "0" * 64
@@ -53,7 +53,7 @@ def record_many(session: Session, rows: list[tuple[str, str, int | str, dict[str
         return
     now = utcnow()
     user_id, holder_id = (actor.user_id, actor.holder_id) if actor else (None, None)
-    session.execute(insert(AuditRecord), [
+    bulk_insert(session, cast(Table, AuditRecord.__table__), [
         {"at": now, "actor_user_id": user_id, "actor_holder_id": holder_id, "action": action,
          "entity_type": entity_type, "entity_id": str(entity_id), "payload": canonical_json(payload)}
         for action, entity_type, entity_id, payload in rows])

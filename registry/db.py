@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import sqlite3
+import zlib
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Integer, MetaData, event
+from sqlalchemy import BigInteger, Enum, Integer, MetaData, Table, bindparam, event, insert, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 
 # Stable constraint names so Alembic migrations are reproducible on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -73,3 +75,74 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # both write them; the cost is that SQLite serialises transactions, which suits the embedded demo.
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# --- bulk writes ---------------------------------------------------------------------------------
+# The sequencer settles thousands of trades a batch. On PostgreSQL an executemany runs one statement
+# per row on the server; COPY runs one for all (psycopg 3's `cursor.copy`), ~10x less time per row.
+# SQLAlchemy has no COPY, hence these few lines; elsewhere the same rows go through executemany.
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _copy_value(v: Any) -> Any:
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, dict | list):
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    return v
+
+
+def _copy(session: Session, table_name: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with cursor.copy(f'COPY "{table_name}" ({cols}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([_copy_value(row[c]) for c in columns])
+
+
+def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows (dicts with the same keys). PostgreSQL: COPY; elsewhere: executemany."""
+    if not rows:
+        return
+    if _is_pg(session):
+        _copy(session, table.name, list(rows[0]), rows)
+    else:
+        session.execute(insert(table), rows)
+
+
+def bulk_insert_ids(session: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert rows and return their new ids in order. PostgreSQL: ids drawn from the table's
+    sequence in one query, then COPY; elsewhere: INSERT .. RETURNING."""
+    if not rows:
+        return []
+    if _is_pg(session):
+        ids = list(session.scalars(text(
+            "SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+            {"t": table.name, "n": len(rows)}))
+        _copy(session, table.name, ["id", *rows[0]], [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        return ids
+    return list(session.scalars(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows))
+
+
+def bulk_update(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Set columns of rows by id (dicts with "id" and the same other keys). PostgreSQL: COPY into a
+    temporary table and one UPDATE .. FROM; elsewhere: executemany."""
+    if not rows:
+        return
+    cols = [c for c in rows[0] if c != "id"]
+    if _is_pg(session) and len(rows) > 8:
+        # One temporary table per table and column set, made once per connection, emptied at commit.
+        tmp = f"_upd_{table.name}_{zlib.crc32(','.join(cols).encode()):08x}"
+        quoted = ", ".join(f'"{c}"' for c in ["id", *cols])
+        session.execute(text(f'CREATE TEMP TABLE IF NOT EXISTS "{tmp}" ON COMMIT DELETE ROWS AS '
+                             f'SELECT {quoted} FROM "{table.name}" WITH NO DATA'))
+        _copy(session, tmp, ["id", *cols], rows)
+        sets = ", ".join(f'"{c}" = u."{c}"' for c in cols)
+        session.execute(text(f'UPDATE "{table.name}" t SET {sets} FROM "{tmp}" u WHERE t.id = u.id'))
+        session.execute(text(f'TRUNCATE "{tmp}"'))
+        return
+    stmt = (update(table).where(table.c.id == bindparam("_id"))
+            .values(**{c: bindparam("_" + c) for c in cols}))
+    session.execute(stmt, [{"_" + k: v for k, v in r.items()} for r in rows])

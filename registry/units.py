@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, literal, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from registry import audit
 from registry.actors import Actor
-from registry.db import utcnow
+from registry.db import bulk_insert, bulk_insert_ids, bulk_update, utcnow
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, Suspended
 from registry.holders import account_by_number, account_of
 from registry.models import (
@@ -539,27 +539,22 @@ class ListedUnits:
             return
         now = utcnow()
         if self.deliveries:
-            ids = self.s.scalars(insert(_TRANSFERS).returning(_TRANSFERS.c.id, sort_by_parameter_order=True), [
+            ids = bulk_insert_ids(self.s, _TRANSFERS, [
                 {"from_account_id": d.from_account_id, "to_account_id": d.to_account_id, "quantity_kg": d.quantity,
-                 "memo": d.memo, "created_by_id": None, "created_at": now} for d in self.deliveries]).all()
+                 "memo": d.memo, "created_by_id": None, "created_at": now} for d in self.deliveries])
             for d, tid in zip(self.deliveries, ids, strict=True):
                 d.transfer_id = tid
-        changed = [{"b_id": p.row_id, "b_end": p.end, "b_quantity": p.quantity, "b_account_id": p.account_id,
-                    "b_status": p.status, "b_hold_ref": p.hold_ref, "b_now": now}
-                   for p in self.pieces if p.row_id is not None and p.changed()]
-        if changed:   # rows shrink to their heads before the tails are inserted
-            self.s.execute(update(_BLOCKS).where(_BLOCKS.c.id == bindparam("b_id")).values(
-                end=bindparam("b_end"), quantity=bindparam("b_quantity"), account_id=bindparam("b_account_id"),
-                status=bindparam("b_status"), hold_ref=bindparam("b_hold_ref"), updated_at=bindparam("b_now")),
-                changed)
+        # Rows shrink to their heads before the tails are inserted.
+        bulk_update(self.s, _BLOCKS, [
+            {"id": p.row_id, "end": p.end, "quantity": p.quantity, "account_id": p.account_id, "status": p.status,
+             "hold_ref": p.hold_ref, "updated_at": now} for p in self.pieces if p.row_id is not None and p.changed()])
         new_rows = [{"batch_id": p.batch_id, "project_id": p.project_id, "vintage": p.vintage, "start": p.start,
                      "end": p.end, "quantity": p.quantity, "account_id": p.account_id, "status": p.status,
                      "hold_ref": p.hold_ref, "updated_at": now} for p in self.pieces if p.row_id is None]
-        if new_rows:
-            self.s.execute(insert(_BLOCKS), new_rows)
+        bulk_insert(self.s, _BLOCKS, new_rows)
         if not self.deliveries:
             return
-        self.s.execute(insert(_MOVEMENTS), [
+        bulk_insert(self.s, _MOVEMENTS, [
             {"kind": MovementKind.TRANSFER, "batch_id": p.batch_id, "start": p.start, "end": p.end,
              "from_account_id": d.from_account_id, "to_account_id": d.to_account_id, "transfer_id": d.transfer_id,
              "at": now} for d in self.deliveries for p in d.pieces])

@@ -12,7 +12,19 @@ import sqlite3
 import zlib
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Integer, MetaData, Table, bindparam, event, insert, text, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    event,
+    insert,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -86,20 +98,30 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _copy_value(v: Any) -> Any:
-    if isinstance(v, enum.Enum):
-        return v.value
-    if isinstance(v, dict | list):
-        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-    return v
+def _enum_value(v: Any) -> Any:
+    return v.value if isinstance(v, enum.Enum) else v
 
 
-def _copy(session: Session, table_name: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def _json_text(v: Any) -> Any:
+    return None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+def _copy(session: Session, table: Table, columns: list[str], rows: list[dict[str, Any]], *,
+          into: str | None = None) -> None:
+    # COPY's text format takes ints, strings, datetimes and None as they are; enums go by value (as
+    # SQLAlchemy's Enum stores them) and JSON columns as JSON text. Converters are chosen per column
+    # once, not per value: this loop is the sequencer's hottest.
+    convert = [_json_text if isinstance(table.c[c].type, JSON) else
+               _enum_value if isinstance(table.c[c].type, Enum) else None for c in columns]
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
     cols = ", ".join(f'"{c}"' for c in columns)
-    with cursor.copy(f'COPY "{table_name}" ({cols}) FROM STDIN') as copy:
+    plain = not any(convert)
+    with cursor.copy(f'COPY "{into or table.name}" ({cols}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row([_copy_value(row[c]) for c in columns])
+            if plain:
+                copy.write_row([row[c] for c in columns])
+            else:
+                copy.write_row([f(row[c]) if f else row[c] for c, f in zip(columns, convert, strict=True)])
 
 
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -107,7 +129,7 @@ def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
     if not rows:
         return
     if _is_pg(session):
-        _copy(session, table.name, list(rows[0]), rows)
+        _copy(session, table, list(rows[0]), rows)
     else:
         session.execute(insert(table), rows)
 
@@ -121,7 +143,7 @@ def bulk_insert_ids(session: Session, table: Table, rows: list[dict[str, Any]]) 
         ids = list(session.scalars(text(
             "SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
             {"t": table.name, "n": len(rows)}))
-        _copy(session, table.name, ["id", *rows[0]], [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        _copy(session, table, ["id", *rows[0]], [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
         return ids
     return list(session.scalars(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows))
 
@@ -138,7 +160,7 @@ def bulk_update(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
         quoted = ", ".join(f'"{c}"' for c in ["id", *cols])
         session.execute(text(f'CREATE TEMP TABLE IF NOT EXISTS "{tmp}" ON COMMIT DELETE ROWS AS '
                              f'SELECT {quoted} FROM "{table.name}" WITH NO DATA'))
-        _copy(session, tmp, ["id", *cols], rows)
+        _copy(session, table, ["id", *cols], rows, into=tmp)
         sets = ", ".join(f'"{c}" = u."{c}"' for c in cols)
         session.execute(text(f'UPDATE "{table.name}" t SET {sets} FROM "{tmp}" u WHERE t.id = u.id'))
         session.execute(text(f'TRUNCATE "{tmp}"'))

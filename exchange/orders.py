@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import matching
-from exchange import wallets
+from exchange import notify, wallets
 from exchange.errors import InsufficientFunds, MarketClosed
 from exchange.instruments import deliverable, get_instrument
 from exchange.models import (
@@ -150,6 +150,7 @@ def place_order(session: Session, actor: Actor, req: OrderRequest) -> tuple[Orde
                        status=CommandStatus.PENDING, created_at=now)
     session.add(cmd)
     session.flush()
+    notify.queued(session, inst.id)
     audit.record(session, actor, "order.placed", "order", order.id,
                  {"instrument": inst.symbol, "side": req.side, "type": req.order_type, "tif": tif,
                   "price": req.price, "qty_kg": req.qty_kg, "cash_held": order.cash_held, "seq": cmd.id})
@@ -172,6 +173,7 @@ def _queue(session: Session, actor: Actor, order: Order, kind: str, args: dict[s
                        status=CommandStatus.PENDING, created_at=utcnow())
     session.add(cmd)
     session.flush()
+    notify.queued(session, order.instrument_id)
     audit.record(session, actor, f"order.{kind}_requested", "order", order.id,
                  args | {"seq": cmd.id, "cash_topped_up": cash_topped_up})
     return cmd

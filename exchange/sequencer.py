@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -22,7 +22,7 @@ from sqlalchemy import Table, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import matching
-from exchange import wallets
+from exchange import notify, wallets
 from exchange.models import (
     CashAccount,
     CashAccountKind,
@@ -378,7 +378,10 @@ class Sequencer:
         self.only = instrument_ids
         self.batch_size = batch_size
         self.books: dict[int, matching.OrderBook] = {}
-        self._wake = threading.Condition()
+        # Called after each committed batch with its command ids (in-process waiters; other
+        # processes hear of it through exchange.notify).
+        self.on_applied: list[Callable[[list[int]], None]] = []
+        self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -407,6 +410,14 @@ class Sequencer:
         return done
 
     def _run_batch(self, inst_id: int) -> int:
+        applied: list[int] = []
+        n = self._write_batch(inst_id, applied)
+        if applied:
+            for callback in self.on_applied:
+                callback(applied)
+        return n
+
+    def _write_batch(self, inst_id: int, applied: list[int]) -> int:
         try:
             with self.factory() as s, s.begin():
                 if s.get_bind().dialect.name == "postgresql" and not s.execute(
@@ -446,6 +457,8 @@ class Sequencer:
                         inst.band_low, inst.band_high = int(cmd.args["low"]), int(cmd.args["high"])
                 inst.engine_seq = book.seq
                 batch.flush(results)
+                applied.extend(c.id for c in cmds)
+                notify.applied(s, inst_id, applied)
                 return len(cmds)
         except Exception:
             # The database did not take this batch: forget the book, rebuild it next time.
@@ -455,20 +468,24 @@ class Sequencer:
     # --- the embedded thread ------------------------------------------------------------------
 
     def wake(self) -> None:
-        with self._wake:
-            self._wake.notify_all()
+        self._wakeup.set()
+
+    def serve(self, idle_s: float = 0.5) -> None:
+        """Apply commands until `stop()`; between runs that found nothing, sleep until `wake()` or
+        `idle_s` seconds. The flag is cleared before each run, so a wake during a run is not lost."""
+        while not self._stop.is_set():
+            self._wakeup.clear()
+            try:
+                n = self.run_once()
+            except Exception:
+                log.exception("sequencer batch failed; the book is rebuilt from the database")
+                n = 0
+            if n == 0:
+                self._wakeup.wait(idle_s)
 
     def start(self, idle_s: float = 0.5) -> None:
         def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    n = self.run_once()
-                except Exception:
-                    log.exception("sequencer batch failed; the book is rebuilt from the database")
-                    n = 0
-                if n == 0:
-                    with self._wake:
-                        self._wake.wait(idle_s)
+            self.serve(idle_s)
 
         self._thread = threading.Thread(target=loop, name="sequencer", daemon=True)
         self._thread.start()

@@ -49,7 +49,8 @@ def create_app(config: type | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages_bp)
     register_cli(app)
 
-    from web.sealer import start_embedded_sequencer, start_sealer
+    from web.sealer import start_command_watch, start_embedded_sequencer, start_sealer
     start_sealer(app)
+    start_command_watch(app)
     start_embedded_sequencer(app)
     return app

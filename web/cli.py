@@ -181,8 +181,8 @@ def seed(tokens_file: str | None) -> None:
 def run_engine(symbols: tuple[str, ...], once: bool, poll: float) -> None:
     """Run the sequencer: the single writer of the books (one process per instrument group)."""
     import signal
-    import time
 
+    from exchange import notify
     from exchange.instruments import get_instrument
     from exchange.sequencer import Sequencer
 
@@ -192,18 +192,23 @@ def run_engine(symbols: tuple[str, ...], once: bool, poll: float) -> None:
     if once:
         click.echo(f"applied {seq.run_once()} commands")
         return
-    stopping = False
 
     def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
+        seq.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     click.echo(f"sequencer running for {list(symbols) or 'all instruments'}; Ctrl-C to stop")
-    while not stopping:
-        if seq.run_once() == 0:
-            time.sleep(poll)
+    listener = None
+    if db.engine.dialect.name == "postgresql":
+        # Order entry NOTIFYs on commit: start at once rather than at the next poll.
+        listener = notify.Listener(notify.dsn_of(str(db.engine.url.render_as_string(hide_password=False))),
+                                   [notify.QUEUED], lambda _ch, _payload: seq.wake()).start()
+    try:
+        seq.serve(idle_s=poll)
+    finally:
+        if listener is not None:
+            listener.stop()
 
 
 @exchange_cli.command("close-day")

@@ -60,6 +60,7 @@ def start_embedded_sequencer(app: Flask) -> None:
         with app.app_context():
             seq = Sequencer(sessionmaker(bind=db.engine))
         app.extensions["sequencer"] = seq
+        seq.on_applied.append(app.extensions["command_watch"].applied)
         seq.start()
         if app.config.get("EMBEDDED_SCHEDULER"):
             from exchange import jobs
@@ -69,3 +70,23 @@ def start_embedded_sequencer(app: Flask) -> None:
                                              close_time=app.config.get("CLOSE_TIME", "15:00"))
             sched.start()
             app.extensions["scheduler"] = sched
+
+
+def start_command_watch(app: Flask) -> None:
+    """Order POSTs wait for the sequencer's result through `exchange.notify.CommandWatch`: woken by
+    the embedded sequencer directly, and on PostgreSQL by a LISTEN thread of this process (started
+    with the first request, so after gunicorn forks) hearing a sequencer in any process."""
+    from exchange import notify
+
+    watch = app.extensions["command_watch"] = notify.CommandWatch()
+    started = threading.Event()
+
+    @app.before_request
+    def _listen_once() -> None:
+        if started.is_set():
+            return
+        started.set()
+        if db.engine.dialect.name == "postgresql":
+            url = db.engine.url.render_as_string(hide_password=False)
+            app.extensions["command_listener"] = notify.Listener(
+                notify.dsn_of(url), [notify.APPLIED], lambda _ch, payload: watch.on_notify(payload)).start()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from exchange import instruments, market_data, orders, reference, wallets
+from exchange import instruments, market_data, notify, orders, reference, wallets
 from exchange.models import (
     CommandStatus,
     Instrument,
@@ -198,18 +197,20 @@ def order_view(session: Session, order: Order) -> dict[str, Any]:
 
 
 def _await(command_id: int, order_id: int) -> Any:
-    """Wake the embedded sequencer and wait a bounded time for it to apply the command."""
+    """Wake the embedded sequencer and wait a bounded time for it to apply the command (woken by
+    exchange.notify, re-reading the command's status after each wake)."""
     seq = current_app.extensions.get("sequencer")
     if seq is not None:
         seq.wake()
-    deadline = time.monotonic() + float(current_app.config.get("ORDER_WAIT_S", 2.0))
     session = db.session
-    while True:
+
+    def done() -> bool:
         status = session.scalar(select(OrderCommand.status).where(OrderCommand.id == command_id))
         session.rollback()
-        if status is CommandStatus.DONE or time.monotonic() >= deadline:
-            break
-        time.sleep(0.005)
+        return status is CommandStatus.DONE
+
+    watch: notify.CommandWatch = current_app.extensions["command_watch"]
+    watch.wait(command_id, done, float(current_app.config.get("ORDER_WAIT_S", 2.0)))
     order = session.get(Order, order_id)
     assert order is not None
     view = order_view(session, order)

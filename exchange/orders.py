@@ -123,22 +123,23 @@ def place_order(session: Session, actor: Actor, req: OrderRequest) -> tuple[Orde
     holder = session.get(Holder, actor.holder_id)
     if holder is None or holder.suspended:
         raise Suspended("a suspended holder cannot trade", field="instrument")
+    amount = 0
+    if req.side == matching.BUY:
+        limit = req.price if req.price is not None else inst.band_high
+        amount = buy_hold(limit, req.qty_kg, inst.lot_size_kg, max(inst.maker_fee_bp, inst.taker_fee_bp))
     order = Order(instrument_id=inst.id, holder_id=actor.holder_id, user_id=actor.user_id, side=req.side,
                   order_type=req.order_type, tif=tif, price=req.price, qty_kg=req.qty_kg, filled_kg=0,
                   remaining_kg=0, post_only=req.post_only, stp=req.stp, expire_at=req.expire_at,
-                  status=OrderStatus.PENDING, cash_held=0, notional_paid=0, fees_paid=0,
+                  status=OrderStatus.PENDING, cash_held=amount, notional_paid=0, fees_paid=0,
                   created_at=now, updated_at=now)
     session.add(order)
     session.flush()
     if req.side == matching.BUY:
-        limit = req.price if req.price is not None else inst.band_high
-        amount = buy_hold(limit, req.qty_kg, inst.lot_size_kg, max(inst.maker_fee_bp, inst.taker_fee_bp))
         try:
             wallets.hold(session, actor.holder_id, amount, ref=order.ref, user_id=actor.user_id)
         except InsufficientFunds as e:
             raise InsufficientFunds(f"this buy needs {amount} (minor units, at most) available: {e.message}",
                                     field="qty_kg") from None
-        order.cash_held = amount
     else:
         try:
             units.lock_units(session, actor.holder_id,

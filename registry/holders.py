@@ -7,7 +7,7 @@ import hashlib
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from registry import audit
@@ -125,7 +125,9 @@ def create_token(session: Session, user: User, name: str = "api",
 
 def authenticate(session: Session, token: str) -> tuple[User, ApiToken]:
     """Resolve a bearer token to its active user. Raises Unauthenticated."""
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(token)))
+    # Token, user and holder in one query: every authenticated request starts here.
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(token))
+                         .options(joinedload(ApiToken.user).joinedload(User.holder)))
     if row is None or row.revoked_at is not None:
         raise Unauthenticated("invalid or revoked token")
     if row.expires_at is not None and row.expires_at <= utcnow():

@@ -277,7 +277,8 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
                   footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
                   preference: Mapping[str, Any] | None = None, payment: str = "wallet",
                   ttl: dt.timedelta = QUOTE_TTL) -> OffsetOrder:
-    """Quote an offset (status draft): `quantity_kg`, or a footprint's uncovered part. A listing quote
+    """Quote an offset (status draft): `quantity_kg`, or a footprint's uncovered part (or part of
+    it, when both are given). A listing quote
     reserves the quantity until `expires_at`. Raises InvalidInput, NotFound (footprint, instrument),
     Conflict (footprint already covered), InsufficientUnits (no supply: field quantity_kg)."""
     actor.require_can_move_units()
@@ -285,8 +286,8 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
         raise InvalidInput("payment must be wallet or card", field="payment")
     if not isinstance(beneficiary, str) or not beneficiary.strip():
         raise InvalidInput("beneficiary is required", field="beneficiary")
-    if (quantity_kg is None) == (footprint_id is None):
-        raise InvalidInput("give either quantity_kg or footprint_id", field="quantity_kg")
+    if quantity_kg is None and footprint_id is None:
+        raise InvalidInput("give quantity_kg or footprint_id (or both: part of a footprint)", field="quantity_kg")
     pref = Preference.parse(preference)
     footprint = None
     if footprint_id is not None:
@@ -294,10 +295,15 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
         if footprint is None or footprint.holder_id != actor.holder_id:
             raise NotFound(f"no footprint {footprint_id}", field="footprint_id")
         retired, live = covered_kg(session, footprint.id)
-        quantity_kg = footprint.total_kg - retired - live
-        if quantity_kg <= 0:
+        uncovered = footprint.total_kg - retired - live
+        if uncovered <= 0:
             raise Conflict(f"footprint {footprint.id} is already covered by retired or pending offsets",
                            field="footprint_id", code="already_covered")
+        if quantity_kg is None:
+            quantity_kg = uncovered
+        elif isinstance(quantity_kg, int) and quantity_kg > uncovered:
+            raise Conflict(f"only {uncovered} kg of footprint {footprint.id} is not yet covered",
+                           field="quantity_kg", code="more_than_footprint")
     qty = _int(quantity_kg, "quantity_kg")
     now = utcnow()
     order = OffsetOrder(holder_id=actor.holder_id, user_id=actor.user_id, footprint_id=footprint_id,

@@ -41,6 +41,7 @@ def create_app(config: type | dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
 
+    from web import offset_pages  # noqa: F401  (adds its page to the pages blueprint)
     from web.api import bp as api_bp
     from web.cli import register_cli
     from web.pages import bp as pages_bp

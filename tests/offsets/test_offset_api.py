@@ -60,8 +60,9 @@ def test_offset_over_http(client, session, market) -> None:
     d = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 1_000, "beneficiary": "x"}).json
     x = client.post(f"/api/v1/offsets/{d['id']}/cancel", headers=buyer, json={"reason": "too early"})
     assert x.status_code == 200 and x.json["status"] == "cancelled" and x.json["reason"] == "too early"
-    bad = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 1_000, "footprint_id": fp["id"],
-                                                              "beneficiary": "x"})
+    bad = client.post("/api/v1/offsets", headers=buyer, json={"footprint_id": fp["id"], "beneficiary": "x"})
+    assert bad.status_code == 409 and bad.json["error"]["field"] == "footprint_id"      # already covered
+    bad = client.post("/api/v1/offsets", headers=buyer, json={"beneficiary": "x"})
     assert bad.status_code == 422 and bad.json["error"]["field"] == "quantity_kg"
     bad = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 1_000})
     assert bad.status_code == 422 and bad.json["error"]["field"] == "beneficiary"
@@ -83,3 +84,44 @@ def test_offset_over_http(client, session, market) -> None:
     session.expire_all()
     assert wallets.balance(session, m.buyer.holder.id).total == CASH - 464_883
     assert offsets.check(session) == []
+
+
+def test_neutrality_statement(client, session, market) -> None:
+    m = market
+    offsets.create_listing(session, m.seller.actor, project_id=m.project.id, vintage=2024, quantity_kg=100_000,
+                           price=60_00)
+    buyer = _h(session, m.buyer)
+    session.commit()
+    fp = client.post("/api/v1/footprints", headers=buyer, json={
+        "kind": "event", "inputs": CONFERENCE, "reductions": ["会场使用绿电照明 LED lighting", "无纸化 paperless"]}).json
+    before = client.get(f"/api/v1/footprints/{fp['id']}/neutrality")
+    assert before.status_code == 200, before.json
+    assert (before.json["neutral"], before.json["uncovered_kg"], before.json["retired_kg"]) == (False, 77_095, 0)
+    assert "77.095 t (77095 kg) still uncovered" in before.json["statement"]
+    page = client.get(f"/footprints/{fp['id']}/neutrality")
+    assert page.status_code == 200 and "77095 kg) still uncovered" in page.get_data(as_text=True)
+
+    # Two orders: 40,000 kg first, then the footprint's uncovered rest (37,095 kg).
+    done = []
+    for body in ({"quantity_kg": 40_000, "footprint_id": fp["id"]}, {"footprint_id": fp["id"]}):
+        q = client.post("/api/v1/offsets", headers=buyer, json=body | {"beneficiary": "大湾区低碳论坛 2026"}).json
+        assert q["quantity_kg"] == body.get("quantity_kg", 77_095 - 40_000), q
+        oid = q["id"]
+        r = client.post(f"/api/v1/offsets/{oid}/confirm", headers=buyer)
+        assert r.json["status"] == "retired", r.json
+        done.append(r.json["certificate_number"])
+        mid = client.get(f"/api/v1/footprints/{fp['id']}/neutrality").json
+        if len(done) == 1:
+            assert (mid["neutral"], mid["uncovered_kg"]) == (False, 37_095)
+    after = client.get(f"/api/v1/footprints/{fp['id']}/neutrality").json
+    assert (after["neutral"], after["retired_kg"], after["uncovered_kg"]) == (True, 77_095, 0)
+    assert [r["certificate_number"] for r in after["retirements"]] == done
+    assert after["reductions"] == ["会场使用绿电照明 LED lighting", "无纸化 paperless"]
+    assert sum(b["quantity_kg"] for r in after["retirements"] for b in r["serials"]) == 77_095
+    html = client.get(f"/footprints/{fp['id']}/neutrality").get_data(as_text=True)
+    assert "Carbon neutral" in html and done[0] in html and done[1] in html and "paperless" in html
+    # Personal and organisation footprints have no public statement.
+    me = client.post("/api/v1/footprints", headers=buyer, json={"kind": "personal", "inputs": {
+        "name": "me", "region": "CN-GD", "electricity_kwh": 100}}).json
+    assert client.get(f"/api/v1/footprints/{me['id']}/neutrality").status_code == 404
+    assert client.get(f"/footprints/{me['id']}/neutrality").status_code == 404

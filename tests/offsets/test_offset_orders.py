@@ -245,3 +245,19 @@ def test_jobs_and_cli_expire_and_resume(session, session_factory, runner, market
     session.expire_all()
     assert offsets.get_offset(session, m.buyer.actor, paid.id).status is OffsetStatus.RETIRED
     assert offsets.get_offset(session, m.buyer.actor, stale.id).status is OffsetStatus.CANCELLED
+
+
+def test_part_of_a_footprint(session, market) -> None:
+    m = market
+    _listing(session, m)
+    fp = footprints.create_footprint(session, m.buyer.actor, "event", CONFERENCE)
+    with pytest.raises(Conflict) as e:
+        offsets.create_offset(session, m.buyer.actor, footprint_id=fp.id, quantity_kg=77_096, beneficiary="x")
+    assert e.value.field == "quantity_kg"
+    a = offsets.create_offset(session, m.buyer.actor, footprint_id=fp.id, quantity_kg=70_000, beneficiary="x")
+    b = offsets.create_offset(session, m.buyer.actor, footprint_id=fp.id, beneficiary="x")
+    assert (a.quantity_kg, b.quantity_kg) == (70_000, 7_095)
+    assert offsets.covered_kg(session, fp.id) == (0, 77_095)
+    offsets.cancel_offset(session, m.buyer.actor, b.id)
+    assert offsets.covered_kg(session, fp.id) == (0, 70_000)
+    session.commit()

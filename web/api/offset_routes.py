@@ -8,7 +8,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from exchange import footprints, offsets, wallets
+from exchange import footprints, neutrality, offsets, wallets
 from exchange.models import Instrument
 from exchange.offset_models import OffsetOrder, OffsetStatus
 from registry.actors import Actor
@@ -165,3 +165,10 @@ def list_offsets(session: Session, actor: Actor, *, query: dict[str, Any]) -> An
     items, total = paginate(session, offsets.offsets_of(session, actor.holder_id, query.get("status")),
                             query["page"], query["per_page"])
     return [offset_view(session, x) for x in items], total, query["page"], query["per_page"]
+
+
+@endpoint(bp, "/footprints/<int:footprint_id>/neutrality", tags=("offsets", "public"),
+          summary="An event's carbon-neutrality statement: footprint, reductions, credits retired, certificates",
+          response=o.NeutralityOut)
+def get_neutrality(session: Session, actor: Actor | None, footprint_id: int) -> Any:
+    return neutrality.statement(session, footprint_id)

@@ -78,8 +78,9 @@ class OffsetCreate(Schema):
 
     @validates_schema
     def _one_of(self, data: dict[str, object], **_: object) -> None:
-        if ("quantity_kg" in data) == ("footprint_id" in data):
-            raise ValidationError("give either quantity_kg or footprint_id", field_name="quantity_kg")
+        if "quantity_kg" not in data and "footprint_id" not in data:
+            raise ValidationError("give quantity_kg or footprint_id (or both: part of a footprint)",
+                                  field_name="quantity_kg")
 
 
 class CancelIn(Schema):

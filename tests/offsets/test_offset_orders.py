@@ -261,3 +261,31 @@ def test_part_of_a_footprint(session, market) -> None:
     offsets.cancel_offset(session, m.buyer.actor, b.id)
     assert offsets.covered_kg(session, fp.id) == (0, 70_000)
     session.commit()
+
+
+def test_crash_inside_the_fill_leaves_nothing_half_done(session, session_factory, market, monkeypatch) -> None:
+    m = market
+    _listing(session, m)
+    order = offsets.create_offset(session, m.buyer.actor, quantity_kg=3_000, beneficiary="crash")
+    offsets.confirm_offset(session, m.buyer.actor, order.id)
+    session.commit()
+    oid = order.id
+
+    class Killed(BaseException):
+        pass
+
+    def die(*a, **k):
+        raise Killed()
+    monkeypatch.setattr(offsets.units, "retire", die)     # the process dies after delivery, before retiring
+    with pytest.raises(Killed):
+        offsets.resume_paid(session_factory)
+    monkeypatch.undo()
+    session.expire_all()
+    assert offsets.get_offset(session, m.buyer.actor, oid).status is OffsetStatus.PAID
+    assert wallets.balance(session, m.seller.holder.id).total == 0      # the DvP rolled back with it
+    session.rollback()
+    assert offsets.resume_paid(session_factory) == [oid]
+    session.expire_all()
+    assert offsets.get_offset(session, m.buyer.actor, oid).status is OffsetStatus.RETIRED
+    assert session.scalar(select(func.count()).select_from(Retirement)) == 1
+    assert _problems(session) == []

@@ -540,20 +540,22 @@ def retire_delivered(session: Session, order: OffsetOrder, transfer_ids: list[in
 
 
 def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
-    """Delivery versus payment from the listing, then retirement, all in the caller's transaction."""
+    """Delivery versus payment from the listing, then retirement, all in the caller's transaction.
+    The money moves last: the platform's fee account is one row every fill (and the sequencer's
+    settlement) locks, so it is held only from here to the commit."""
     assert order.listing_id is not None
     listing = _lock_listing(session, order.listing_id)
-    buyer_available, buyer_held = wallets.holder_accounts(session, order.holder_id)
-    seller_available, _ = wallets.holder_accounts(session, listing.seller_id)
-    wallets.post(session, JournalKind.SETTLEMENT, [
-        (buyer_held, -order.total), (seller_available, order.notional),
-        (wallets.system_account(session, CashAccountKind.FEES), order.fee)], ref=order.ref,
-        memo=f"offset order {order.id} from listing {listing.id}")
     t = units.deliver_units(session, listing.ref, order.quantity_kg, order.holder_id,
                             memo=f"offset order {order.id}", user_id=order.user_id)
     order.reserved_kg = 0
     order.filled_at = utcnow()
     retire_delivered(session, order, [t.id], order.quantity_kg)
+    _, buyer_held = wallets.holder_accounts(session, order.holder_id)
+    seller_available, _ = wallets.holder_accounts(session, listing.seller_id)
+    wallets.post(session, JournalKind.SETTLEMENT, [
+        (buyer_held, -order.total), (seller_available, order.notional),
+        (wallets.system_account(session, CashAccountKind.FEES), order.fee)], ref=order.ref,
+        memo=f"offset order {order.id} from listing {listing.id}")
 
 
 def fulfil(session: Session, order_id: int) -> OffsetOrder:

@@ -6,10 +6,11 @@ import time
 from typing import Any
 
 from flask import current_app
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from exchange import footprints, neutrality, offsets, wallets
-from exchange.models import Instrument
+from exchange.models import Instrument, Order
 from exchange.offset_models import OffsetOrder, OffsetStatus
 from registry.actors import Actor
 from registry.errors import InvalidInput
@@ -136,9 +137,12 @@ def _await_engine(session: Session, order_id: int) -> None:
         seq.wake()
     deadline = time.monotonic() + float(current_app.config.get("ORDER_WAIT_S", 2.0))
     while time.monotonic() < deadline:
-        done = offsets.fulfil(session, order_id)
-        session.commit()
-        if done.status is not OffsetStatus.PAID:
+        status = session.scalar(select(Order.status).join(OffsetOrder, OffsetOrder.exchange_order_id == Order.id)
+                                .where(OffsetOrder.id == order_id))
+        session.rollback()
+        if status is not None and status.is_final:
+            offsets.fulfil(session, order_id)
+            session.commit()
             return
         time.sleep(0.01)
 

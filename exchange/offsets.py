@@ -236,7 +236,13 @@ def _pick_listing(session: Session, holder_id: int, qty: int, pref: Preference) 
                           else Methodology.sector == pref.project_type)
     if pref.instrument:
         stmt = stmt.where(*_instrument_conditions(get_instrument(session, pref.instrument)))
-    listing = session.scalar(stmt)
+    # PostgreSQL re-checks a row it waited for and drops it if a concurrent quote took its supply;
+    # with LIMIT 1 the statement then returns nothing even if another listing would do. A fresh
+    # statement sees the committed state: try again before saying there is no supply.
+    for _ in range(3):
+        listing = session.scalar(stmt)
+        if listing is not None:
+            break
     if listing is None:
         raise InsufficientUnits(f"no listing matching the preference has {qty} kg available", field="quantity_kg",
                                 code="no_supply")

@@ -153,3 +153,30 @@ def test_exchange_offset_over_http(app, client, session, market, book) -> None:
     assert (c.json["status"], c.json["filled_kg"]) == ("retired", 2_000)
     assert c.json["paid_amount"] - c.json["refunded_amount"] == 11_859
     assert c.json["certificate"]["number"] == c.json["certificate_number"]
+
+
+def test_card_paid_exchange_buy_refunds_the_unspent_to_the_card(session, session_factory, market, book) -> None:
+    from exchange.models import Withdrawal
+    m = market
+    refunds: list[int] = []
+    offsets.set_card_refunder(lambda s, o, amount: refunds.append(amount) or "re_1")
+    try:
+        o = offsets.create_offset(session, m.buyer.actor, quantity_kg=6_000, beneficiary="card", payment="card",
+                                  preference=EXCHANGE)
+        offsets.confirm_offset(session, m.buyer.actor, o.id)
+        offsets.mark_paid(session, o.id, payment_ref="pi_x")
+        offsets.fulfil(session, o.id)
+        session.commit()
+        book.run_once()
+        session.rollback()
+        assert offsets.resume_paid(session_factory) == [o.id]
+        session.expire_all()
+        o = offsets.get_offset(session, m.buyer.actor, o.id)
+        spent = 29_500 + 148 + 6_100 + 31            # as in test_buy_on_the_book_at_the_quote
+        assert (o.status, o.refunded_amount, o.refund_ref) == (OffsetStatus.RETIRED, o.total - spent, "re_1")
+        assert refunds == [o.total - spent]
+        assert session.scalars(select(Withdrawal.amount)).all() == [o.total - spent]
+        assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH, 0)   # the card paid it all
+    finally:
+        offsets.set_card_refunder(None)
+    assert _problems(session) == []

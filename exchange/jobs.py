@@ -183,6 +183,8 @@ def build_scheduler(session_factory: sessionmaker[Session], *, close_time: str =
     sched.add_job(run_expiry, IntervalTrigger(seconds=expiry_seconds, timezone=zone),
                   args=[session_factory], kwargs={"wake": wake}, id="exchange.expire_gtd",
                   name="GTD order expiry", replace_existing=True, misfire_grace_time=expiry_seconds)
+    from exchange import offset_jobs
+    offset_jobs.add_jobs(sched, session_factory, wake=wake)
     return sched
 
 

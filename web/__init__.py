@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask
 
 from exchange import models as _exchange_models  # noqa: F401  (registers the tables on Base.metadata)
+from exchange import offset_models as _offset_models  # noqa: F401
 from exchange import payment_models as _payment_models  # noqa: F401
 from registry import calculators as _calculators  # noqa: F401  (registers the methodology calculators)
 from registry import factors as _factors  # noqa: F401
@@ -41,6 +42,7 @@ def create_app(config: type | dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
 
+    from web import offset_pages  # noqa: F401  (adds its page to the pages blueprint)
     from web.api import bp as api_bp
     from web.cli import register_cli
     from web.pages import bp as pages_bp

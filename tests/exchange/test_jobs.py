@@ -134,7 +134,8 @@ def test_gtd_orders_expire_through_queue_expiry(session, session_factory, m):
 def test_build_scheduler_defines_the_jobs(session_factory):
     sched = jobs.build_scheduler(session_factory, close_time="15:00")
     by_id = {j.id: j for j in sched.get_jobs()}
-    assert set(by_id) == {"exchange.daily_close", "exchange.expire_gtd"}
+    assert set(by_id) == {"exchange.daily_close", "exchange.expire_gtd", "offsets.expire_quotes",
+                          "offsets.resume_paid"}
     close = by_id["exchange.daily_close"].trigger
     fields = {f.name: str(f) for f in close.fields}
     assert (fields["hour"], fields["minute"]) == ("15", "0")

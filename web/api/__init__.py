@@ -7,8 +7,13 @@ from typing import Any
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-import web.api.payment_routes  # noqa: F401  (card payments)
-from web.api import carbon_routes, exchange_routes, routes  # noqa: F401  (registers the operations)
+from web.api import (  # noqa: F401  (registers the operations)
+    carbon_routes,
+    exchange_routes,
+    offset_routes,
+    payment_routes,
+    routes,
+)
 from web.api.blueprint import bp
 from web.api.core import error_response
 

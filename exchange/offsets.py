@@ -1,0 +1,642 @@
+"""Offset orders: quote → pay → fill → retire to the beneficiary, with a certificate at the end.
+
+States: draft (a quote: price, fee and total shown apart, holding supply until `expires_at`) →
+awaiting_payment (card) → paid (the money is held for the order) → filled → retired (certificate
+issued); or cancelled (with a reason: by the buyer, or the quote expired) or refunded (with the
+reason the fill could not complete).
+
+Fills (`fulfil`):
+- from a fixed-price listing (the fast path): the quote reserved the quantity on the listing; the
+  fill is delivery versus payment in one transaction: the held money goes to the seller (the fee to
+  the platform), the listed blocks go to the buyer and the exact blocks delivered are retired at
+  once to the beneficiary (`registry.units.retire` with their serials).
+- from the order book (`exchange.offset_fill`): an IOC limit buy at the quoted price, so nothing is
+  paid above the quote; what the trades delivered is retired, the rest of the money comes back.
+
+Payment and fill are separate transactions on purpose: the money is safe (held) once paid, and a
+fill interrupted by a crash is finished by `resume_paid` (a scheduled job and a CLI command); every
+step locks the order row and checks its state, so nothing is retired or refunded twice.
+
+Card payments (Stripe, in `exchange.payments`) call `mark_paid` when the payment succeeded and
+register a refunder with `set_card_refunder` that returns money to the card.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from exchange import wallets
+from exchange.instruments import get_instrument
+from exchange.models import (
+    CashAccountKind,
+    Deposit,
+    Instrument,
+    InstrumentKind,
+    JournalKind,
+    Withdrawal,
+    WithdrawalStatus,
+)
+from exchange.offset_models import (
+    Footprint,
+    FootprintKind,
+    ListingStatus,
+    OffsetListing,
+    OffsetOrder,
+    OffsetStatus,
+)
+from exchange.pricing import fee as fee_of
+from exchange.pricing import notional as notional_of
+from registry import audit, units
+from registry.actors import Actor
+from registry.db import utcnow
+from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
+from registry.models import (
+    Batch,
+    BlockStatus,
+    Holder,
+    HolderKind,
+    Methodology,
+    Movement,
+    Project,
+    ProjectKind,
+    RetirementPurpose,
+    User,
+    UserRole,
+)
+
+QUOTE_TTL = dt.timedelta(minutes=10)
+CARD_PAYMENT_TTL = dt.timedelta(minutes=30)
+DEFAULT_FEE_BP = 50
+PAYMENTS = ("wallet", "card")
+LIVE = (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT, OffsetStatus.PAID)
+_PURPOSE = {FootprintKind.EVENT: RetirementPurpose.EVENT_OFFSET,
+            FootprintKind.ORGANISATION: RetirementPurpose.ORGANISATIONAL,
+            FootprintKind.PERSONAL: RetirementPurpose.PERSONAL}
+
+# Set by the card-payment module: refunder(session, order, amount) → the refund's reference.
+CardRefunder = Callable[[Session, OffsetOrder, int], str | None]
+_card_refunder: CardRefunder | None = None
+
+
+def set_card_refunder(fn: CardRefunder | None) -> None:
+    """Register how a card payment is refunded (e.g. a Stripe Refund with an idempotency key).
+    Called inside the refund's transaction, after the ledger moved the money out to the bank."""
+    global _card_refunder
+    _card_refunder = fn
+
+
+def _int(value: object, field: str, low: int = 1, high: int = 10**12) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"{field} must be an integer in [{low}, {high}]", field=field)
+    return value
+
+
+# ---- listings ---------------------------------------------------------------------------------
+
+
+def create_listing(session: Session, actor: Actor, *, project_id: int, vintage: int, quantity_kg: int,
+                   price: int, fee_bp: int = DEFAULT_FEE_BP) -> OffsetListing:
+    """A seller lists `quantity_kg` of its held blocks of one project and vintage at a fixed `price`
+    (minor units per tonne). The blocks are locked (LISTED under the listing's ref). Raises
+    InsufficientUnits (field quantity_kg), InvalidInput, Suspended."""
+    actor.require_can_move_units()
+    _int(project_id, "project_id")
+    _int(vintage, "vintage", 1990, 2200)
+    _int(quantity_kg, "quantity_kg")
+    _int(price, "price")
+    _int(fee_bp, "fee_bp", 0, 1000)
+    listing = OffsetListing(seller_id=actor.holder_id, project_id=project_id, vintage=vintage, price=price,
+                            fee_bp=fee_bp, quantity_kg=quantity_kg, available_kg=quantity_kg,
+                            status=ListingStatus.ACTIVE.value, created_by_id=actor.user_id)
+    session.add(listing)
+    session.flush()
+    units.lock_units(session, actor.holder_id, units.Selection(quantity_kg=quantity_kg, project_id=project_id,
+                                                               vintage=vintage), listing.ref)
+    audit.record(session, actor, "offset_listing.created", "offset_listing", listing.id,
+                 {"project_id": project_id, "vintage": vintage, "quantity_kg": quantity_kg, "price": price,
+                  "fee_bp": fee_bp})
+    return listing
+
+
+def _lock_listing(session: Session, listing_id: int) -> OffsetListing:
+    listing = session.get(OffsetListing, listing_id, with_for_update={"key_share": True},
+                          populate_existing=True)
+    if listing is None:
+        raise NotFound(f"no listing {listing_id}", field="listing_id")
+    return listing
+
+
+def close_listing(session: Session, actor: Actor, listing_id: int) -> OffsetListing:
+    """The seller withdraws what is not reserved; live quotes keep their reservation (released to
+    the seller when they end)."""
+    actor.require_can_move_units()
+    listing = _lock_listing(session, listing_id)
+    if listing.seller_id != actor.holder_id:
+        raise NotFound(f"no listing {listing_id}", field="listing_id")
+    if listing.status != ListingStatus.ACTIVE.value:
+        raise Conflict("the listing is closed", field="listing_id", code="listing_closed")
+    unlocked = units.unlock_units(session, listing.ref, listing.available_kg) if listing.available_kg else 0
+    listing.available_kg, listing.status = 0, ListingStatus.CLOSED.value
+    audit.record(session, actor, "offset_listing.closed", "offset_listing", listing.id, {"unlocked_kg": unlocked})
+    return listing
+
+
+def _give_back(session: Session, order: OffsetOrder) -> int:
+    """Return the order's reservation to its listing (or to the seller if the listing closed)."""
+    kg = order.reserved_kg
+    if kg == 0 or order.listing_id is None:
+        return 0
+    listing = _lock_listing(session, order.listing_id)
+    if listing.status == ListingStatus.ACTIVE.value:
+        listing.available_kg += kg
+    else:
+        units.unlock_units(session, listing.ref, kg)
+    order.reserved_kg = 0
+    return kg
+
+
+def listings(session: Session, *, active_only: bool = True, limit: int = 100) -> list[OffsetListing]:
+    stmt = select(OffsetListing).order_by(OffsetListing.price, OffsetListing.id).limit(limit)
+    if active_only:
+        stmt = stmt.where(OffsetListing.status == ListingStatus.ACTIVE.value, OffsetListing.available_kg > 0)
+    return list(session.scalars(stmt))
+
+
+# ---- quotes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """What the buyer wants: an instrument, a project type (project kind or methodology sector), a
+    vintage, or simply the cheapest; filled from a listing (default) or on the exchange."""
+
+    instrument: str | None = None
+    project_type: str | None = None
+    vintage: int | None = None
+    source: str = "listing"
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> Preference:
+        raw = raw or {}
+        if not isinstance(raw, Mapping):
+            raise InvalidInput("preference must be an object", field="preference")
+        known = {"instrument", "project_type", "vintage", "cheapest", "source"}
+        for k in raw:
+            if k not in known:
+                raise InvalidInput(f"unknown preference {k!r}", field=f"preference.{k}")
+        source = raw.get("source") or "listing"
+        if source not in ("listing", "exchange"):
+            raise InvalidInput("source must be listing or exchange", field="preference.source")
+        vintage = raw.get("vintage")
+        if vintage is not None:
+            _int(vintage, "preference.vintage", 1990, 2200)
+        if source == "exchange" and not raw.get("instrument"):
+            raise InvalidInput("buying on the exchange needs an instrument", field="preference.instrument")
+        return cls(raw.get("instrument") or None, raw.get("project_type") or None, vintage, source)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in (("instrument", self.instrument), ("project_type", self.project_type),
+                                                  ("vintage", self.vintage)) if v is not None}
+        if not out:
+            out["cheapest"] = True
+        return out | {"source": self.source}
+
+
+def _instrument_conditions(inst: Instrument) -> list[Any]:
+    """Listings whose project and vintage could be delivered into `inst`."""
+    if inst.kind is InstrumentKind.PROJECT:
+        return [OffsetListing.project_id == inst.project_id, OffsetListing.vintage == inst.vintage_from]
+    conds: list[Any] = [OffsetListing.vintage >= inst.vintage_from, OffsetListing.vintage <= inst.vintage_to]
+    if inst.project_kind:
+        conds.append(Project.kind == inst.project_kind)
+    if inst.sector:
+        conds.append(Methodology.sector == inst.sector)
+    return conds
+
+
+def _pick_listing(session: Session, holder_id: int, qty: int, pref: Preference) -> OffsetListing:
+    """The cheapest active listing with `qty` available that matches the preference, locked."""
+    stmt = (select(OffsetListing).join(Project, Project.id == OffsetListing.project_id)
+            .join(Methodology, Methodology.id == Project.methodology_id)
+            .where(OffsetListing.status == ListingStatus.ACTIVE.value, OffsetListing.available_kg >= qty,
+                   OffsetListing.seller_id != holder_id, Project.suspended.is_(False))
+            .order_by(OffsetListing.price, OffsetListing.id).limit(1)
+            .with_for_update(of=OffsetListing).execution_options(populate_existing=True))
+    if pref.vintage is not None:
+        stmt = stmt.where(OffsetListing.vintage == pref.vintage)
+    if pref.project_type:
+        kinds = {k.value for k in ProjectKind}
+        stmt = stmt.where(Project.kind == pref.project_type if pref.project_type in kinds
+                          else Methodology.sector == pref.project_type)
+    if pref.instrument:
+        stmt = stmt.where(*_instrument_conditions(get_instrument(session, pref.instrument)))
+    # PostgreSQL re-checks a row it waited for and drops it if a concurrent quote took its supply;
+    # with LIMIT 1 the statement then returns nothing even if another listing would do. A fresh
+    # statement sees the committed state: try again before saying there is no supply.
+    for _ in range(3):
+        listing = session.scalar(stmt)
+        if listing is not None:
+            break
+    if listing is None:
+        raise InsufficientUnits(f"no listing matching the preference has {qty} kg available", field="quantity_kg",
+                                code="no_supply")
+    return listing
+
+
+def _purpose(session: Session, holder_id: int, footprint: Footprint | None) -> RetirementPurpose:
+    if footprint is not None:
+        return _PURPOSE[footprint.kind]
+    holder = session.get(Holder, holder_id)
+    assert holder is not None
+    return {HolderKind.INDIVIDUAL: RetirementPurpose.PERSONAL,
+            HolderKind.EVENT_ORGANISER: RetirementPurpose.EVENT_OFFSET}.get(holder.kind,
+                                                                             RetirementPurpose.ORGANISATIONAL)
+
+
+def _jurisdiction(session: Session, holder_id: int, given: str | None) -> str:
+    if given is not None:
+        if not given.strip():
+            raise InvalidInput("jurisdiction must not be blank", field="jurisdiction")
+        return given.strip()
+    holder = session.get(Holder, holder_id)
+    assert holder is not None
+    return holder.city or holder.province or "中国"
+
+
+def covered_kg(session: Session, footprint_id: int) -> tuple[int, int]:
+    """(kg retired for the footprint, kg in its live orders: quoted, paid or being filled)."""
+    rows = session.execute(select(OffsetOrder.status, func.sum(OffsetOrder.quantity_kg),
+                                  func.sum(OffsetOrder.filled_kg)).where(
+        OffsetOrder.footprint_id == footprint_id).group_by(OffsetOrder.status)).all()
+    retired = sum(int(filled or 0) for status, _, filled in rows if status is OffsetStatus.RETIRED)
+    live = sum(int(qty or 0) for status, qty, _ in rows if status in (*LIVE, OffsetStatus.FILLED))
+    return retired, live
+
+
+def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
+                  footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
+                  preference: Mapping[str, Any] | None = None, payment: str = "wallet",
+                  ttl: dt.timedelta = QUOTE_TTL) -> OffsetOrder:
+    """Quote an offset (status draft): `quantity_kg`, or a footprint's uncovered part (or part of
+    it, when both are given). A listing quote
+    reserves the quantity until `expires_at`. Raises InvalidInput, NotFound (footprint, instrument),
+    Conflict (footprint already covered), InsufficientUnits (no supply: field quantity_kg)."""
+    actor.require_can_move_units()
+    if payment not in PAYMENTS:
+        raise InvalidInput("payment must be wallet or card", field="payment")
+    if not isinstance(beneficiary, str) or not beneficiary.strip():
+        raise InvalidInput("beneficiary is required", field="beneficiary")
+    if quantity_kg is None and footprint_id is None:
+        raise InvalidInput("give quantity_kg or footprint_id (or both: part of a footprint)", field="quantity_kg")
+    pref = Preference.parse(preference)
+    footprint = None
+    if footprint_id is not None:
+        footprint = session.get(Footprint, footprint_id)
+        if footprint is None or footprint.holder_id != actor.holder_id:
+            raise NotFound(f"no footprint {footprint_id}", field="footprint_id")
+        retired, live = covered_kg(session, footprint.id)
+        uncovered = footprint.total_kg - retired - live
+        if uncovered <= 0:
+            raise Conflict(f"footprint {footprint.id} is already covered by retired or pending offsets",
+                           field="footprint_id", code="already_covered")
+        if quantity_kg is None:
+            quantity_kg = uncovered
+        elif isinstance(quantity_kg, int) and quantity_kg > uncovered:
+            raise Conflict(f"only {uncovered} kg of footprint {footprint.id} is not yet covered",
+                           field="quantity_kg", code="more_than_footprint")
+    qty = _int(quantity_kg, "quantity_kg")
+    now = utcnow()
+    order = OffsetOrder(holder_id=actor.holder_id, user_id=actor.user_id, footprint_id=footprint_id,
+                        quantity_kg=qty, beneficiary=beneficiary.strip(), message=message,
+                        jurisdiction=_jurisdiction(session, actor.holder_id, jurisdiction),
+                        purpose=_purpose(session, actor.holder_id, footprint).value, preference=pref.as_dict(),
+                        payment=payment, source=pref.source, expires_at=now + ttl, status=OffsetStatus.DRAFT,
+                        paid_amount=0, refunded_amount=0, filled_kg=0, created_at=now, updated_at=now)
+    if pref.source == "listing":
+        listing = _pick_listing(session, actor.holder_id, qty, pref)
+        listing.available_kg -= qty
+        order.listing_id, order.reserved_kg, order.price = listing.id, qty, listing.price
+        order.notional = notional_of(listing.price, qty)
+        order.fee = fee_of(order.notional, listing.fee_bp)
+    else:
+        from exchange.offset_fill import quote_on_book
+        inst, price, notional, fee = quote_on_book(session, pref.instrument or "", qty)
+        order.instrument_id, order.reserved_kg, order.price, order.notional, order.fee = inst.id, 0, price, notional, fee
+    order.total = order.notional + order.fee
+    session.add(order)
+    session.flush()
+    audit.record(session, actor, "offset.quoted", "offset_order", order.id,
+                 {"quantity_kg": qty, "footprint_id": footprint_id, "source": order.source,
+                  "listing_id": order.listing_id, "instrument_id": order.instrument_id, "price": order.price,
+                  "notional": order.notional, "fee": order.fee, "total": order.total, "payment": payment,
+                  "beneficiary": order.beneficiary, "expires_at": order.expires_at.isoformat()})
+    return order
+
+
+# ---- reading and expiry ----------------------------------------------------------------------
+
+
+def _lock(session: Session, order_id: int) -> OffsetOrder:
+    order = session.get(OffsetOrder, order_id, with_for_update={"key_share": True}, populate_existing=True)
+    if order is None:
+        raise NotFound(f"no offset order {order_id}", field="order_id")
+    return order
+
+
+def get_offset(session: Session, actor: Actor, order_id: int, *, lock: bool = False) -> OffsetOrder:
+    """The actor's own order (an operator may read any); another holder's is NotFound."""
+    order = _lock(session, order_id) if lock else session.get(OffsetOrder, order_id)
+    if order is None or (order.holder_id != actor.holder_id and not actor.is_operator):
+        raise NotFound(f"no offset order {order_id}", field="order_id")
+    return order
+
+
+def offsets_of(session: Session, holder_id: int, status: str | None = None) -> Any:
+    stmt = select(OffsetOrder).where(OffsetOrder.holder_id == holder_id).order_by(OffsetOrder.id.desc())
+    return stmt.where(OffsetOrder.status == status) if status else stmt
+
+
+def _end(session: Session, order: OffsetOrder, status: OffsetStatus, reason: str, actor: Actor | None) -> None:
+    released = _give_back(session, order)
+    before = order.status
+    order.status, order.reason, order.updated_at = status, reason, utcnow()
+    audit.record(session, actor, f"offset.{status.value}", "offset_order", order.id,
+                 {"from": before.value, "reason": reason, "released_kg": released,
+                  "refunded_amount": order.refunded_amount})
+
+
+def _expired(order: OffsetOrder, now: dt.datetime) -> bool:
+    return order.status in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT) and order.expires_at <= now
+
+
+def expire_if_due(session: Session, order_id: int, now: dt.datetime | None = None) -> bool:
+    """Cancel the order (reason quote_expired) and release its reservation if its quote ran out.
+    Returns whether it did. The caller commits."""
+    order = _lock(session, order_id)
+    if not _expired(order, now or utcnow()):
+        return False
+    _end(session, order, OffsetStatus.CANCELLED, "quote_expired", None)
+    return True
+
+
+def expire_due(session: Session, now: dt.datetime | None = None, *, holder_id: int | None = None,
+               limit: int = 500) -> list[int]:
+    """The expiry job's work: every quote past its time (of one holder, if given). Returns the
+    orders cancelled. The caller commits."""
+    now = now or utcnow()
+    stmt = (select(OffsetOrder.id).where(OffsetOrder.status.in_([OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT]),
+                                         OffsetOrder.expires_at <= now).order_by(OffsetOrder.id).limit(limit))
+    if holder_id is not None:
+        stmt = stmt.where(OffsetOrder.holder_id == holder_id)
+    due = session.scalars(stmt).all()
+    return [oid for oid in due if expire_if_due(session, oid, now)]
+
+
+def cancel_offset(session: Session, actor: Actor, order_id: int, reason: str | None = None) -> OffsetOrder:
+    """The buyer cancels a quote before paying. Raises Conflict once paid."""
+    actor.require_can_move_units()
+    order = get_offset(session, actor, order_id, lock=True)
+    if order.status not in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT):
+        raise Conflict(f"an order that is {order.status.value} cannot be cancelled", field="order_id",
+                       code="wrong_status")
+    _end(session, order, OffsetStatus.CANCELLED, (reason or "cancelled by the buyer").strip(), actor)
+    return order
+
+
+# ---- payment ----------------------------------------------------------------------------------
+
+
+def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder:
+    """Accept the quote. Wallet: the total is held from the buyer's available cash now (status paid;
+    InsufficientFunds, field payment, leaves the quote as it was). Card: awaiting_payment until the
+    card-payment module calls `mark_paid`. Raises Conflict if the quote expired or was used."""
+    actor.require_can_move_units()
+    order = get_offset(session, actor, order_id, lock=True)
+    now = utcnow()
+    if order.payment == "card" and order.status is OffsetStatus.AWAITING_PAYMENT and not _expired(order, now):
+        return order
+    if _expired(order, now):
+        raise Conflict("the quote expired; ask for a new one", field="order_id", code="quote_expired")
+    if order.status is not OffsetStatus.DRAFT:
+        raise Conflict(f"the order is {order.status.value}", field="order_id", code="wrong_status")
+    if order.payment == "card":
+        order.status = OffsetStatus.AWAITING_PAYMENT
+        order.expires_at = max(order.expires_at, now + CARD_PAYMENT_TTL)
+        audit.record(session, actor, "offset.awaiting_payment", "offset_order", order.id,
+                     {"total": order.total, "expires_at": order.expires_at.isoformat()})
+        return order
+    try:
+        wallets.hold(session, order.holder_id, order.total, ref=order.ref, user_id=actor.user_id)
+    except RegistryError as e:
+        raise type(e)(f"the wallet cannot pay {order.total}: {e.message}", field="payment", code=e.code) from None
+    _paid(session, order, order.total, actor, now)
+    return order
+
+
+def _paid(session: Session, order: OffsetOrder, amount: int, actor: Actor | None, now: dt.datetime) -> None:
+    order.status, order.paid_amount, order.paid_at, order.updated_at = OffsetStatus.PAID, amount, now, now
+    audit.record(session, actor, "offset.paid", "offset_order", order.id,
+                 {"payment": order.payment, "amount": amount, "payment_ref": order.payment_ref})
+
+
+def mark_paid(session: Session, order_id: int, *, payment_ref: str, amount: int | None = None) -> OffsetOrder:
+    """A card payment of the order succeeded (called by the card-payment module on the payment
+    provider's signed webhook). Idempotent by `payment_ref`. The money enters the buyer's wallet as
+    a deposit referenced by `payment_ref` and is held for the order (status paid). If the order can
+    no longer be filled (expired or cancelled meanwhile), the money is refunded at once (status
+    refunded, with the reason). Raises Conflict for another payment of a paid order or a wrong amount."""
+    if not isinstance(payment_ref, str) or not payment_ref.strip():
+        raise InvalidInput("payment_ref is required", field="payment_ref")
+    order = _lock(session, order_id)
+    if order.payment_ref == payment_ref:
+        return order
+    if order.payment != "card" or order.payment_ref is not None:
+        raise Conflict("this order is not waiting for a card payment", field="order_id", code="wrong_status")
+    amount = order.total if amount is None else amount
+    if amount != order.total:
+        raise Conflict(f"paid {amount}, the order's total is {order.total}", field="amount", code="wrong_amount")
+    now = utcnow()
+    if _expired(order, now):
+        _end(session, order, OffsetStatus.CANCELLED, "quote_expired", None)
+    order.payment_ref = payment_ref
+    available, _ = wallets.holder_accounts(session, order.holder_id)
+    journal = wallets.post(session, JournalKind.DEPOSIT, [
+        (wallets.system_account(session, CashAccountKind.BANK), -amount), (available, amount)],
+        ref=order.ref, memo=f"card payment {payment_ref}")
+    session.add(Deposit(holder_id=order.holder_id, amount=amount, external_ref=f"card:{payment_ref}"[:100],
+                        journal_id=journal.id))
+    wallets.hold(session, order.holder_id, amount, ref=order.ref)
+    if order.status in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT):
+        _paid(session, order, amount, None, now)
+    else:
+        order.paid_amount, order.paid_at = amount, now
+        refund(session, order, f"the payment arrived after the order was {order.status.value}")
+    return order
+
+
+def refund(session: Session, order: OffsetOrder, reason: str) -> OffsetOrder:
+    """Give back what the order still holds (wallet: to available; card: back to the card, through
+    the registered refunder) and release its reservation; status refunded with `reason`. The order
+    must be locked by the caller."""
+    amount = order.paid_amount - order.refunded_amount
+    if amount > 0:
+        wallets.release(session, order.holder_id, amount, ref=order.ref)
+        if order.payment == "card":
+            refund_card(session, order, amount)
+        order.refunded_amount += amount
+    _end(session, order, OffsetStatus.REFUNDED, reason, None)
+    return order
+
+
+def refund_card(session: Session, order: OffsetOrder, amount: int) -> None:
+    """The money leaves the wallet for the card: a paid withdrawal to the bank side of the ledger."""
+    available, _ = wallets.holder_accounts(session, order.holder_id)
+    w = Withdrawal(holder_id=order.holder_id, amount=amount, bank_reference=f"card-refund:{order.payment_ref}"[:100],
+                   status=WithdrawalStatus.PAID, reason=f"refund of offset order {order.id}", decided_at=utcnow())
+    session.add(w)
+    session.flush()
+    wallets.post(session, JournalKind.WITHDRAWAL_PAID, [
+        (available, -amount), (wallets.system_account(session, CashAccountKind.BANK), amount)],
+        ref=order.ref, memo=f"card refund {order.payment_ref}")
+    if _card_refunder is not None:
+        order.refund_ref = _card_refunder(session, order, amount)
+
+
+# ---- the fill -------------------------------------------------------------------------------
+
+
+def buyer_actor(session: Session, order: OffsetOrder) -> Actor:
+    """The buyer as the registry sees it when retiring for the order (the user who ordered)."""
+    holder = session.get(Holder, order.holder_id)
+    user = session.get(User, order.user_id) if order.user_id is not None else None
+    assert holder is not None
+    return Actor(order.user_id, holder.id, holder.kind, user.role if user is not None else UserRole.TRADER)
+
+
+def delivered_serials(session: Session, transfer_ids: list[int]) -> list[str]:
+    """The serial ranges the given transfers moved: exactly what is to be retired."""
+    rows = session.execute(select(Movement.start, Movement.end, Batch).join(Batch, Batch.id == Movement.batch_id)
+                           .where(Movement.transfer_id.in_(transfer_ids))
+                           .order_by(Movement.batch_id, Movement.start)).all()
+    return [batch.serial(start, end) for start, end, batch in rows]
+
+
+def retire_delivered(session: Session, order: OffsetOrder, transfer_ids: list[int], kg: int) -> None:
+    """Retire exactly the blocks the fill delivered, for the beneficiary (status retired)."""
+    footprint = session.get(Footprint, order.footprint_id) if order.footprint_id else None
+    r = units.retire(session, buyer_actor(session, order),
+                     selection=units.Selection(serials=delivered_serials(session, transfer_ids)),
+                     beneficiary=order.beneficiary, jurisdiction=order.jurisdiction, purpose=order.purpose,
+                     footprint_ref=footprint.ref if footprint else None, message=order.message)
+    if r.quantity_kg != kg:
+        raise Conflict(f"retired {r.quantity_kg} kg, the fill delivered {kg} kg", code="fill_mismatch")
+    now = utcnow()
+    order.retirement_id, order.certificate_number = r.id, r.certificate_number
+    order.filled_kg, order.status, order.retired_at, order.updated_at = kg, OffsetStatus.RETIRED, now, now
+    order.filled_at = order.filled_at or now
+    audit.record(session, None, "offset.retired", "offset_order", order.id,
+                 {"certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
+                  "footprint_id": order.footprint_id})
+
+
+def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
+    """Delivery versus payment from the listing, then retirement, all in the caller's transaction.
+    The money moves last: the platform's fee account is one row every fill (and the sequencer's
+    settlement) locks, so it is held only from here to the commit."""
+    assert order.listing_id is not None
+    listing = _lock_listing(session, order.listing_id)
+    t = units.deliver_units(session, listing.ref, order.quantity_kg, order.holder_id,
+                            memo=f"offset order {order.id}", user_id=order.user_id)
+    order.reserved_kg = 0
+    order.filled_at = utcnow()
+    retire_delivered(session, order, [t.id], order.quantity_kg)
+    _, buyer_held = wallets.holder_accounts(session, order.holder_id)
+    seller_available, _ = wallets.holder_accounts(session, listing.seller_id)
+    wallets.post(session, JournalKind.SETTLEMENT, [
+        (buyer_held, -order.total), (seller_available, order.notional),
+        (wallets.system_account(session, CashAccountKind.FEES), order.fee)], ref=order.ref,
+        memo=f"offset order {order.id} from listing {listing.id}")
+
+
+def fulfil(session: Session, order_id: int) -> OffsetOrder:
+    """Fill a paid order and retire what it bought (listing: at once; exchange: the IOC buy is
+    placed, and `exchange.offset_fill.progress` finishes it once the engine answered). Does nothing
+    to an order in another state, so running it twice retires nothing twice. A fill that cannot
+    complete refunds the money, and the order says why. The caller commits."""
+    order = _lock(session, order_id)
+    if order.status is not OffsetStatus.PAID and not (order.source == "exchange"
+                                                      and order.status is OffsetStatus.FILLED):
+        return order
+    if order.source == "exchange":
+        from exchange import offset_fill
+        return offset_fill.fulfil_on_exchange(session, order)
+    try:
+        with session.begin_nested():
+            _fill_from_listing(session, order)
+    except RegistryError as e:
+        session.refresh(order)
+        refund(session, order, f"the fill could not complete: {e.message}")
+    return order
+
+
+def resume_paid(session_factory: Callable[[], Session], limit: int = 500) -> list[int]:
+    """Finish every paid order not yet retired (after a crash between payment and retirement, or
+    an exchange fill the engine has answered). Each in its own transaction. Returns the order ids
+    that changed state."""
+    with session_factory() as s:
+        ids = list(s.scalars(select(OffsetOrder.id).where(
+            OffsetOrder.status.in_([OffsetStatus.PAID, OffsetStatus.FILLED])).order_by(OffsetOrder.id).limit(limit)))
+    done = []
+    for oid in ids:
+        with session_factory() as s, s.begin():
+            before = s.scalar(select(OffsetOrder.status).where(OffsetOrder.id == oid))
+            after = fulfil(s, oid).status
+        if after is not before:
+            done.append(oid)
+    return done
+
+
+# ---- checks -----------------------------------------------------------------------------------
+
+
+def check(session: Session) -> list[str]:
+    """Offsetting invariants; an empty list means they hold.
+    1. every listing's LISTED blocks add up to its available kg plus its live reservations;
+    2. a retired order has its retirement of exactly its filled kg and a settlement;
+    3. a refunded order gave back everything it was paid; an order in draft or awaiting payment
+       holds no money; a cancelled one holds none either."""
+    problems: list[str] = []
+    from registry.models import Block, Retirement
+    listed = dict(session.execute(select(Block.hold_ref, func.sum(Block.quantity)).where(
+        Block.status == BlockStatus.LISTED, Block.hold_ref.like("listing:%")).group_by(Block.hold_ref)).tuples().all())
+    reserved = dict(session.execute(select(OffsetOrder.listing_id, func.sum(OffsetOrder.reserved_kg)).where(
+        OffsetOrder.listing_id.is_not(None)).group_by(OffsetOrder.listing_id)).tuples().all())
+    for listing in session.scalars(select(OffsetListing)):
+        have = int(listed.get(listing.ref) or 0)
+        want = listing.available_kg + int(reserved.get(listing.id) or 0)
+        if have != want:
+            problems.append(f"listing {listing.id}: {have} kg listed, but available + reserved is {want} kg")
+    for o in session.scalars(select(OffsetOrder)):
+        if o.status is OffsetStatus.RETIRED:
+            r = session.get(Retirement, o.retirement_id) if o.retirement_id else None
+            if r is None or r.quantity_kg != o.filled_kg or o.filled_kg <= 0:
+                problems.append(f"offset order {o.id} is retired without a retirement of its {o.filled_kg} kg")
+            if o.paid_amount <= 0:
+                problems.append(f"offset order {o.id} is retired but was never paid")
+        if o.status in (OffsetStatus.REFUNDED, OffsetStatus.CANCELLED) and o.refunded_amount != o.paid_amount:
+            problems.append(f"offset order {o.id} is {o.status.value}: paid {o.paid_amount}, "
+                            f"refunded {o.refunded_amount}")
+        if o.status in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT) and o.paid_amount:
+            problems.append(f"offset order {o.id} is {o.status.value} but holds {o.paid_amount}")
+        if not o.status.is_final and o.status is not OffsetStatus.FILLED and o.source == "listing" \
+                and o.reserved_kg != o.quantity_kg:
+            problems.append(f"offset order {o.id} is {o.status.value} with {o.reserved_kg} of {o.quantity_kg} kg reserved")
+        if o.status.is_final and o.reserved_kg:
+            problems.append(f"offset order {o.id} is {o.status.value} but still reserves {o.reserved_kg} kg")
+    return problems

@@ -1,0 +1,46 @@
+"""`flask offsets ...`: the offset jobs by hand (after a crash, or without the scheduler)."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy.orm import sessionmaker
+
+from web.extensions import db
+
+offsets_cli = AppGroup("offsets", help="Offset orders: quote expiry, resuming paid orders, checks.")
+
+
+@offsets_cli.command("resume")
+def resume() -> None:
+    """Finish every paid offset order not yet retired (e.g. after a crash); safe to run twice."""
+    from exchange import offsets
+
+    done = offsets.resume_paid(sessionmaker(bind=db.engine))
+    click.echo(f"resumed {len(done)} offset order(s): {done}")
+
+
+@offsets_cli.command("expire")
+def expire() -> None:
+    """Cancel offset quotes past their time and release their reservations."""
+    from exchange import offsets
+
+    with db.session.begin():
+        done = offsets.expire_due(db.session)
+    click.echo(f"expired {len(done)} quote(s): {done}")
+
+
+@offsets_cli.command("check")
+def check() -> None:
+    """Check the offset invariants (listings, reservations, payments); exit 1 listing problems."""
+    import sys
+
+    from exchange import offsets
+
+    with db.session.begin():
+        found = offsets.check(db.session)
+    for p in found:
+        click.echo(p)
+    if found:
+        sys.exit(1)
+    click.echo("offsets consistent")

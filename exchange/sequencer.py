@@ -102,14 +102,21 @@ class _Ord:
         "priority_seq")
 
     def __post_init__(self) -> None:
-        self.loaded = tuple(getattr(self, c) for c in _CHANGING)
+        self.loaded = self._changing()
+
+    def _changing(self) -> tuple[Any, ...]:   # the values of _CHANGING, in its order
+        return (self.price, self.filled_kg, self.remaining_kg, self.status, self.reason, self.cash_held,
+                self.notional_paid, self.fees_paid, self.priority_seq)
 
     @property
     def ref(self) -> str:
         return f"order:{self.id}"
 
     def changes(self) -> dict[str, Any]:
-        return {c: getattr(self, c) for c, old in zip(_CHANGING, self.loaded, strict=True) if getattr(self, c) != old}
+        now = self._changing()
+        if now == self.loaded:
+            return {}
+        return {c: v for c, v, old in zip(_CHANGING, now, self.loaded, strict=True) if v != old}
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 from sqlalchemy import func, select
@@ -90,7 +91,8 @@ class CommandWatch:
 
 class Listener:
     """A daemon thread that LISTENs on PostgreSQL channels with its own connection and hands each
-    payload to `callback(channel, payload)`; it reconnects after an error."""
+    payload to `callback(channel, payload)`; it reconnects after an error. Web processes share one
+    per database through `subscribe`; `flask exchange run-engine` owns one."""
 
     def __init__(self, dsn: str, channels: Iterable[str], callback: Callable[[str, str], None]) -> None:
         self.dsn = dsn
@@ -120,9 +122,36 @@ class Listener:
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
                             self.callback(n.channel, n.payload)
-            except Exception:  # noqa: BLE001 - a listener must outlive a database restart
-                log.exception("LISTEN connection failed; reconnecting")
+            except Exception as e:  # noqa: BLE001 - a listener must outlive a database restart
+                self.ready.clear()
+                log.warning("LISTEN %s: %s; reconnecting in 1 s", self.channels, str(e).splitlines()[0])
                 self._stop.wait(1.0)
+
+
+_shared: dict[tuple[str, str], tuple[Listener, list[weakref.WeakMethod[Callable[[str], None]]]]] = {}
+_shared_lock = threading.Lock()
+
+
+def subscribe(dsn: str, channel: str, callback: Callable[[str], None]) -> Listener:
+    """Call the bound method `callback(payload)` for each notice on `channel`, through one listener
+    thread (one connection) per database and channel in this process, however many apps subscribe
+    (tests make hundreds). Held weakly: a collected subscriber is dropped."""
+    with _shared_lock:
+        entry = _shared.get((dsn, channel))
+        if entry is None:
+            subscribers: list[weakref.WeakMethod[Callable[[str], None]]] = []
+
+            def dispatch(_channel: str, payload: str) -> None:
+                with _shared_lock:
+                    live = [m() for m in subscribers]
+                    subscribers[:] = [m for m, f in zip(list(subscribers), live, strict=True) if f is not None]
+                for f in live:
+                    if f is not None:
+                        f(payload)
+
+            entry = _shared[(dsn, channel)] = (Listener(dsn, [channel], dispatch).start(), subscribers)
+        entry[1].append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
+        return entry[0]
 
 
 def dsn_of(url: str) -> str:

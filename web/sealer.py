@@ -88,5 +88,4 @@ def start_command_watch(app: Flask) -> None:
         started.set()
         if db.engine.dialect.name == "postgresql":
             url = db.engine.url.render_as_string(hide_password=False)
-            app.extensions["command_listener"] = notify.Listener(
-                notify.dsn_of(url), [notify.APPLIED], lambda _ch, payload: watch.on_notify(payload)).start()
+            app.extensions["command_listener"] = notify.subscribe(notify.dsn_of(url), notify.APPLIED, watch.on_notify)

@@ -80,3 +80,33 @@ def test_order_entry_and_sequencer_notify_on_commit_only(session, session_factor
         assert woken == [[cmd.id]]
     finally:
         listener.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not ON_PG, reason="needs PostgreSQL: set DATABASE_URL")
+def test_apps_share_one_listener_and_a_collected_subscriber_is_dropped(session, db_url):
+    import gc
+
+    from sqlalchemy import func, select
+
+    class Sink:
+        def __init__(self) -> None:
+            self.got: list[str] = []
+
+        def on_notify(self, payload: str) -> None:
+            self.got.append(payload)
+
+    a, b = Sink(), Sink()
+    channel = "tanhui_test_channel"
+    first = notify.subscribe(notify.dsn_of(db_url), channel, a.on_notify)
+    assert notify.subscribe(notify.dsn_of(db_url), channel, b.on_notify) is first
+    assert first.ready.wait(5)
+    del b
+    gc.collect()
+    session.execute(select(func.pg_notify(channel, "hello")))
+    session.commit()
+    deadline = time.monotonic() + 5
+    while not a.got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert a.got == ["hello"]
+    assert len(notify._shared[(notify.dsn_of(db_url), channel)][1]) == 1

@@ -51,17 +51,21 @@ class CommandWatch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: dict[int, threading.Event] = {}
+        # command id -> (its waiter's event, [applied: named in a notice])
+        self._waiting: dict[int, tuple[threading.Event, list[bool]]] = {}
 
     def applied(self, command_ids: Iterable[int] | None) -> None:
         """These commands are done (None: some are, look again)."""
+        woken: list[tuple[threading.Event, list[bool] | None]]
         with self._lock:
             if command_ids is None:
-                events = list(self._waiting.values())
+                woken = [(e, None) for e, _ in self._waiting.values()]
             else:
-                events = [e for e in map(self._waiting.get, command_ids) if e is not None]
-        for e in events:
-            e.set()
+                woken = [(w[0], w[1]) for w in map(self._waiting.get, command_ids) if w is not None]
+        for event, named in woken:
+            if named is not None:
+                named[0] = True
+            event.set()
 
     def on_notify(self, payload: str) -> None:
         _, _, ids = payload.partition(":")
@@ -70,14 +74,16 @@ class CommandWatch:
     def wait(self, command_id: int, is_done: Callable[[], bool], timeout: float, recheck: float = 0.25) -> bool:
         """Wait until the command is applied or `timeout` seconds pass; returns whether it was.
         `is_done` reads the database: once after registering (the notice may have come first),
-        after each wake-up, and every `recheck` seconds in case a notice was lost."""
-        event = threading.Event()
+        after a wake-up that did not name this command, and every `recheck` seconds in case a
+        notice was lost. A notice naming the command is trusted: it is sent in the sequencer's
+        transaction, so it arrives only once the command is committed as applied."""
+        event, named = threading.Event(), [False]
         with self._lock:
-            self._waiting[command_id] = event
+            self._waiting[command_id] = (event, named)
         try:
             deadline = time.monotonic() + timeout
             while True:
-                if is_done():
+                if named[0] or is_done():
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:

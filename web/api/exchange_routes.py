@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from exchange import instruments, market_data, notify, orders, reference, wallets
 from exchange.models import (
@@ -211,7 +211,7 @@ def _await(command_id: int, order_id: int) -> Any:
 
     watch: notify.CommandWatch = current_app.extensions["command_watch"]
     watch.wait(command_id, done, float(current_app.config.get("ORDER_WAIT_S", 2.0)))
-    order = session.get(Order, order_id)
+    order = session.scalar(select(Order).where(Order.id == order_id).options(joinedload(Order.instrument)))
     assert order is not None
     view = order_view(session, order)
     session.rollback()

@@ -327,3 +327,18 @@ def test_a_partial_exchange_fill_refunds_the_rest_to_the_card(client, runner, se
     assert runner.invoke(args=["offsets", "resume"]).output == "resumed 0 offset order(s): []\n"
     assert stripe_refunds(gw, pi) == [left]
     assert problems(session) == []
+
+
+def test_a_listing_closed_while_the_card_is_paid_still_delivers_the_reservation(client, session, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    r = client.post(f"/api/v1/offset-listings/{o['listing_id']}/close", headers=auth(m.seller))
+    assert r.status_code == 200 and r.json["available_kg"] == 0, r.json
+    assert browser_pays(gw, pi, VISA) is None
+    assert deliver(client, localstripe.inbox.wait_for(pi, "payment_intent.succeeded")[0]).json["outcome"] == \
+        "succeeded"
+    got = order_of(client, m, oid)
+    assert (got["status"], got["filled_kg"], got["card_payment"]["refunds"]) == ("retired", QTY, [])
+    assert read(session, lambda: wallets.balance(session, m.seller.holder.id)) == wallets.Balance(12_000, 0)
+    assert stripe_refunds(gw, pi) == []
+    assert problems(session) == []

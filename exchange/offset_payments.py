@@ -42,8 +42,10 @@ PURPOSE = "offset_order"
 
 
 def idempotency_key(order: OffsetOrder) -> str:
-    """One PaymentIntent per order, whoever confirms it and however often."""
-    return f"offset-order:{order.id}"
+    """One PaymentIntent per order, whoever confirms it and however often. The quote's time is in it
+    so that another database's order of the same id (a fresh test or staging database on the same
+    Stripe account) never gets this one's PaymentIntent back."""
+    return f"offset-order:{order.id}:{order.created_at:%Y%m%dT%H%M%S%f}"
 
 
 def confirm_by_card(session: Session, actor: Actor, order_id: int, *,

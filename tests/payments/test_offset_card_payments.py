@@ -342,3 +342,27 @@ def test_a_listing_closed_while_the_card_is_paid_still_delivers_the_reservation(
     assert read(session, lambda: wallets.balance(session, m.seller.holder.id)) == wallets.Balance(12_000, 0)
     assert stripe_refunds(gw, pi) == []
     assert problems(session) == []
+
+
+def test_the_app_configures_stripe_for_jobs_and_commands(app, session, localstripe):
+    """Outside a request (the scheduler's jobs, `flask` commands) `payments` uses the gateway the app
+    configured from its STRIPE_* settings at start-up."""
+    from web import create_app
+    from web.extensions import db
+
+    buyer = party(session, HolderKind.INDIVIDUAL, "王芳")
+    session.commit()
+    payments.configure(None)
+    other = create_app(dict(app.config))
+    p = payments.start_payment(session, buyer.actor, purpose=payments.WALLET_TOPUP, reference="job",
+                               holder_id=buyer.holder.id, amount=4_321, idempotency_key="outside-a-request")
+    session.commit()
+    assert p.stripe_payment_intent_id.startswith("pi_")
+    gw = payments.StripeGateway(API_KEY, api_base=localstripe.api_base)
+    assert gw.client.v1.payment_intents.retrieve(p.stripe_payment_intent_id).amount == 4_321
+    with other.app_context():
+        db.engine.dispose()
+    create_app(dict(app.config, STRIPE_API_KEY=None))
+    with pytest.raises(payments.PaymentsUnavailable):
+        payments.start_payment(session, buyer.actor, purpose=payments.WALLET_TOPUP, reference="job",
+                               holder_id=buyer.holder.id, amount=1, idempotency_key="no-stripe")

@@ -485,6 +485,7 @@ def refund(session: Session, order: OffsetOrder, reason: str) -> OffsetOrder:
     the registered refunder) and release its reservation; status refunded with `reason`. The order
     must be locked by the caller."""
     amount = order.paid_amount - order.refunded_amount
+    order.reason = reason   # already now: the card refunder tells the card why
     if amount > 0:
         wallets.release(session, order.holder_id, amount, ref=order.ref)
         if order.payment == "card":

@@ -259,6 +259,30 @@ def refund_unfulfilled(session: Session, payment_id: int, error: str, *,
     return _refund(session, None, p, p.refundable, f"fulfilment failed: {p.fulfilment_error}", _gw(gateway))
 
 
+def refund_external(session: Session, payment_id: int, amount: int, reason: str, *,
+                    withdrawal_id: int | None = None, unfulfilled: bool = False,
+                    gateway: StripeGateway | None = None) -> PaymentRefund:
+    """The system refunds `amount` fen of a succeeded payment to the card when the purpose has
+    ALREADY moved that money out of the holder's wallet itself (e.g. an offset order: `offsets.refund_card`
+    posts the paid withdrawal, then calls its card refunder). So there is NO wallet pay_out here, even
+    if the payment credited the wallet: a second one would take the money out of the ledger twice.
+    `withdrawal_id` names the purpose's payout on the refund record. With `unfulfilled` the payment
+    also says why it was not fulfilled (`fulfilment_error` = `reason`). No actor: call it only from
+    the purpose's own use cases. Raises Conflict (wrong_status) before success, InvalidInput above
+    the refundable amount, PaymentProviderError if Stripe refuses (the caller's transaction must
+    then roll back the purpose's payout too)."""
+    if not (reason and reason.strip()):
+        raise InvalidInput("a refund needs a reason", field="reason")
+    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    if p is None:
+        raise NotFound(f"no payment {payment_id}", field="payment_id")
+    rec = _refund(session, None, p, amount, reason.strip(), _gw(gateway), pay_out=False,
+                  withdrawal_id=withdrawal_id)
+    if unfulfilled:
+        p.fulfilment_error = reason.strip()
+    return rec
+
+
 def find_payments(session: Session, purpose: str, reference: str) -> list[Payment]:
     """The payments started for one purpose's object, oldest first."""
     return list(session.scalars(select(Payment).where(Payment.purpose == purpose, Payment.reference == reference)
@@ -266,15 +290,14 @@ def find_payments(session: Session, purpose: str, reference: str) -> list[Paymen
 
 
 def _refund(session: Session, actor: Actor | None, p: Payment, amount: int, reason: str,
-            gw: StripeGateway) -> PaymentRefund:
+            gw: StripeGateway, *, pay_out: bool = True, withdrawal_id: int | None = None) -> PaymentRefund:
     if not p.status.has_succeeded:
         raise Conflict(f"payment is {p.status.value}: only a succeeded payment can be refunded",
                        field="payment_id", code="wrong_status")
     amount = _positive(amount)
     if amount > p.refundable:
         raise InvalidInput(f"at most {p.refundable} fen of this payment can still be refunded", field="amount")
-    withdrawal_id = None
-    if p.deposit_id is not None:
+    if pay_out and p.deposit_id is not None:
         withdrawal_id = wallets.pay_out(session, actor, p.holder_id, amount, ref=f"payment:{p.id}",
                                         bank_reference=f"card refund {p.stripe_payment_intent_id}",
                                         reason=reason).id
@@ -371,6 +394,8 @@ def _succeeded(session: Session, p: Payment, obj: dict[str, Any], gw: StripeGate
     except RegistryError as err:
         session.expire(p)   # the savepoint's changes (a wallet credit, say) are gone
         refund_unfulfilled(session, p.id, f"{err.code}: {err.message}", gateway=gw)
+        return "succeeded; fulfilment failed and was refunded"
+    if p.fulfilment_error is not None:   # the handler refunded it itself (refund_external, unfulfilled)
         return "succeeded; fulfilment failed and was refunded"
     p.fulfilled_at = utcnow()
     return "succeeded"

@@ -9,6 +9,7 @@ from flask import Flask
 
 from exchange import models as _exchange_models  # noqa: F401  (registers the tables on Base.metadata)
 from exchange import offset_models as _offset_models  # noqa: F401
+from exchange import offset_payments as _offset_payments  # noqa: F401  (card payment of offset orders)
 from exchange import payment_models as _payment_models  # noqa: F401
 from registry import calculators as _calculators  # noqa: F401  (registers the methodology calculators)
 from registry import factors as _factors  # noqa: F401
@@ -50,6 +51,9 @@ def create_app(config: type | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_bp)
     app.register_blueprint(pages_bp)
     register_cli(app)
+
+    from web.payments_setup import configure_payments
+    configure_payments(app)   # jobs and commands refund cards outside a request
 
     from web.sealer import start_command_watch, start_embedded_sequencer, start_sealer
     start_sealer(app)

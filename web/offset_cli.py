@@ -14,8 +14,12 @@ offsets_cli = AppGroup("offsets", help="Offset orders: quote expiry, resuming pa
 @offsets_cli.command("resume")
 def resume() -> None:
     """Finish every paid offset order not yet retired (e.g. after a crash); safe to run twice."""
-    from exchange import offsets
+    from flask import current_app
 
+    from exchange import offsets
+    from web.payments_setup import configure_payments
+
+    configure_payments(current_app)   # card refunds (a failed fill, what a buy did not spend) need Stripe
     done = offsets.resume_paid(sessionmaker(bind=db.engine))
     click.echo(f"resumed {len(done)} offset order(s): {done}")
 

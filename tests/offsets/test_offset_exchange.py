@@ -6,33 +6,21 @@ import pytest
 from sqlalchemy import func, select
 
 import matching
-from exchange import instruments, offsets, orders, wallets
+from exchange import offsets, orders, wallets
 from exchange.offset_models import OffsetStatus
 from exchange.orders import OrderRequest
-from exchange.sequencer import Sequencer
 from registry import invariants
 from registry.errors import InsufficientUnits, InvalidInput
 from registry.models import Block, HolderKind, Retirement
 from tests.factories import party
-from tests.offsets.conftest import CASH
+from tests.offsets.conftest import CASH, SYMBOL, make_book
 
-SYMBOL = "PV-2024"
 EXCHANGE = {"instrument": SYMBOL, "source": "exchange"}
 
 
 @pytest.fixture
 def book(session, session_factory, market):  # type: ignore[no-untyped-def]
-    m = market
-    instruments.create_instrument(session, m.w.operator.actor, symbol=SYMBOL, name_zh="光伏2024", name_en="PV 2024",
-                                  kind="pooled", vintage_from=2024, vintage_to=2024, sector="energy",
-                                  reference_price=60_00, maker_fee_bp=10, taker_fee_bp=50)
-    for qty, price in ((5_000, 59_00), (3_000, 61_00)):
-        orders.place_order(session, m.seller.actor, OrderRequest(instrument=SYMBOL, side=matching.SELL, qty_kg=qty,
-                                                                 price=price))
-    session.commit()
-    seq = Sequencer(session_factory)
-    seq.run_once()
-    return seq
+    return make_book(session, session_factory, market)
 
 
 def _problems(session) -> list[str]:

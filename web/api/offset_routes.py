@@ -9,7 +9,7 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from exchange import footprints, neutrality, offsets, wallets
+from exchange import footprints, neutrality, offset_payments, offsets, wallets
 from exchange.models import Instrument, Order
 from exchange.offset_models import OffsetOrder, OffsetStatus
 from registry.actors import Actor
@@ -17,6 +17,7 @@ from registry.errors import InvalidInput
 from web.api import offset_schemas as o
 from web.api.blueprint import bp
 from web.api.core import AfterCommit, endpoint, paginate
+from web.api.payment_routes import payment_view, stripe_gateway
 from web.extensions import db
 
 # ---- footprints -------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def close_listing(session: Session, actor: Actor, listing_id: int) -> Any:
 # ---- offset orders ----------------------------------------------------------------------------
 
 
-def offset_view(session: Session, order: OffsetOrder) -> dict[str, Any]:
+def offset_view(session: Session, order: OffsetOrder, actor: Actor | None = None) -> dict[str, Any]:
     inst = session.get(Instrument, order.instrument_id) if order.instrument_id else None
     out = {c: getattr(order, c) for c in (
         "id", "reason", "quantity_kg", "footprint_id", "beneficiary", "message", "jurisdiction", "purpose",
@@ -94,7 +95,15 @@ def offset_view(session: Session, order: OffsetOrder) -> dict[str, Any]:
     out["certificate"] = None if no is None else {
         "number": no, "json": f"/api/v1/retirements/{no}/certificate.json",
         "pdf": f"/api/v1/retirements/{no}/certificate.pdf", "page": f"/retirements/{no}"}
+    out["card_payment"] = card_payment_view(session, order, actor) if order.payment == "card" and actor else None
     return out
+
+
+def card_payment_view(session: Session, order: OffsetOrder, actor: Actor) -> dict[str, Any] | None:
+    """The order's card payment as /payments/{id} shows it (the payer gets the client_secret and the
+    publishable key while it can still be paid), or None before the order is confirmed."""
+    p = offset_payments.payment_of(session, order)
+    return None if p is None else payment_view(p, actor)
 
 
 def _fresh(session: Session, order_id: int) -> None:
@@ -108,13 +117,17 @@ def _fresh(session: Session, order_id: int) -> None:
 @endpoint(bp, "/offsets", "POST", summary="Quote an offset (draft): price, fee and total, supply held briefly",
           tags=("offsets",), auth=True, body=o.OffsetCreate, response=o.OffsetOut, status=201)
 def create_offset(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
-    return offset_view(session, offsets.create_offset(session, actor, **body))
+    return offset_view(session, offsets.create_offset(session, actor, **body), actor)
 
 
 @endpoint(bp, "/offsets/<int:order_id>/confirm", "POST",
-          summary="Accept the quote and pay (wallet: paid, filled and retired at once; card: awaiting payment)",
+          summary="Accept the quote and pay (wallet: paid, filled and retired at once; card: awaiting payment, "
+          "with the PaymentIntent's client_secret for Stripe.js in card_payment)",
           tags=("offsets",), auth=True, response=o.OffsetOut)
 def confirm_offset(session: Session, actor: Actor, order_id: int) -> Any:
+    if offsets.get_offset(session, actor, order_id).payment == "card":
+        order, _ = offset_payments.confirm_by_card(session, actor, order_id, gateway=stripe_gateway())
+        return offset_view(session, order, actor)
     order = offsets.confirm_offset(session, actor, order_id)
     if order.status is not OffsetStatus.PAID:
         return offset_view(session, order)
@@ -126,7 +139,7 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> Any:
         s.commit()
         if done.source == "exchange" and done.status is OffsetStatus.PAID:
             _await_engine(s, order_id)
-        return offset_view(s, offsets.get_offset(s, actor, order_id))
+        return offset_view(s, offsets.get_offset(s, actor, order_id), actor)
     return AfterCommit(fill)
 
 
@@ -150,7 +163,7 @@ def _await_engine(session: Session, order_id: int) -> None:
 @endpoint(bp, "/offsets/<int:order_id>/cancel", "POST", summary="Cancel a quote before paying",
           tags=("offsets",), auth=True, body=o.CancelIn, response=o.OffsetOut)
 def cancel_offset(session: Session, actor: Actor, order_id: int, *, body: dict[str, Any]) -> Any:
-    return offset_view(session, offsets.cancel_offset(session, actor, order_id, body.get("reason")))
+    return offset_view(session, offsets.cancel_offset(session, actor, order_id, body.get("reason")), actor)
 
 
 @endpoint(bp, "/offsets/<int:order_id>", summary="One of my offset orders", tags=("offsets",), auth=True,
@@ -158,7 +171,7 @@ def cancel_offset(session: Session, actor: Actor, order_id: int, *, body: dict[s
 def get_offset(session: Session, actor: Actor, order_id: int) -> Any:
     offsets.get_offset(session, actor, order_id)
     _fresh(session, order_id)
-    return offset_view(session, offsets.get_offset(session, actor, order_id))
+    return offset_view(session, offsets.get_offset(session, actor, order_id), actor)
 
 
 @endpoint(bp, "/offsets", summary="My offset orders, newest first", tags=("offsets",), auth=True,
@@ -168,7 +181,7 @@ def list_offsets(session: Session, actor: Actor, *, query: dict[str, Any]) -> An
     session.commit()
     items, total = paginate(session, offsets.offsets_of(session, actor.holder_id, query.get("status")),
                             query["page"], query["per_page"])
-    return [offset_view(session, x) for x in items], total, query["page"], query["per_page"]
+    return [offset_view(session, x, actor) for x in items], total, query["page"], query["per_page"]
 
 
 @endpoint(bp, "/footprints/<int:footprint_id>/neutrality", tags=("offsets", "public"),

@@ -114,6 +114,9 @@ class OffsetOut(Schema):
     exchange_order_id = fields.Integer(allow_none=True)
     certificate_number = fields.String(allow_none=True)
     certificate = fields.Dict(allow_none=True, metadata={"description": "links to the signed JSON, PDF and page"})
+    card_payment = fields.Dict(allow_none=True, metadata={
+        "description": "a card order's payment (as /payments/{id}): status, client_secret and publishable_key "
+                       "for Stripe.js while it can be paid, failure, refunds to the card"})
     created_at = UtcDateTime()
     paid_at = UtcDateTime(allow_none=True)
     filled_at = UtcDateTime(allow_none=True)

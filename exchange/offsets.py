@@ -84,11 +84,13 @@ CardRefunder = Callable[[Session, OffsetOrder, int], str | None]
 _card_refunder: CardRefunder | None = None
 
 
-def set_card_refunder(fn: CardRefunder | None) -> None:
+def set_card_refunder(fn: CardRefunder | None) -> CardRefunder | None:
     """Register how a card payment is refunded (e.g. a Stripe Refund with an idempotency key).
-    Called inside the refund's transaction, after the ledger moved the money out to the bank."""
+    Called inside the refund's transaction, after the ledger moved the money out to the bank.
+    Returns the one it replaces (a test puts it back)."""
     global _card_refunder
-    _card_refunder = fn
+    previous, _card_refunder = _card_refunder, fn
+    return previous
 
 
 def _int(value: object, field: str, low: int = 1, high: int = 10**12) -> int:

@@ -147,7 +147,7 @@ def test_card_paid_exchange_buy_refunds_the_unspent_to_the_card(session, session
     from exchange.models import Withdrawal
     m = market
     refunds: list[int] = []
-    offsets.set_card_refunder(lambda s, o, amount: refunds.append(amount) or "re_1")
+    previous = offsets.set_card_refunder(lambda s, o, amount: refunds.append(amount) or "re_1")
     try:
         o = offsets.create_offset(session, m.buyer.actor, quantity_kg=6_000, beneficiary="card", payment="card",
                                   preference=EXCHANGE)
@@ -166,5 +166,5 @@ def test_card_paid_exchange_buy_refunds_the_unspent_to_the_card(session, session
         assert session.scalars(select(Withdrawal.amount)).all() == [o.total - spent]
         assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH, 0)   # the card paid it all
     finally:
-        offsets.set_card_refunder(None)
+        offsets.set_card_refunder(previous)
     assert _problems(session) == []

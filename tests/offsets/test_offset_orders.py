@@ -180,7 +180,7 @@ def test_card_payment_hooks(session, market) -> None:
     m = market
     _listing(session, m)
     refunds: list[tuple[int, int]] = []
-    offsets.set_card_refunder(lambda s, o, amount: refunds.append((o.id, amount)) or f"re_{o.id}")
+    previous = offsets.set_card_refunder(lambda s, o, amount: refunds.append((o.id, amount)) or f"re_{o.id}")
     try:
         order = offsets.create_offset(session, m.buyer.actor, quantity_kg=2_000, beneficiary="card", payment="card")
         offsets.confirm_offset(session, m.buyer.actor, order.id)
@@ -209,7 +209,7 @@ def test_card_payment_hooks(session, market) -> None:
         assert (w.amount, w.bank_reference) == (late.total, "card-refund:pi_late")
         assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH, 0)
     finally:
-        offsets.set_card_refunder(None)
+        offsets.set_card_refunder(previous)
     assert _problems(session) == []
 
 

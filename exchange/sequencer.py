@@ -308,7 +308,13 @@ class _Batch:
         if o.side == matching.SELL:
             unlocked = self.units.unlock(o.ref, by_kg)
         elif o.price is not None:
-            need = buy_hold(o.price, o.remaining_kg, self.inst.lot_size_kg,
+            # A replace queued behind this reduce already topped the reserve up for its new price
+            # (order entry does that): keep enough for the highest price the order may still take.
+            queued = self.s.scalars(select(_COMMANDS.c.args).where(
+                _COMMANDS.c.order_id == o.id, _COMMANDS.c.kind == "replace",
+                _COMMANDS.c.status == CommandStatus.PENDING)).all()
+            price = max([o.price, *(int(a["price"]) for a in queued)])
+            need = buy_hold(price, o.remaining_kg, self.inst.lot_size_kg,
                             max(self.inst.maker_fee_bp, self.inst.taker_fee_bp))
             if o.cash_held > need:
                 released = o.cash_held - need

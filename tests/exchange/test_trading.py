@@ -262,3 +262,25 @@ def test_gtd_orders_expire(session, m):
     o = _order(session, oid)
     assert (o.status, o.reason, o.cash_held) == (OrderStatus.EXPIRED, "gtd", 0)
     _hash_matches_db(session, m)
+
+
+def test_a_reduce_queued_before_a_replace_up_keeps_the_replace_top_up(session, m):
+    """A buy is reduced and then moved to a higher price before the sequencer runs: the replace's
+    top-up is already held when the reduce is applied at the old price. The reduce must not give it
+    back, or the trade at the new price would need more than the order holds (the sequencer then
+    failed the batch on every retry)."""
+    w = m.w
+    buy = _place(session, w.buyer, side="buy", qty_kg=4_000, price=58_00)
+    assert m.seq.run_once() == 1
+    orders.reduce_order(session, w.buyer.actor, buy, 1_000)
+    orders.replace_order(session, w.buyer.actor, buy, 62_00)
+    session.commit()
+    _place(session, w.owner, side="sell", qty_kg=3_000, price=62_00)
+    assert m.seq.run_once() == 3
+    b = _order(session, buy)
+    assert (b.status, b.filled_kg, b.price) == (OrderStatus.FILLED, 3_000, 62_00)
+    assert b.notional_paid == notional(62_00, 3_000)
+    assert wallets.balance(session, w.buyer.holder.id) == wallets.Balance(
+        1_000_000 - notional(62_00, 3_000) - b.fees_paid, 0)
+    session.rollback()
+    _hash_matches_db(session, m)

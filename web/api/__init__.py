@@ -7,6 +7,7 @@ from typing import Any
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+import web.api.behaviour_routes  # noqa: F401  (registers the behaviour operations)
 from web.api import carbon_routes, exchange_routes, routes  # noqa: F401  (registers the operations)
 from web.api.blueprint import bp
 from web.api.core import error_response

@@ -51,7 +51,7 @@ def test_cli_imports_a_csv_with_a_summary_and_again_changes_nothing(runner: Any,
 
 
 def test_csv_reader_streams_rows_and_needs_a_header() -> None:
-    data = "event_id,type,user\r\na,CI-BIKE,u1\r\n\r\n\"b\nc\",ENG-QUIZ,u2\r\n".encode()
+    data = b"event_id,type,user\r\na,CI-BIKE,u1\r\n\r\n\"b\nc\",ENG-QUIZ,u2\r\n"
     seen: list[int] = []
     rows = list(behaviour_io.csv_rows(io.BytesIO(data), seen.append))
     assert rows == [{"event_id": "a", "type": "CI-BIKE", "user": "u1"},

@@ -12,9 +12,11 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
    partner) and the daily record (events already counted against the cap).
 3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
    and computes each accepted row's points with the member's carry (see `Rules`).
-4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the daily
-   record upsert, the members' reduction record, one `earn` points entry per member (INSERT..SELECT),
-   the batch counters, one audit record.
+4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
+   members' reduction record (one UPDATE..FROM), the batch counters, one audit record.
+5. When every row is recorded, `complete_batch` credits the batch's points: one `earn` entry per
+   user, one INSERT..SELECT over the batch's accepted rows. Until then the points are on the rows but
+   not in the balance; an interrupted import resumes and completes.
 
 Imports of one programme are serialised (a PostgreSQL advisory lock; SQLite has one writer), so the
 cap and cross-channel checks see every earlier commit. `batch.rows_done` advances with each chunk in
@@ -25,7 +27,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,11 +61,23 @@ from registry.behaviour_rules import (
     RowPreparer,
     Rules,
 )
-from registry.db import Base, BigKey, utcnow
+from registry.db import Base, utcnow
 from registry.errors import Conflict
 from registry.factors import FactorSource, FactorTable, shipped_table
 
 _LOCK_CLASS = 0x6268  # pg_advisory_xact_lock(class, programme_id): one importer per programme
+
+# Seconds spent per phase of the import since the process started (for the benchmark's breakdown).
+PHASES: dict[str, float] = {}
+
+
+@contextmanager
+def _phase(name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        PHASES[name] = PHASES.get(name, 0.0) + time.perf_counter() - t0
 
 
 class BehaviourBatch(Base):
@@ -86,11 +103,11 @@ class BehaviourBatch(Base):
 
 
 class BehaviourEvent(Base):
-    """Every row received, accepted or rejected (with its reason)."""
+    """Every row received, accepted or rejected (with its reason), keyed by batch and line."""
 
     __tablename__ = "behaviour_events"
     __table_args__ = (
-        UniqueConstraint("batch_id", "line_no"),
+        PrimaryKeyConstraint("batch_id", "line_no"),
         CheckConstraint("status IN ('accepted', 'rejected')", name="status"),
         CheckConstraint("(status = 'accepted') = (reason IS NULL)", name="reason_iff_rejected"),
         CheckConstraint("status = 'rejected' OR (user_id IS NOT NULL AND started_at IS NOT NULL)",
@@ -103,11 +120,13 @@ class BehaviourEvent(Base):
               sqlite_where=text("status = 'accepted'"), postgresql_where=text("status = 'accepted'")),
     )
 
-    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("behaviour_batches.id"))
+    # No foreign keys: a million rows would make millions of key checks of the same few rows. The
+    # batch, its partner and the partner's programme are written only by `ingest_chunk` from the
+    # batch it holds locked, and `check_ledger` proves every event's batch and partner.
+    batch_id: Mapped[int] = mapped_column(Integer)
     line_no: Mapped[int] = mapped_column(Integer)
-    partner_id: Mapped[int] = mapped_column(ForeignKey("behaviour_partners.id"))
-    programme_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    partner_id: Mapped[int] = mapped_column(Integer)
+    programme_id: Mapped[int] = mapped_column(Integer)
     event_id: Mapped[str] = mapped_column(String(64))
     user_ref: Mapped[str | None] = mapped_column(String(64))
     user_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -125,51 +144,36 @@ class BehaviourEvent(Base):
     detail: Mapped[str | None] = mapped_column(String(300))
 
 
-class BehaviourDaily(Base):
-    """A user's accepted events per type per day: the daily caps and the personal summary read it."""
-
-    __tablename__ = "behaviour_daily"
-    __table_args__ = (PrimaryKeyConstraint("user_id", "code", "day"),)
-
-    user_id: Mapped[int] = mapped_column(BigInteger)
-    code: Mapped[str] = mapped_column(String(16))
-    day: Mapped[dt.date] = mapped_column(Date)
-    events: Mapped[int] = mapped_column(Integer)
-    reduction_g: Mapped[int] = mapped_column(BigInteger)
-    points: Mapped[int] = mapped_column(BigInteger)
-
-
 EVENT_COLUMNS = ("batch_id", "line_no", "partner_id", "programme_id", "event_id", "user_ref", "user_id",
                  "code", "started_at", "ended_at", "day", "variant", "quantity", "reduction_g", "points",
                  "factors", "status", "reason", "detail")
-_STAGE_COLUMNS = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day")
+_STAGE_COLUMNS = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day_lo",
+                  "day_hi", "scan_lo", "scan_hi")
 _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER, event_id VARCHAR(64), "
               "user_ref VARCHAR(64), user_id BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
-              "ended_at TIMESTAMP, day DATE)")
+              "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
 
-# One query for every database check of a chunk. `status = 'accepted'` is a literal so that
-# PostgreSQL uses the partial indexes.
+# One query for every database check of a chunk: three index probes per staged row (member, event
+# id, the user's events of the type), whatever the size of the tables. `seen` = 2 × the user's
+# accepted events of the type that started in the row's day [day_lo, day_hi) (the UTC bounds of the
+# programme's calendar day) + 1 if one of them from another partner overlaps the row's time span;
+# one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
+# `Rules.max_duration_h` (24 h).
+# `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
 _LOOKUP = """
-WITH r AS (
-  SELECT s.line_no, s.event_id, s.code, s.started_at, s.ended_at, s.day,
-         COALESCE(mx.id, mu.id) AS member_id, COALESCE(mx.user_id, mu.user_id) AS uid,
-         COALESCE(mx.reduction_g, mu.reduction_g) AS before_g
-  FROM behaviour_stage s
-  LEFT JOIN behaviour_external_ids x ON s.user_ref IS NOT NULL AND x.partner_id = :partner
-       AND x.external_id = s.user_ref
-  LEFT JOIN behaviour_members mx ON mx.id = x.member_id
-  LEFT JOIN behaviour_members mu ON s.user_ref IS NULL AND mu.programme_id = :programme
-       AND mu.user_id = s.user_id
-)
-SELECT r.line_no, r.member_id, r.uid, r.before_g,
-  EXISTS (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = r.event_id
-          AND e.status = 'accepted') AS dup,
-  EXISTS (SELECT 1 FROM behaviour_events e WHERE e.user_id = r.uid AND e.code = r.code
-          AND e.status = 'accepted' AND e.partner_id <> :partner
-          AND ((e.started_at < r.ended_at AND e.ended_at > r.started_at)
-               OR (e.started_at = r.started_at AND e.ended_at = r.ended_at))) AS elsewhere,
-  COALESCE(d.events, 0) AS counted
-FROM r LEFT JOIN behaviour_daily d ON d.user_id = r.uid AND d.code = r.code AND d.day = r.day
+SELECT s.line_no, m.id, m.user_id, m.reduction_g,
+  (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = s.event_id
+   AND e.status = 'accepted' LIMIT 1) AS dup,
+  (SELECT SUM(CASE WHEN e.started_at >= s.day_lo AND e.started_at < s.day_hi THEN 2 ELSE 0 END)
+        + MAX(CASE WHEN e.partner_id <> :partner
+                    AND ((e.started_at < s.ended_at AND e.ended_at > s.started_at)
+                         OR (e.started_at = s.started_at AND e.ended_at = s.ended_at)) THEN 1 ELSE 0 END)
+   FROM behaviour_events e WHERE e.user_id = m.user_id AND e.code = s.code AND e.status = 'accepted'
+   AND e.started_at >= s.scan_lo AND e.started_at < s.scan_hi) AS seen
+FROM behaviour_stage s
+LEFT JOIN behaviour_external_ids x ON x.partner_id = :partner AND x.external_id = s.user_ref
+LEFT JOIN behaviour_members m ON m.id = COALESCE(x.member_id,
+     (SELECT mu.id FROM behaviour_members mu WHERE mu.programme_id = :programme AND mu.user_id = s.user_id))
 """
 
 _ACCEPTED_IN_CHUNK = "FROM behaviour_events WHERE batch_id = :b AND line_no BETWEEN :lo AND :hi AND status = 'accepted'"
@@ -224,12 +228,30 @@ def _sqlite_value(v: Any) -> Any:
     return v
 
 
-def _stage(session: Session, rows: list[Row]) -> None:
-    session.execute(text(_STAGE_DDL))
-    session.execute(text("DELETE FROM behaviour_stage"))
-    _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS,
-               ((r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, r.day)
-                for r in rows))
+def _stage(session: Session, rows: list[Row], rules: Rules) -> None:
+    """Per-connection scratch table (not part of the schema). PostgreSQL empties it at every commit;
+    SQLite has no ON COMMIT clause, so it is emptied before use."""
+    if _is_pg(session):
+        session.execute(text(_STAGE_DDL + " ON COMMIT DELETE ROWS"))
+    else:
+        session.execute(text(_STAGE_DDL))
+        session.execute(text("DELETE FROM behaviour_stage"))
+    offset, one_day = dt.timedelta(hours=rules.day_utc_offset_h), dt.timedelta(days=1)
+    longest = dt.timedelta(hours=rules.max_duration_h)
+    bounds: dict[dt.date, tuple[dt.datetime, dt.datetime]] = {}
+    for r in rows:
+        assert r.day is not None
+        if r.day not in bounds:
+            lo = dt.datetime.combine(r.day, dt.time()) - offset
+            bounds[r.day] = (lo, lo + one_day)
+
+    def staged(r: Row) -> tuple[Any, ...]:
+        assert r.day is not None and r.started_at is not None and r.ended_at is not None
+        day_lo, day_hi = bounds[r.day]
+        return (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, day_lo, day_hi,
+                r.started_at - longest, max(day_hi, r.ended_at))
+
+    _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows))
 
 
 def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
@@ -239,7 +261,8 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
     accepted_ids: set[str] = set()
     per_point = rules.grams_per_point
     for r in rows:
-        member_id, uid, before_g, dup, elsewhere, counted = found[r.line_no]
+        member_id, uid, before_g, dup, seen = found[r.line_no]
+        counted, elsewhere = divmod(int(seen or 0), 2)
         if uid is None:
             r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
             continue
@@ -267,13 +290,24 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
 
 
 def _lookup(session: Session, partner: partners.Partner) -> dict[int, Any]:
-    return {row[0]: tuple(row[1:]) for row in session.execute(
+    pg = _is_pg(session)
+    if pg:
+        # Index probes per staged row, never a hash of a whole table (members, daily records and
+        # events grow; a chunk does not).
+        session.execute(text("SET LOCAL enable_hashjoin = off"))
+        session.execute(text("SET LOCAL enable_mergejoin = off"))
+    found = {row[0]: tuple(row[1:]) for row in session.execute(
         text(_LOOKUP), {"partner": partner.id, "programme": partner.programme_id})}
+    if pg:
+        session.execute(text("RESET enable_hashjoin"))
+        session.execute(text("RESET enable_mergejoin"))
+    return found
 
 
 def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules) -> ChunkResult:
     """The use case that records one chunk of prepared rows (consecutive lines, in order) of an open
-    batch: outcomes, reductions, daily records, earned points, counters, audit. The caller commits.
+    batch: outcomes, points per row, the members' reduction records, counters, audit. The caller
+    commits.
     A chunk whose lines were already recorded (a concurrent or repeated import) is skipped."""
     if not rows:
         return ChunkResult()
@@ -283,20 +317,22 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules)
     assert partner is not None
     if _is_pg(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:c, :p)"), {"c": _LOCK_CLASS, "p": partner.programme_id})
+        # Short statements on small sets: compiling them (JIT) costs more than it saves.
+        session.execute(text("SET LOCAL jit = off"))
     session.refresh(batch, with_for_update=True)
     lo, hi = rows[0].line_no, rows[-1].line_no
     if batch.status != "open" or lo <= batch.rows_done:
         return ChunkResult()
     pending = [r for r in rows if r.status is None]
     if pending:
-        _stage(session, pending)
-        _classify(pending, _lookup(session, partner), rules)
-        session.execute(text("DELETE FROM behaviour_stage"))
-    _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
-        (batch.id, r.line_no, partner.id, partner.programme_id, r.event_id, r.user_ref, r.user_id, r.code,
-         r.started_at, r.ended_at, r.day, r.variant, r.quantity,
-         r.reduction_g if r.status == "accepted" else 0, r.points if r.status == "accepted" else 0,
-         r.factors, r.status, r.reason, r.detail) for r in rows))
+        with _phase("stage"):
+            _stage(session, pending, rules)
+        with _phase("lookup"):
+            found = _lookup(session, partner)
+        with _phase("classify"):
+            _classify(pending, found, rules)
+    with _phase("insert_events"):
+        _insert_events(session, batch, partner, rows)
     result = ChunkResult(rows=len(rows))
     for r in rows:
         if r.status == "accepted":
@@ -322,27 +358,47 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules)
     return result
 
 
+def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
+    _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
+        (batch.id, r.line_no, partner.id, partner.programme_id, r.event_id, r.user_ref, r.user_id, r.code,
+         r.started_at, r.ended_at, r.day, r.variant, r.quantity,
+         r.reduction_g if r.status == "accepted" else 0, r.points if r.status == "accepted" else 0,
+         r.factors, r.status, r.reason, r.detail) for r in rows))
+
+
 def _apply_accepted(session: Session, batch: BehaviourBatch, partner: partners.Partner, lo: int, hi: int,
                     rules: Rules) -> None:
     args = {"b": batch.id, "lo": lo, "hi": hi, "programme": partner.programme_id}
-    session.execute(text(
-        "INSERT INTO behaviour_daily (user_id, code, day, events, reduction_g, points) "
-        f"SELECT user_id, code, day, COUNT(*), SUM(reduction_g), SUM(points) {_ACCEPTED_IN_CHUNK} "
-        "GROUP BY user_id, code, day ON CONFLICT (user_id, code, day) DO UPDATE SET "
-        "events = behaviour_daily.events + excluded.events, "
-        "reduction_g = behaviour_daily.reduction_g + excluded.reduction_g, "
-        "points = behaviour_daily.points + excluded.points"), args)
-    session.execute(text(
-        "UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + a.g "
-        f"FROM (SELECT user_id, SUM(reduction_g) AS g {_ACCEPTED_IN_CHUNK} GROUP BY user_id) a "
-        "WHERE behaviour_members.programme_id = :programme AND behaviour_members.user_id = a.user_id "
-        "AND a.g > 0"), args)
-    session.execute(text(
-        "INSERT INTO points_entries (user_id, kind, points, expires_on, batch_id, ref, created_at) "
-        f"SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now {_ACCEPTED_IN_CHUNK} "
-        "GROUP BY user_id HAVING SUM(points) > 0"),
-        args | {"expires": rules.expires_on(batch.received_at), "ref": f"behaviour:{batch.id}:{lo}-{hi}",
-                "now": utcnow()})
+    with _phase("apply_members"):
+        session.execute(text(
+            "UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + a.g "
+            f"FROM (SELECT user_id, SUM(reduction_g) AS g {_ACCEPTED_IN_CHUNK} GROUP BY user_id) a "
+            "WHERE behaviour_members.programme_id = :programme AND behaviour_members.user_id = a.user_id "
+            "AND a.g > 0"), args)
+
+
+def complete_batch(session: Session, batch_id: int, rules: Rules) -> BehaviourBatch:
+    """The use case that closes a batch once all its rows are recorded: it credits the points of its
+    accepted rows, one `earn` entry per user (one INSERT..SELECT), and marks it complete. Idempotent:
+    a complete batch is returned unchanged. The caller commits."""
+    batch = session.get(BehaviourBatch, batch_id, with_for_update=True)
+    assert batch is not None
+    if batch.status != "open":
+        return batch
+    with _phase("credit_points"):
+        session.execute(text(
+            "INSERT INTO points_entries (user_id, kind, points, expires_on, batch_id, ref, created_at) "
+            "SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now FROM behaviour_events "
+            "WHERE batch_id = :b AND status = 'accepted' GROUP BY user_id HAVING SUM(points) > 0"),
+            {"b": batch.id, "expires": rules.expires_on(batch.received_at), "ref": f"behaviour:{batch.id}",
+             "now": utcnow()})
+    batch.status, batch.completed_at = "complete", utcnow()
+    partner = session.get(partners.Partner, batch.partner_id)
+    assert partner is not None
+    audit.record(session, None, "behaviour.batch_completed", "behaviour_batch", batch.id,
+                 {"partner": partner.code, "rows": batch.rows_done, "accepted": batch.accepted,
+                  "rejected": batch.rejected, "reduction_g": batch.reduction_g, "points": batch.points})
+    return batch
 
 
 # -- batches -------------------------------------------------------------------------------------
@@ -427,23 +483,27 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
             b = session.get(BehaviourBatch, batch_id)
             assert b is not None
             return batch_result(session, b, code, replayed=True)
-    chunk: list[Row] = []
-    for line_no, raw in enumerate(rows, start=1):
-        if line_no <= done:
-            continue
-        chunk.append(preparer.prepare(line_no, raw))
-        if len(chunk) >= chunk_size:
-            _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
-            chunk = []
-    _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
+    # Pipelined: while one thread records chunk n, this one reads and prepares chunk n + 1 (the
+    # database works while Python parses). Chunks still commit one at a time, in order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-import") as pool:
+        pending: Future[None] | None = None
+        chunk: list[Row] = []
+        for line_no, raw in enumerate(rows, start=1):
+            if line_no <= done:
+                continue
+            t0 = time.perf_counter()
+            chunk.append(preparer.prepare(line_no, raw))
+            PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
+            if len(chunk) >= chunk_size:
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(_commit_chunk, factory, batch_id, chunk, rules, on_chunk)
+                chunk = []
+        if pending is not None:
+            pending.result()
+        _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
     with factory() as session, session.begin():
-        b = session.get(BehaviourBatch, batch_id, with_for_update=True)
-        assert b is not None
-        if b.status == "open":
-            b.status, b.completed_at = "complete", utcnow()
-            audit.record(session, None, "behaviour.batch_completed", "behaviour_batch", b.id,
-                         {"partner": code, "rows": b.rows_done, "accepted": b.accepted, "rejected": b.rejected,
-                          "reduction_g": b.reduction_g, "points": b.points})
+        b = complete_batch(session, batch_id, rules)
         return batch_result(session, b, code, replayed=False)
 
 
@@ -488,20 +548,23 @@ def outcomes(session: Session, batch_id: int) -> Iterator[Outcome]:
 
 def personal_summary(session: Session, user_id: int, period: str = "month") -> dict[str, Any]:
     """The user's accepted reductions (g), events and points by behaviour type, per month (`period`
-    "month") or per day ("day"), from the daily record; plus the totals per type."""
+    "month") or per day ("day", the programme's calendar day); plus the totals per type."""
     if period not in ("month", "day"):
         from registry.errors import InvalidInput
         raise InvalidInput("period is month or day", field="period")
     by: dict[tuple[str, str], list[int]] = {}
     totals: dict[str, list[int]] = {}
     for code, day, events, g, pts in session.execute(
-            select(BehaviourDaily.code, BehaviourDaily.day, BehaviourDaily.events, BehaviourDaily.reduction_g,
-                   BehaviourDaily.points).where(BehaviourDaily.user_id == user_id).order_by(BehaviourDaily.day)):
-        key = (day.isoformat()[:7] if period == "month" else day.isoformat(), code)
+            select(BehaviourEvent.code, BehaviourEvent.day, func.count(), func.sum(BehaviourEvent.reduction_g),
+                   func.sum(BehaviourEvent.points))
+            .where(BehaviourEvent.user_id == user_id, BehaviourEvent.status == "accepted")
+            .group_by(BehaviourEvent.code, BehaviourEvent.day).order_by(BehaviourEvent.day)):
+        day_text = day if isinstance(day, str) else day.isoformat()   # SQLite returns the text
+        key = (day_text[:7] if period == "month" else day_text, code)
         for acc in (by.setdefault(key, [0, 0, 0]), totals.setdefault(code, [0, 0, 0])):
-            acc[0] += events
-            acc[1] += g
-            acc[2] += pts
+            acc[0] += int(events)
+            acc[1] += int(g)
+            acc[2] += int(pts)
     return {
         "user_id": user_id, "period": period,
         "series": [{"period": p, "type": c, "events": v[0], "reduction_g": v[1], "points": v[2]}
@@ -515,41 +578,42 @@ def personal_summary(session: Session, user_id: int, period: str = "month") -> d
 def check_ledger(session: Session) -> list[str]:
     """The behaviour and points ledger checks; returns the violations found (empty when sound):
     1. every member's reduction record equals the sum of its accepted events;
-    2. the daily record equals the accepted events per user, type and day;
-    3. every batch's earned points equal, per user, the points of its accepted events;
+    2. every event belongs to a batch of its partner (the event table has no foreign key: see it);
+    3. every complete batch's earned points equal, per user, the points of its accepted events;
     4. every batch's counters equal its events;
     5. no points balance is negative (`registry.points.check`)."""
     found: list[str] = []
-    for programme_id, user_id, have, want in session.execute(text(
-            "SELECT m.programme_id, m.user_id, m.reduction_g, COALESCE(e.g, 0) FROM behaviour_members m "
-            "LEFT JOIN (SELECT programme_id, user_id, SUM(reduction_g) AS g FROM behaviour_events "
-            "WHERE status = 'accepted' GROUP BY programme_id, user_id) e "
-            "ON e.programme_id = m.programme_id AND e.user_id = m.user_id "
-            "WHERE m.reduction_g <> COALESCE(e.g, 0)")):
-        found.append(f"member of programme {programme_id} user {user_id}: record {have} g, events {want} g")
-    for user_id, code, day in session.execute(text(
-            "SELECT COALESCE(d.user_id, e.user_id), COALESCE(d.code, e.code), COALESCE(d.day, e.day) "
-            "FROM behaviour_daily d FULL OUTER JOIN (SELECT user_id, code, day, COUNT(*) AS n, "
-            "SUM(reduction_g) AS g, SUM(points) AS p FROM behaviour_events WHERE status = 'accepted' "
-            "GROUP BY user_id, code, day) e ON e.user_id = d.user_id AND e.code = d.code AND e.day = d.day "
-            "WHERE d.events IS NULL OR e.n IS NULL OR d.events <> e.n OR d.reduction_g <> e.g "
-            "OR d.points <> e.p")):
-        found.append(f"daily record of user {user_id} {code} {day} differs from its events")
-    for batch_id, user_id, have, want in session.execute(text(
-            "SELECT COALESCE(p.batch_id, e.batch_id), COALESCE(p.user_id, e.user_id), p.pts, e.pts FROM "
-            "(SELECT batch_id, user_id, SUM(points) AS pts FROM points_entries WHERE kind = 'earn' "
-            "AND batch_id IS NOT NULL GROUP BY batch_id, user_id) p FULL OUTER JOIN "
-            "(SELECT batch_id, user_id, SUM(points) AS pts FROM behaviour_events WHERE status = 'accepted' "
-            "GROUP BY batch_id, user_id HAVING SUM(points) > 0) e "
-            "ON e.batch_id = p.batch_id AND e.user_id = p.user_id "
-            "WHERE p.pts IS NULL OR e.pts IS NULL OR p.pts <> e.pts")):
-        found.append(f"batch {batch_id} user {user_id}: earned {have} points, events give {want}")
-    for batch_id, in session.execute(text(
-            "SELECT b.id FROM behaviour_batches b LEFT JOIN (SELECT batch_id, COUNT(*) AS n, "
-            "SUM(CASE WHEN status = 'accepted' THEN 1 ELSE 0 END) AS a, SUM(reduction_g) AS g, "
-            "SUM(points) AS p, MAX(line_no) AS last FROM behaviour_events GROUP BY batch_id) e "
-            "ON e.batch_id = b.id WHERE b.accepted + b.rejected <> COALESCE(e.n, 0) "
-            "OR b.accepted <> COALESCE(e.a, 0) OR b.reduction_g <> COALESCE(e.g, 0) "
-            "OR b.points <> COALESCE(e.p, 0) OR b.rows_done <> COALESCE(e.last, 0)")):
-        found.append(f"batch {batch_id}: counters differ from its events")
+    # Each check compares two sets of rows with EXCEPT both ways (hash or sort, on both databases).
+    for side, programme_id, user_id, g in _differ(
+            session,
+            "SELECT programme_id, user_id, reduction_g FROM behaviour_members WHERE reduction_g <> 0",
+            "SELECT programme_id, user_id, SUM(reduction_g) FROM behaviour_events WHERE status = 'accepted' "
+            "GROUP BY programme_id, user_id HAVING SUM(reduction_g) <> 0"):
+        found.append(f"member of programme {programme_id} user {user_id}: {side} {g} g")
+    for batch_id, n in session.execute(text(
+            "SELECT e.batch_id, COUNT(*) FROM behaviour_events e LEFT JOIN behaviour_batches b "
+            "ON b.id = e.batch_id AND b.partner_id = e.partner_id WHERE b.id IS NULL GROUP BY e.batch_id")):
+        found.append(f"{n} events of batch {batch_id} name no batch of their partner")
+    for side, batch_id, user_id, pts in _differ(
+            session, "SELECT batch_id, user_id, SUM(points) FROM points_entries WHERE kind = 'earn' "
+            "AND batch_id IS NOT NULL GROUP BY batch_id, user_id",
+            "SELECT batch_id, user_id, SUM(points) FROM behaviour_events WHERE status = 'accepted' "
+            "AND batch_id IN (SELECT id FROM behaviour_batches WHERE status = 'complete') "
+            "GROUP BY batch_id, user_id HAVING SUM(points) > 0"):
+        found.append(f"batch {batch_id} user {user_id}: {side} {pts} points")
+    for side, batch_id, *_ in _differ(
+            session, "SELECT id, accepted + rejected, accepted, reduction_g, points, rows_done "
+            "FROM behaviour_batches WHERE rows_done > 0",
+            "SELECT batch_id, COUNT(*), SUM(CASE WHEN status = 'accepted' THEN 1 ELSE 0 END), "
+            "SUM(reduction_g), SUM(points), MAX(line_no) FROM behaviour_events GROUP BY batch_id"):
+        found.append(f"batch {batch_id}: counters differ from its events ({side})")
     return found + points.check(session)
+
+
+def _differ(session: Session, record: str, events: str) -> list[tuple[Any, ...]]:
+    """Rows of `record` not in `events` (tagged "the record says") and of `events` not in `record`
+    ("the events say")."""
+    out: list[tuple[Any, ...]] = []
+    for side, a, b in (("the record says", record, events), ("the events say", events, record)):
+        out += [(side, *r) for r in session.execute(text(f"SELECT * FROM ({a} EXCEPT {b}) d"))]
+    return out

@@ -64,7 +64,8 @@ class Rules:
     `expiry_years` after the year they were earned (1: the end of the following year).
     A day (for the caps) is the calendar day at UTC+`day_utc_offset_h` (China time by default).
     Plausibility: a trip longer than `max_km` or faster on average than `max_kmh` (by mode for
-    transit, else by type), or a waste drop-off heavier than `max_waste_kg`, is implausible."""
+    transit, else by type), a waste drop-off heavier than `max_waste_kg`, or anything lasting more
+    than `max_duration_h` hours, is implausible."""
 
     grams_per_point: int = 10
     claim_window_days: int = 30
@@ -79,6 +80,7 @@ class Rules:
     max_kmh: Mapping[str, int] = field(
         default_factory=lambda: {"bus": 80, "metro": 120, "CI-BIKE": 30, "CI-NEV": 150})
     max_waste_kg: int = 50
+    max_duration_h: int = 24
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> Rules:
@@ -163,6 +165,7 @@ class RowPreparer:
         self.earliest = received_at - dt.timedelta(days=rules.claim_window_days)
         self.latest = received_at + dt.timedelta(seconds=rules.future_skew_s)
         self.day_offset = dt.timedelta(hours=rules.day_utc_offset_h)
+        self.longest = dt.timedelta(hours=rules.max_duration_h)
         self._calc: dict[tuple[Any, ...], tuple[int, str] | _Invalid] = {}
         self._qty: dict[str, Fraction | None] = {}
 
@@ -203,6 +206,8 @@ class RowPreparer:
             raise InvalidInput("ended_at is before started_at", field="ended_at")
         row.started_at, row.ended_at = start, end
         row.day = (start + self.day_offset).date()
+        if end - start > self.longest:
+            raise _Invalid(IMPLAUSIBLE, f"lasted more than {self.rules.max_duration_h} h")
         if end < self.earliest or end > self.latest:
             raise _Invalid(OUTSIDE_WINDOW, f"ended {end.isoformat()}Z, outside the claim window "
                                            f"{self.earliest.isoformat()}Z - {self.latest.isoformat()}Z")

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import behaviour, points
-from registry.behaviour import BehaviourBatch, BehaviourDaily, BehaviourEvent
+from registry.behaviour import BehaviourBatch, BehaviourEvent
 from registry.behaviour_rules import Rules
 from registry.partners import Member
 from registry.points import PointsEntry
@@ -62,10 +62,12 @@ def test_accepted_rows_add_grams_and_points_with_carry(bw: BWorld, session_facto
                                                        distance_km="1")])
     assert (res2.reduction_g, res2.points) == (47, 5)
     assert points.balance(session, uid) == 83
-    daily = session.execute(select(BehaviourDaily.code, BehaviourDaily.events, BehaviourDaily.reduction_g,
-                                   BehaviourDaily.points).where(BehaviourDaily.user_id == uid)
-                            .order_by(BehaviourDaily.code)).all()
-    assert [tuple(d) for d in daily] == [("CI-TRANSIT", 3, 783, 78), ("ENG-CHECKIN", 1, 0, 5)]
+    summary = behaviour.personal_summary(session, uid, "day")
+    assert summary["totals"] == [{"type": "CI-TRANSIT", "events": 3, "reduction_g": 783, "points": 78},
+                                 {"type": "ENG-CHECKIN", "events": 1, "reduction_g": 0, "points": 5}]
+    assert [(x["period"], x["type"], x["events"]) for x in summary["series"]] == [
+        ("2026-11-20", "CI-TRANSIT", 3), ("2026-11-20", "ENG-CHECKIN", 1)]
+    assert behaviour.personal_summary(session, uid)["series"][0]["period"] == "2026-11"
     assert behaviour.check_ledger(session) == []
 
 
@@ -189,10 +191,13 @@ def test_ledger_check_names_what_was_tampered(bw: BWorld, session_factory: sessi
     run(session_factory, "sz-metro", "b1", reader=session, rows=[row("m1", "card-0", "CI-TRANSIT", T0, mode="metro", distance_km="10")])
     assert behaviour.check_ledger(session) == []
     session.execute(update(Member).where(Member.user_id == bw.uid(0)).values(reduction_g=500))
-    session.execute(update(BehaviourDaily).values(events=2))
     session.execute(update(PointsEntry).values(points=47))
     found = behaviour.check_ledger(session)
-    assert any("record 500 g, events 467 g" in f for f in found)
-    assert any("daily record" in f for f in found)
-    assert any("earned 47 points, events give 46" in f for f in found)
+    assert f"member of programme {bw.programme_id} user {bw.uid(0)}: the record says 500 g" in found
+    assert f"member of programme {bw.programme_id} user {bw.uid(0)}: the events say 467 g" in found
+    assert any(f.endswith("the record says 47 points") for f in found)
+    assert any(f.endswith("the events say 46 points") for f in found)
+    session.rollback()
+    session.execute(update(BehaviourEvent).values(batch_id=999))
+    assert "1 events of batch 999 name no batch of their partner" in behaviour.check_ledger(session)
     session.rollback()

@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--members", type=int, default=200_000)
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=20261123)
+    ap.add_argument("--no-pipeline", action="store_true", help="prepare and record chunks in one thread")
     args = ap.parse_args(argv)
 
     tmpdir = tempfile.mkdtemp(prefix="tanhui_behaviour_bench_")
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# bare COPY into an unindexed table: {t_copy:.2f} s = {args.rows / t_copy:,.0f} rows/s")
 
         t0 = time.perf_counter()
-        result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size)
+        result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline)
         t_import = time.perf_counter() - t0
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rate = args.rows / t_import

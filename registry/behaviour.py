@@ -147,8 +147,11 @@ class BehaviourEvent(Base):
 EVENT_COLUMNS = ("batch_id", "line_no", "partner_id", "programme_id", "event_id", "user_ref", "user_id",
                  "code", "started_at", "ended_at", "day", "variant", "quantity", "reduction_g", "points",
                  "factors", "status", "reason", "detail")
+_EVENT_TYPES = ("int4", "int4", "int4", "int4", "varchar", "varchar", "int8", "varchar", "timestamp", "timestamp",
+                "date", "varchar", "varchar", "int8", "int4", "varchar", "varchar", "varchar", "varchar")
 _STAGE_COLUMNS = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day_lo",
                   "day_hi", "scan_lo", "scan_hi")
+_STAGE_TYPES = ("int4", "varchar", "varchar", "int8", "varchar") + ("timestamp",) * 6
 _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER, event_id VARCHAR(64), "
               "user_ref VARCHAR(64), user_id BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
               "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
@@ -202,13 +205,18 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _copy_rows(session: Session, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
-    """Bulk insert: COPY on PostgreSQL (psycopg 3), executemany on SQLite."""
+def _copy_rows(session: Session, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]],
+               types: tuple[str, ...] | None = None) -> None:
+    """Bulk insert: COPY on PostgreSQL (psycopg 3; binary when the PostgreSQL `types` of the columns
+    are given, which is ~5x cheaper per row than text), executemany on SQLite."""
     conn = session.connection()
     if _is_pg(session):
         raw = conn.connection.driver_connection
         assert raw is not None
-        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+        binary = " (FORMAT BINARY)" if types else ""
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{binary}") as cp:
+            if types:
+                cp.set_types(list(types))
             for r in rows:
                 cp.write_row(r)
     else:
@@ -251,7 +259,7 @@ def _stage(session: Session, rows: list[Row], rules: Rules) -> None:
         return (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, day_lo, day_hi,
                 r.started_at - longest, max(day_hi, r.ended_at))
 
-    _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows))
+    _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
 
 
 def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
@@ -363,7 +371,7 @@ def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Pa
         (batch.id, r.line_no, partner.id, partner.programme_id, r.event_id, r.user_ref, r.user_id, r.code,
          r.started_at, r.ended_at, r.day, r.variant, r.quantity,
          r.reduction_g if r.status == "accepted" else 0, r.points if r.status == "accepted" else 0,
-         r.factors, r.status, r.reason, r.detail) for r in rows))
+         r.factors, r.status, r.reason, r.detail) for r in rows), _EVENT_TYPES)
 
 
 def _apply_accepted(session: Session, batch: BehaviourBatch, partner: partners.Partner, lo: int, hi: int,
@@ -466,7 +474,7 @@ def factor_snapshot(session: Session) -> FactorSource:
 def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, source: str,
                 rows: Iterable[Mapping[str, Any]], *, rules: Rules | None = None, chunk_size: int = 20_000,
                 received_at: dt.datetime | None = None,
-                on_chunk: Callable[[ChunkResult], None] | None = None) -> BatchResult:
+                on_chunk: Callable[[ChunkResult], None] | None = None, pipeline: bool = True) -> BatchResult:
     """Import a stream of rows (dicts of text/JSON values) for a partner as batch `ref`, one
     transaction per chunk; only one chunk is ever in memory. A complete batch is not imported again
     (`replayed` is true and nothing changes); an interrupted one resumes after its last chunk."""
@@ -497,7 +505,10 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
             if len(chunk) >= chunk_size:
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(_commit_chunk, factory, batch_id, chunk, rules, on_chunk)
+                if pipeline:
+                    pending = pool.submit(_commit_chunk, factory, batch_id, chunk, rules, on_chunk)
+                else:
+                    _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
                 chunk = []
         if pending is not None:
             pending.result()

@@ -133,9 +133,9 @@ class Row:
 
 def _text(raw: Mapping[str, Any], name: str) -> str | None:
     v = raw.get(name)
-    if v is None:
+    if v is None or v == "":
         return None
-    v = str(v).strip()
+    v = (v if type(v) is str else str(v)).strip()
     return v or None
 
 
@@ -167,7 +167,7 @@ class RowPreparer:
         self.day_offset = dt.timedelta(hours=rules.day_utc_offset_h)
         self.longest = dt.timedelta(hours=rules.max_duration_h)
         self._calc: dict[tuple[Any, ...], tuple[int, str] | _Invalid] = {}
-        self._qty: dict[str, Fraction | None] = {}
+        self._qty: dict[str, tuple[int, int] | None | bool] = {}
 
     def prepare(self, line_no: int, raw: Mapping[str, Any]) -> Row:
         row = Row(line_no)
@@ -212,16 +212,19 @@ class RowPreparer:
             raise _Invalid(OUTSIDE_WINDOW, f"ended {end.isoformat()}Z, outside the claim window "
                                            f"{self.earliest.isoformat()}Z - {self.latest.isoformat()}Z")
 
-    def _number(self, text: str | None, name: str) -> Fraction:
+    def _number(self, text: str | None, name: str) -> tuple[int, int]:
+        """The exact value of a quantity's text as (numerator, denominator), memoised per text, so that
+        the plausibility checks compare integers."""
         if text is None:
             raise InvalidInput(f"{name} is required", field=name)
-        if text not in self._qty:
+        value = self._qty.get(text, False)
+        if value is False:
             try:
                 d = Decimal(text)
-                self._qty[text] = Fraction(d) if d.is_finite() and d >= 0 else None
+                f = Fraction(d) if d.is_finite() and d >= 0 else None
             except InvalidOperation:
-                self._qty[text] = None
-        value = self._qty[text]
+                f = None
+            value = self._qty[text] = (f.numerator, f.denominator) if f is not None else None
         if value is None:
             raise InvalidInput(f"{name} is not a non-negative number: {text[:20]!r}", field=name)
         return value
@@ -238,22 +241,23 @@ class RowPreparer:
             raise InvalidInput("activity must be an object", field="activity")
         if code in _TRAVEL:
             text = _text(raw, "distance_km")
-            km = self._number(text, "distance_km")
+            num, den = self._number(text, "distance_km")   # km = num / den, exactly
             mode = _text(raw, "mode") if code == "CI-TRANSIT" else None
             limit_key = mode if mode is not None else code
             seconds = int((row.ended_at - row.started_at).total_seconds())
             max_km, max_kmh = rules.max_km.get(limit_key), rules.max_kmh.get(limit_key)
-            if max_km is not None and km > max_km:
+            if max_km is not None and num > max_km * den:
                 raise _Invalid(IMPLAUSIBLE, f"{text} km is longer than {max_km} km")
-            if max_kmh is not None and km > 0:
+            if max_kmh is not None and num > 0:
                 if seconds <= 0:
                     raise _Invalid(IMPLAUSIBLE, f"{text} km in no time")
-                if km * 3600 > max_kmh * seconds:
+                if num * 3600 > max_kmh * seconds * den:
                     raise _Invalid(IMPLAUSIBLE, f"{text} km in {seconds} s is faster than {max_kmh} km/h")
             row.variant, row.quantity = mode, text
         elif code == "CI-WASTE":
             text = _text(raw, "weight_kg")
-            if self._number(text, "weight_kg") > rules.max_waste_kg:
+            num, den = self._number(text, "weight_kg")
+            if num > rules.max_waste_kg * den:
                 raise _Invalid(IMPLAUSIBLE, f"{text} kg in one drop-off is more than {rules.max_waste_kg} kg")
             row.variant, row.quantity = _text(raw, "category"), text
         key = (code, row.variant, row.quantity, row.started_at.year,

@@ -167,7 +167,7 @@ class RowPreparer:
         self.day_offset = dt.timedelta(hours=rules.day_utc_offset_h)
         self.longest = dt.timedelta(hours=rules.max_duration_h)
         self._calc: dict[tuple[Any, ...], tuple[int, str] | _Invalid] = {}
-        self._qty: dict[str, tuple[int, int] | None | bool] = {}
+        self._qty: dict[str, tuple[int, int] | None] = {}
 
     def prepare(self, line_no: int, raw: Mapping[str, Any]) -> Row:
         row = Row(line_no)
@@ -217,8 +217,9 @@ class RowPreparer:
         the plausibility checks compare integers."""
         if text is None:
             raise InvalidInput(f"{name} is required", field=name)
-        value = self._qty.get(text, False)
-        if value is False:
+        if text in self._qty:
+            value = self._qty[text]
+        else:
             try:
                 d = Decimal(text)
                 f = Fraction(d) if d.is_finite() and d >= 0 else None

@@ -158,27 +158,36 @@ _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER,
               "user_ref VARCHAR(64), user_id BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
               "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
 
-# One query for every database check of a chunk: three index probes per staged row (member, event
-# id, the user's events of the type), whatever the size of the tables. `seen` = 2 × the user's
+# One query for every database check of a chunk: index probes per staged row (the member by external
+# id or user id, the member row, the event id, the user's events of the type), whatever the size of
+# the tables; each step walks the rows in the order of the index it probes, so that consecutive
+# probes share index pages (at a million events the indexes no longer fit in shared buffers). `seen` = 2 × the user's
 # accepted events of the type that started in the row's day [day_lo, day_hi) (the UTC bounds of the
 # programme's calendar day) + 1 if one of them from another partner overlaps the row's time span;
 # one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
 # `Rules.max_duration_h` (24 h).
 # `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
 _LOOKUP = """
-SELECT s.line_no, m.id, m.user_id, m.reduction_g,
-  (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = s.event_id
+WITH x AS MATERIALIZED (
+  SELECT s.*, COALESCE(e.member_id,
+         (SELECT mu.id FROM behaviour_members mu WHERE mu.programme_id = :programme AND mu.user_id = s.user_id))
+         AS member_id
+  FROM (SELECT * FROM behaviour_stage ORDER BY user_ref, user_id) s
+  LEFT JOIN behaviour_external_ids e ON e.partner_id = :partner AND e.external_id = s.user_ref
+), m AS MATERIALIZED (
+  SELECT x.*, mm.user_id AS uid, mm.reduction_g AS before_g
+  FROM (SELECT * FROM x ORDER BY member_id) x LEFT JOIN behaviour_members mm ON mm.id = x.member_id
+)
+SELECT u.line_no, u.member_id, u.uid, u.before_g,
+  (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = u.event_id
    AND e.status = 'accepted' LIMIT 1) AS dup,
-  (SELECT SUM(CASE WHEN e.started_at >= s.day_lo AND e.started_at < s.day_hi THEN 2 ELSE 0 END)
+  (SELECT SUM(CASE WHEN e.started_at >= u.day_lo AND e.started_at < u.day_hi THEN 2 ELSE 0 END)
         + MAX(CASE WHEN e.partner_id <> :partner
-                    AND ((e.started_at < s.ended_at AND e.ended_at > s.started_at)
-                         OR (e.started_at = s.started_at AND e.ended_at = s.ended_at)) THEN 1 ELSE 0 END)
-   FROM behaviour_events e WHERE e.user_id = m.user_id AND e.code = s.code AND e.status = 'accepted'
-   AND e.started_at >= s.scan_lo AND e.started_at < s.scan_hi) AS seen
-FROM behaviour_stage s
-LEFT JOIN behaviour_external_ids x ON x.partner_id = :partner AND x.external_id = s.user_ref
-LEFT JOIN behaviour_members m ON m.id = COALESCE(x.member_id,
-     (SELECT mu.id FROM behaviour_members mu WHERE mu.programme_id = :programme AND mu.user_id = s.user_id))
+                    AND ((e.started_at < u.ended_at AND e.ended_at > u.started_at)
+                         OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END)
+   FROM behaviour_events e WHERE e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
+   AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi) AS seen
+FROM (SELECT * FROM m ORDER BY uid, code, started_at) u
 """
 
 _ACCEPTED_IN_CHUNK = "FROM behaviour_events WHERE batch_id = :b AND line_no BETWEEN :lo AND :hi AND status = 'accepted'"

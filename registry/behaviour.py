@@ -6,10 +6,10 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
 
 1. Python (`registry.behaviour_rules.RowPreparer`): fields, type allowed for the partner, claim window,
    plausibility, the reduction in grams from the calculators (memoised per distinct activity).
-2. The rows that passed go into a per-connection scratch table (COPY on PostgreSQL, executemany on
-   SQLite), and ONE query joins them with the members and external ids (unknown user), the accepted
-   events (duplicate partner + event id; the same user, type and time span accepted from another
-   partner) and the daily record (events already counted against the cap).
+2. The rows that passed go into a per-connection scratch table (binary COPY on PostgreSQL,
+   executemany on SQLite), and ONE query joins them with the members and external ids (unknown
+   user) and the accepted events: duplicate partner + event id; the user's events of the type that
+   day (the daily cap); the same user, type and time span accepted from another partner.
 3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
    and computes each accepted row's points with the member's carry (see `Rules`).
 4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
@@ -18,9 +18,11 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
    user, one INSERT..SELECT over the batch's accepted rows. Until then the points are on the rows but
    not in the balance; an interrupted import resumes and completes.
 
-Imports of one programme are serialised (a PostgreSQL advisory lock; SQLite has one writer), so the
-cap and cross-channel checks see every earlier commit. `batch.rows_done` advances with each chunk in
-the same transaction: an interrupted import resumes after the last committed chunk.
+Chunks of one programme are recorded one at a time (a PostgreSQL advisory lock per chunk
+transaction; SQLite has one writer), so the cap and cross-channel checks see every earlier commit.
+`batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
+after the last committed chunk. `import_rows` prepares the next chunk in the calling thread while a
+second thread records the previous one; only two chunks are ever in memory.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from registry import audit, partners, points
@@ -329,7 +330,8 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules)
     """The use case that records one chunk of prepared rows (consecutive lines, in order) of an open
     batch: outcomes, points per row, the members' reduction records, counters, audit. The caller
     commits.
-    A chunk whose lines were already recorded (a concurrent or repeated import) is skipped."""
+    Lines already recorded (a concurrent or repeated import) are skipped; a chunk that would leave a
+    gap after the recorded lines raises Conflict `batch_in_progress`."""
     if not rows:
         return ChunkResult()
     batch = session.get(BehaviourBatch, batch_id)
@@ -341,9 +343,15 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules)
         # Short statements on small sets: compiling them (JIT) costs more than it saves.
         session.execute(text("SET LOCAL jit = off"))
     session.refresh(batch, with_for_update=True)
-    lo, hi = rows[0].line_no, rows[-1].line_no
-    if batch.status != "open" or lo <= batch.rows_done:
+    if batch.status != "open":
         return ChunkResult()
+    rows = [r for r in rows if r.line_no > batch.rows_done]
+    if not rows:
+        return ChunkResult()
+    lo, hi = rows[0].line_no, rows[-1].line_no
+    if lo != batch.rows_done + 1:
+        raise Conflict(f"batch {batch.id} has {batch.rows_done} lines recorded; line {lo} cannot come next "
+                       "(another import of this batch is running)", field="batch_ref", code="batch_in_progress")
     pending = [r for r in rows if r.status is None]
     if pending:
         with _phase("stage"):
@@ -492,13 +500,20 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
     transaction per chunk; only one chunk is ever in memory. A complete batch is not imported again
     (`replayed` is true and nothing changes); an interrupted one resumes after its last chunk."""
     rules = rules or Rules()
-    with factory() as session, session.begin():
-        partner = partners.partner_by_code(session, partner_code)
-        batch = open_batch(session, partner, ref, source, received_at)
-        batch_id, done, status = batch.id, batch.rows_done, batch.status
-        preparer = RowPreparer(rules, region=partner.region, allowed=partners.allowed_types(session, partner.id),
-                               received_at=batch.received_at, factors=factor_snapshot(session))
-        code = partner.code
+    for attempt in (1, 2):
+        try:
+            with factory() as session, session.begin():
+                partner = partners.partner_by_code(session, partner_code)
+                batch = open_batch(session, partner, ref, source, received_at)
+                batch_id, done, status = batch.id, batch.rows_done, batch.status
+                preparer = RowPreparer(rules, region=partner.region,
+                                       allowed=partners.allowed_types(session, partner.id),
+                                       received_at=batch.received_at, factors=factor_snapshot(session))
+                code = partner.code
+            break
+        except IntegrityError:
+            if attempt == 2:   # the same batch opened concurrently: the second try finds it
+                raise
     if status == "complete":
         with factory() as session, session.begin():
             b = session.get(BehaviourBatch, batch_id)
@@ -604,7 +619,7 @@ def check_ledger(session: Session) -> list[str]:
     1. every member's reduction record equals the sum of its accepted events;
     2. every event belongs to a batch of its partner (the event table has no foreign key: see it);
     3. every complete batch's earned points equal, per user, the points of its accepted events;
-    4. every batch's counters equal its events;
+    4. every batch's counters equal its events, whose lines are 1..rows_done without a gap;
     5. no points balance is negative (`registry.points.check`)."""
     found: list[str] = []
     # Each check compares two sets of rows with EXCEPT both ways (hash or sort, on both databases).
@@ -626,10 +641,10 @@ def check_ledger(session: Session) -> list[str]:
             "GROUP BY batch_id, user_id HAVING SUM(points) > 0"):
         found.append(f"batch {batch_id} user {user_id}: {side} {pts} points")
     for side, batch_id, *_ in _differ(
-            session, "SELECT id, accepted + rejected, accepted, reduction_g, points, rows_done "
+            session, "SELECT id, accepted + rejected, accepted, reduction_g, points, rows_done, rows_done "
             "FROM behaviour_batches WHERE rows_done > 0",
             "SELECT batch_id, COUNT(*), SUM(CASE WHEN status = 'accepted' THEN 1 ELSE 0 END), "
-            "SUM(reduction_g), SUM(points), MAX(line_no) FROM behaviour_events GROUP BY batch_id"):
+            "SUM(reduction_g), SUM(points), MAX(line_no), COUNT(*) FROM behaviour_events GROUP BY batch_id"):
         found.append(f"batch {batch_id}: counters differ from its events ({side})")
     return found + points.check(session)
 

@@ -201,3 +201,24 @@ def test_ledger_check_names_what_was_tampered(bw: BWorld, session_factory: sessi
     session.execute(update(BehaviourEvent).values(batch_id=999))
     assert "1 events of batch 999 name no batch of their partner" in behaviour.check_ledger(session)
     session.rollback()
+
+
+def test_a_chunk_never_leaves_a_gap_in_a_batch(bw: BWorld, session: Session) -> None:
+    from registry import partners
+    from registry.behaviour_rules import RowPreparer
+    from registry.errors import Conflict
+
+    partner = partners.partner_by_code(session, "sz-metro")
+    batch = behaviour.open_batch(session, partner, "gap", "api", RECEIVED)
+    prep = RowPreparer(Rules(), region="CN-GD-SZ", allowed=partners.allowed_types(session, partner.id),
+                       received_at=RECEIVED, factors=behaviour.factor_snapshot(session))
+    rows = [prep.prepare(i, row(f"g{i}", "card-0", "ENG-CHECKIN", T0 + i * 24 * H, minutes=0))
+            for i in range(1, 7)]
+    assert behaviour.ingest_chunk(session, batch.id, rows[:3], Rules()).rows == 3
+    with pytest.raises(Conflict) as gap:
+        behaviour.ingest_chunk(session, batch.id, rows[4:], Rules())    # line 4 is missing
+    assert gap.value.code == "batch_in_progress"
+    assert behaviour.ingest_chunk(session, batch.id, rows[1:4], Rules()).rows == 1   # lines 2-3 were recorded
+    assert batch.rows_done == 4
+    assert [o.line for o in behaviour.outcomes(session, batch.id)] == [1, 2, 3, 4]
+    session.rollback()

@@ -123,3 +123,21 @@ def test_operator_registers_partner_and_adjusts_points(client: Any, session: Ses
                               json={"user_id": bw.uid(0), "points": 5, "reason": "me"})
     assert by_resident.status_code == 403
     assert client.get("/api/v1/me/points", headers=resident).json["balance"] == 30
+
+
+def test_a_batch_larger_than_the_memory_spool_streams_through(client: Any, session: Session) -> None:
+    bw = build(session)
+    start = utcnow().replace(microsecond=0) - dt.timedelta(days=29, hours=12)   # all within the 30-day window
+    rows = [row(f"big-{i}", f"card-{i % 3}", "CI-TRANSIT", start + dt.timedelta(minutes=7 * i),
+                mode="metro", distance_km="3.5") | {"note": "x" * 80} for i in range(6000)]
+    body = json.dumps({"rows": rows}).encode()
+    assert len(body) > (1 << 20)          # beyond the in-memory spool: the body goes to a temporary file
+    r = post(client, bw, "sz-metro", body)
+    assert r.status_code == 201, r.data[:300]
+    batch, outcomes = r.json["batch"], r.json["rows"]
+    assert batch["rows"] == 6000 == len(outcomes) and [o["line"] for o in outcomes] == list(range(1, 6001))
+    # 7-minute spacing: 206 trips a China day spread over 3 users, 10 a day each are accepted
+    accepted = [o for o in outcomes if o["status"] == "accepted"]
+    assert batch["accepted"] == len(accepted) and {o["reduction_g"] for o in accepted} == {163}   # 163.45 g
+    assert batch["rejected"] == batch["reasons"]["over_daily_cap"]
+    assert count(session, BehaviourEvent) == 6000

@@ -14,6 +14,7 @@ from exchange import payment_models as _payment_models  # noqa: F401
 from registry import calculators as _calculators  # noqa: F401  (registers the methodology calculators)
 from registry import factors as _factors  # noqa: F401
 from registry import models  # noqa: F401
+from registry import programme_periods as _behaviour  # noqa: F401  (partners, behaviour, points, periods)
 from registry.db import normalise_url
 from web.config import Config, default_sqlite_url, from_environment
 from web.extensions import db, migrate

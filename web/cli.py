@@ -252,6 +252,9 @@ def scheduler_run(close_time: str, tz: str) -> None:
 def register_cli(app: Flask) -> None:
     from web.offset_cli import offsets_cli
     app.cli.add_command(offsets_cli)
+    from web.behaviour_cli import COMMANDS as behaviour_commands
+    for command in behaviour_commands:
+        registry_cli.add_command(command)
     app.cli.add_command(scheduler_cli)
     app.cli.add_command(exchange_cli)
     app.cli.add_command(users_cli)

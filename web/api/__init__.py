@@ -8,6 +8,7 @@ from flask import Response
 from werkzeug.exceptions import HTTPException
 
 from web.api import (  # noqa: F401  (registers the operations)
+    behaviour_routes,
     carbon_routes,
     exchange_routes,
     offset_routes,

@@ -1,0 +1,658 @@
+"""Behaviour events: partner batches in, each row accepted or rejected with a reason, both kept.
+
+A batch (signed JSON or a CSV file) is identified per partner by a reference (the SHA-256 of its body
+unless the caller names it): re-sending a batch answers with the stored outcomes and changes nothing.
+Rows stream through in chunks (`chunk_size`); each chunk is one transaction through `ingest_chunk`:
+
+1. Python (`registry.behaviour_rules.RowPreparer`): fields, type allowed for the partner, claim window,
+   plausibility, the reduction in grams from the calculators (memoised per distinct activity).
+2. The rows that passed go into a per-connection scratch table (binary COPY on PostgreSQL,
+   executemany on SQLite), and ONE query joins them with the members and external ids (unknown
+   user) and the accepted events: duplicate partner + event id; the user's events of the type that
+   day (the daily cap); the same user, type and time span accepted from another partner.
+3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
+   and computes each accepted row's points with the member's carry (see `Rules`).
+4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
+   members' reduction record (one UPDATE..FROM), the batch counters, one audit record.
+5. When every row is recorded, `complete_batch` credits the batch's points: one `earn` entry per
+   user, one INSERT..SELECT over the batch's accepted rows. Until then the points are on the rows but
+   not in the balance; an interrupted import resumes and completes.
+
+Chunks of one programme are recorded one at a time (a PostgreSQL advisory lock per chunk
+transaction; SQLite has one writer), so the cap and cross-channel checks see every earlier commit.
+`batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
+after the last committed chunk. `import_rows` prepares the next chunk in the calling thread while a
+second thread records the previous one; only two chunks are ever in memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    UniqueConstraint,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from registry import audit, partners, points
+from registry.behaviour_rules import (
+    CLAIMED_ELSEWHERE,
+    DUPLICATE,
+    OVER_CAP,
+    UNKNOWN_USER,
+    Row,
+    RowPreparer,
+    Rules,
+)
+from registry.db import Base, utcnow
+from registry.errors import Conflict
+from registry.factors import FactorSource, FactorTable, shipped_table
+
+_LOCK_CLASS = 0x6268  # pg_advisory_xact_lock(class, programme_id): one importer per programme
+
+# Seconds spent per phase of the import since the process started (for the benchmark's breakdown).
+PHASES: dict[str, float] = {}
+
+
+@contextmanager
+def _phase(name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        PHASES[name] = PHASES.get(name, 0.0) + time.perf_counter() - t0
+
+
+class BehaviourBatch(Base):
+    __tablename__ = "behaviour_batches"
+    __table_args__ = (
+        UniqueConstraint("partner_id", "ref"),
+        CheckConstraint("status IN ('open', 'complete')", name="status"),
+        CheckConstraint("source IN ('api', 'csv')", name="source"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("behaviour_partners.id"))
+    ref: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(10), default="open")
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    accepted: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    reduction_g: Mapped[int] = mapped_column(BigInteger, default=0)
+    points: Mapped[int] = mapped_column(BigInteger, default=0)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The programme period that counted this batch's reductions (`registry.programme_periods`).
+    period_id: Mapped[int | None] = mapped_column(ForeignKey("programme_periods.id"), index=True)
+
+
+class BehaviourEvent(Base):
+    """Every row received, accepted or rejected (with its reason), keyed by batch and line."""
+
+    __tablename__ = "behaviour_events"
+    __table_args__ = (
+        PrimaryKeyConstraint("batch_id", "line_no"),
+        CheckConstraint("status IN ('accepted', 'rejected')", name="status"),
+        CheckConstraint("(status = 'accepted') = (reason IS NULL)", name="reason_iff_rejected"),
+        CheckConstraint("status = 'rejected' OR (user_id IS NOT NULL AND started_at IS NOT NULL)",
+                        name="accepted_complete"),
+        CheckConstraint("reduction_g >= 0 AND points >= 0", name="nonnegative"),
+        # Nothing counts twice: a partner's event id is accepted at most once.
+        Index("uq_behaviour_events_accepted", "partner_id", "event_id", unique=True,
+              sqlite_where=text("status = 'accepted'"), postgresql_where=text("status = 'accepted'")),
+        Index("ix_behaviour_events_user_span", "user_id", "code", "started_at",
+              sqlite_where=text("status = 'accepted'"), postgresql_where=text("status = 'accepted'")),
+    )
+
+    # No foreign keys: a million rows would make millions of key checks of the same few rows. The
+    # batch, its partner and the partner's programme are written only by `ingest_chunk` from the
+    # batch it holds locked, and `check_ledger` proves every event's batch and partner.
+    batch_id: Mapped[int] = mapped_column(Integer)
+    line_no: Mapped[int] = mapped_column(Integer)
+    partner_id: Mapped[int] = mapped_column(Integer)
+    programme_id: Mapped[int] = mapped_column(Integer)
+    event_id: Mapped[str] = mapped_column(String(64))
+    user_ref: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    code: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    day: Mapped[dt.date | None] = mapped_column(Date)
+    variant: Mapped[str | None] = mapped_column(String(32))
+    quantity: Mapped[str | None] = mapped_column(String(24))
+    reduction_g: Mapped[int] = mapped_column(BigInteger, default=0)
+    points: Mapped[int] = mapped_column(Integer, default=0)
+    factors: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(300))
+
+
+EVENT_COLUMNS = ("batch_id", "line_no", "partner_id", "programme_id", "event_id", "user_ref", "user_id",
+                 "code", "started_at", "ended_at", "day", "variant", "quantity", "reduction_g", "points",
+                 "factors", "status", "reason", "detail")
+_EVENT_TYPES = ("int4", "int4", "int4", "int4", "varchar", "varchar", "int8", "varchar", "timestamp", "timestamp",
+                "date", "varchar", "varchar", "int8", "int4", "varchar", "varchar", "varchar", "varchar")
+_STAGE_COLUMNS = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day_lo",
+                  "day_hi", "scan_lo", "scan_hi")
+_STAGE_TYPES = ("int4", "varchar", "varchar", "int8", "varchar") + ("timestamp",) * 6
+_STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER, event_id VARCHAR(64), "
+              "user_ref VARCHAR(64), user_id BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
+              "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
+
+# One query for every database check of a chunk: index probes per staged row (the member by external
+# id or user id, the member row, the event id, the user's events of the type), whatever the size of
+# the tables; each step walks the rows in the order of the index it probes, so that consecutive
+# probes share index pages (at a million events the indexes no longer fit in shared buffers). `seen` = 2 × the user's
+# accepted events of the type that started in the row's day [day_lo, day_hi) (the UTC bounds of the
+# programme's calendar day) + 1 if one of them from another partner overlaps the row's time span;
+# one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
+# `Rules.max_duration_h` (24 h).
+# `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
+_LOOKUP = """
+WITH x AS MATERIALIZED (
+  SELECT s.*, COALESCE(e.member_id,
+         (SELECT mu.id FROM behaviour_members mu WHERE mu.programme_id = :programme AND mu.user_id = s.user_id))
+         AS member_id
+  FROM (SELECT * FROM behaviour_stage ORDER BY user_ref, user_id) s
+  LEFT JOIN behaviour_external_ids e ON e.partner_id = :partner AND e.external_id = s.user_ref
+), m AS MATERIALIZED (
+  SELECT x.*, mm.user_id AS uid, mm.reduction_g AS before_g
+  FROM (SELECT * FROM x ORDER BY member_id) x LEFT JOIN behaviour_members mm ON mm.id = x.member_id
+)
+SELECT u.line_no, u.member_id, u.uid, u.before_g,
+  (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = u.event_id
+   AND e.status = 'accepted' LIMIT 1) AS dup,
+  (SELECT SUM(CASE WHEN e.started_at >= u.day_lo AND e.started_at < u.day_hi THEN 2 ELSE 0 END)
+        + MAX(CASE WHEN e.partner_id <> :partner
+                    AND ((e.started_at < u.ended_at AND e.ended_at > u.started_at)
+                         OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END)
+   FROM behaviour_events e WHERE e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
+   AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi) AS seen
+FROM (SELECT * FROM m ORDER BY uid, code, started_at) u
+"""
+
+_ACCEPTED_IN_CHUNK = "FROM behaviour_events WHERE batch_id = :b AND line_no BETWEEN :lo AND :hi AND status = 'accepted'"
+
+
+@dataclass
+class ChunkResult:
+    rows: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reduction_g: int = 0
+    points: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ChunkResult) -> None:
+        self.rows += other.rows
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.reduction_g += other.reduction_g
+        self.points += other.points
+        for k, v in other.reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + v
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _copy_rows(session: Session, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]],
+               types: tuple[str, ...] | None = None) -> None:
+    """Bulk insert: COPY on PostgreSQL (psycopg 3; binary when the PostgreSQL `types` of the columns
+    are given, which is ~5x cheaper per row than text), executemany on SQLite."""
+    conn = session.connection()
+    if _is_pg(session):
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        binary = " (FORMAT BINARY)" if types else ""
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{binary}") as cp:
+            if types:
+                cp.set_types(list(types))
+            for r in rows:
+                cp.write_row(r)
+    else:
+        marks = ", ".join("?" for _ in columns)
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                        [tuple(_sqlite_value(v) for v in r) for r in rows])
+
+
+def _sqlite_value(v: Any) -> Any:
+    # Store times as SQLAlchemy does on SQLite, so the ORM reads them back.
+    if isinstance(v, dt.datetime):
+        return v.isoformat(sep=" ", timespec="microseconds")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    return v
+
+
+def _stage(session: Session, rows: list[Row], rules: Rules) -> None:
+    """Per-connection scratch table (not part of the schema). PostgreSQL empties it at every commit;
+    SQLite has no ON COMMIT clause, so it is emptied before use."""
+    if _is_pg(session):
+        session.execute(text(_STAGE_DDL + " ON COMMIT DELETE ROWS"))
+    else:
+        session.execute(text(_STAGE_DDL))
+        session.execute(text("DELETE FROM behaviour_stage"))
+    offset, one_day = dt.timedelta(hours=rules.day_utc_offset_h), dt.timedelta(days=1)
+    longest = dt.timedelta(hours=rules.max_duration_h)
+    bounds: dict[dt.date, tuple[dt.datetime, dt.datetime]] = {}
+    for r in rows:
+        assert r.day is not None
+        if r.day not in bounds:
+            lo = dt.datetime.combine(r.day, dt.time()) - offset
+            bounds[r.day] = (lo, lo + one_day)
+
+    def staged(r: Row) -> tuple[Any, ...]:
+        assert r.day is not None and r.started_at is not None and r.ended_at is not None
+        day_lo, day_hi = bounds[r.day]
+        return (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, day_lo, day_hi,
+                r.started_at - longest, max(day_hi, r.ended_at))
+
+    _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
+
+
+def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
+    """Decide the database-dependent outcome of each pending row, in row order."""
+    counts: dict[tuple[int, str, dt.date], int] = {}
+    carry: dict[int, int] = {}
+    accepted_ids: set[str] = set()
+    per_point = rules.grams_per_point
+    for r in rows:
+        member_id, uid, before_g, dup, seen = found[r.line_no]
+        counted, elsewhere = divmod(int(seen or 0), 2)
+        if uid is None:
+            r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
+            continue
+        r.user_id = uid
+        if dup or r.event_id in accepted_ids:
+            r.reject(DUPLICATE, "this partner's event id was already accepted")
+            continue
+        if elsewhere:
+            r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
+            continue
+        assert r.code is not None and r.day is not None
+        key = (uid, r.code, r.day)
+        n = counts.get(key, counted) + 1
+        cap = rules.cap(r.code)
+        if n > cap:
+            r.reject(OVER_CAP, f"more than {cap} {r.code} a day")
+            continue
+        counts[key] = n
+        before = carry.get(member_id, before_g)
+        after = before + r.reduction_g
+        r.points += after // per_point - before // per_point
+        carry[member_id] = after
+        accepted_ids.add(r.event_id)
+        r.status = "accepted"
+
+
+def _lookup(session: Session, partner: partners.Partner) -> dict[int, Any]:
+    pg = _is_pg(session)
+    if pg:
+        # Index probes per staged row, never a hash of a whole table (members, daily records and
+        # events grow; a chunk does not).
+        session.execute(text("SET LOCAL enable_hashjoin = off"))
+        session.execute(text("SET LOCAL enable_mergejoin = off"))
+    found = {row[0]: tuple(row[1:]) for row in session.execute(
+        text(_LOOKUP), {"partner": partner.id, "programme": partner.programme_id})}
+    if pg:
+        session.execute(text("RESET enable_hashjoin"))
+        session.execute(text("RESET enable_mergejoin"))
+    return found
+
+
+def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules) -> ChunkResult:
+    """The use case that records one chunk of prepared rows (consecutive lines, in order) of an open
+    batch: outcomes, points per row, the members' reduction records, counters, audit. The caller
+    commits.
+    Lines already recorded (a concurrent or repeated import) are skipped; a chunk that would leave a
+    gap after the recorded lines raises Conflict `batch_in_progress`."""
+    if not rows:
+        return ChunkResult()
+    batch = session.get(BehaviourBatch, batch_id)
+    assert batch is not None
+    partner = session.get(partners.Partner, batch.partner_id)
+    assert partner is not None
+    if _is_pg(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:c, :p)"), {"c": _LOCK_CLASS, "p": partner.programme_id})
+        # Short statements on small sets: compiling them (JIT) costs more than it saves.
+        session.execute(text("SET LOCAL jit = off"))
+    session.refresh(batch, with_for_update=True)
+    if batch.status != "open":
+        return ChunkResult()
+    rows = [r for r in rows if r.line_no > batch.rows_done]
+    if not rows:
+        return ChunkResult()
+    lo, hi = rows[0].line_no, rows[-1].line_no
+    if lo != batch.rows_done + 1:
+        raise Conflict(f"batch {batch.id} has {batch.rows_done} lines recorded; line {lo} cannot come next "
+                       "(another import of this batch is running)", field="batch_ref", code="batch_in_progress")
+    pending = [r for r in rows if r.status is None]
+    if pending:
+        with _phase("stage"):
+            _stage(session, pending, rules)
+        with _phase("lookup"):
+            found = _lookup(session, partner)
+        with _phase("classify"):
+            _classify(pending, found, rules)
+    with _phase("insert_events"):
+        _insert_events(session, batch, partner, rows)
+    result = ChunkResult(rows=len(rows))
+    for r in rows:
+        if r.status == "accepted":
+            result.accepted += 1
+            result.reduction_g += r.reduction_g
+            result.points += r.points
+        else:
+            result.rejected += 1
+            assert r.reason is not None
+            result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
+    if result.accepted:
+        _apply_accepted(session, batch, partner, lo, hi, rules)
+    batch.rows_done = hi
+    batch.accepted += result.accepted
+    batch.rejected += result.rejected
+    batch.reduction_g += result.reduction_g
+    batch.points += result.points
+    audit.record(session, None, "behaviour.rows_recorded", "behaviour_batch", batch.id,
+                 {"partner": partner.code, "lines": [lo, hi], "accepted": result.accepted,
+                  "rejected": result.rejected, "reduction_g": result.reduction_g, "points": result.points,
+                  "reasons": result.reasons})
+    session.flush()
+    return result
+
+
+def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
+    _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
+        (batch.id, r.line_no, partner.id, partner.programme_id, r.event_id, r.user_ref, r.user_id, r.code,
+         r.started_at, r.ended_at, r.day, r.variant, r.quantity,
+         r.reduction_g if r.status == "accepted" else 0, r.points if r.status == "accepted" else 0,
+         r.factors, r.status, r.reason, r.detail) for r in rows), _EVENT_TYPES)
+
+
+def _apply_accepted(session: Session, batch: BehaviourBatch, partner: partners.Partner, lo: int, hi: int,
+                    rules: Rules) -> None:
+    args = {"b": batch.id, "lo": lo, "hi": hi, "programme": partner.programme_id}
+    with _phase("apply_members"):
+        session.execute(text(
+            "UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + a.g "
+            f"FROM (SELECT user_id, SUM(reduction_g) AS g {_ACCEPTED_IN_CHUNK} GROUP BY user_id) a "
+            "WHERE behaviour_members.programme_id = :programme AND behaviour_members.user_id = a.user_id "
+            "AND a.g > 0"), args)
+
+
+def complete_batch(session: Session, batch_id: int, rules: Rules) -> BehaviourBatch:
+    """The use case that closes a batch once all its rows are recorded: it credits the points of its
+    accepted rows, one `earn` entry per user (one INSERT..SELECT), and marks it complete. Idempotent:
+    a complete batch is returned unchanged. The caller commits."""
+    batch = session.get(BehaviourBatch, batch_id, with_for_update=True)
+    assert batch is not None
+    if batch.status != "open":
+        return batch
+    with _phase("credit_points"):
+        session.execute(text(
+            "INSERT INTO points_entries (user_id, kind, points, expires_on, batch_id, ref, created_at) "
+            "SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now FROM behaviour_events "
+            "WHERE batch_id = :b AND status = 'accepted' GROUP BY user_id HAVING SUM(points) > 0"),
+            {"b": batch.id, "expires": rules.expires_on(batch.received_at), "ref": f"behaviour:{batch.id}",
+             "now": utcnow()})
+    batch.status, batch.completed_at = "complete", utcnow()
+    partner = session.get(partners.Partner, batch.partner_id)
+    assert partner is not None
+    audit.record(session, None, "behaviour.batch_completed", "behaviour_batch", batch.id,
+                 {"partner": partner.code, "rows": batch.rows_done, "accepted": batch.accepted,
+                  "rejected": batch.rejected, "reduction_g": batch.reduction_g, "points": batch.points})
+    return batch
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    batch_id: int
+    ref: str
+    partner: str
+    replayed: bool
+    rows: int
+    accepted: int
+    rejected: int
+    reduction_g: int
+    points: int
+    reasons: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "ref": self.ref, "partner": self.partner,
+                "replayed": self.replayed, "rows": self.rows, "accepted": self.accepted,
+                "rejected": self.rejected, "reduction_g": self.reduction_g, "points": self.points,
+                "reasons": self.reasons}
+
+
+def open_batch(session: Session, partner: partners.Partner, ref: str, source: str,
+               received_at: dt.datetime | None = None) -> BehaviourBatch:
+    """The partner's batch `ref`, created now if new. The caller commits."""
+    ref = (ref or "").strip()
+    if not ref or len(ref) > 100:
+        from registry.errors import InvalidInput
+        raise InvalidInput("a batch reference is 1-100 characters", field="batch_ref")
+    if not partner.active:
+        raise Conflict(f"partner {partner.code} is not active", field="partner", code="inactive")
+    batch = session.scalar(select(BehaviourBatch).where(BehaviourBatch.partner_id == partner.id,
+                                                        BehaviourBatch.ref == ref))
+    if batch is None:
+        batch = BehaviourBatch(partner_id=partner.id, ref=ref, source=source, status="open",
+                               received_at=received_at or utcnow(), rows_done=0, accepted=0, rejected=0,
+                               reduction_g=0, points=0)
+        session.add(batch)
+        session.flush()
+        audit.record(session, None, "behaviour.batch_received", "behaviour_batch", batch.id,
+                     {"partner": partner.code, "ref": ref, "source": source})
+    return batch
+
+
+def reasons_of(session: Session, batch_id: int) -> dict[str, int]:
+    return {r: int(n) for r, n in session.execute(
+        select(BehaviourEvent.reason, func.count()).where(BehaviourEvent.batch_id == batch_id,
+                                                          BehaviourEvent.reason.is_not(None))
+        .group_by(BehaviourEvent.reason).order_by(BehaviourEvent.reason))}
+
+
+def batch_result(session: Session, batch: BehaviourBatch, partner_code: str, replayed: bool) -> BatchResult:
+    return BatchResult(batch.id, batch.ref, partner_code, replayed, batch.rows_done, batch.accepted,
+                       batch.rejected, batch.reduction_g, batch.points, reasons_of(session, batch.id))
+
+
+def factor_snapshot(session: Session) -> FactorSource:
+    table = FactorTable.from_session(session)
+    return table if table.rows else shipped_table()
+
+
+def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, source: str,
+                rows: Iterable[Mapping[str, Any]], *, rules: Rules | None = None, chunk_size: int = 20_000,
+                received_at: dt.datetime | None = None,
+                on_chunk: Callable[[ChunkResult], None] | None = None, pipeline: bool = True) -> BatchResult:
+    """Import a stream of rows (dicts of text/JSON values) for a partner as batch `ref`, one
+    transaction per chunk; only one chunk is ever in memory. A complete batch is not imported again
+    (`replayed` is true and nothing changes); an interrupted one resumes after its last chunk."""
+    rules = rules or Rules()
+    for attempt in (1, 2):
+        try:
+            with factory() as session, session.begin():
+                partner = partners.partner_by_code(session, partner_code)
+                batch = open_batch(session, partner, ref, source, received_at)
+                batch_id, done, status = batch.id, batch.rows_done, batch.status
+                preparer = RowPreparer(rules, region=partner.region,
+                                       allowed=partners.allowed_types(session, partner.id),
+                                       received_at=batch.received_at, factors=factor_snapshot(session))
+                code = partner.code
+            break
+        except IntegrityError:
+            if attempt == 2:   # the same batch opened concurrently: the second try finds it
+                raise
+    if status == "complete":
+        with factory() as session, session.begin():
+            b = session.get(BehaviourBatch, batch_id)
+            assert b is not None
+            return batch_result(session, b, code, replayed=True)
+    # Pipelined: while one thread records chunk n, this one reads and prepares chunk n + 1 (the
+    # database works while Python parses). Chunks still commit one at a time, in order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-import") as pool:
+        pending: Future[None] | None = None
+        chunk: list[Row] = []
+        for line_no, raw in enumerate(rows, start=1):
+            if line_no <= done:
+                continue
+            t0 = time.perf_counter()
+            chunk.append(preparer.prepare(line_no, raw))
+            PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
+            if len(chunk) >= chunk_size:
+                if pending is not None:
+                    pending.result()
+                if pipeline:
+                    pending = pool.submit(_commit_chunk, factory, batch_id, chunk, rules, on_chunk)
+                else:
+                    _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
+                chunk = []
+        if pending is not None:
+            pending.result()
+        _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
+    with factory() as session, session.begin():
+        b = complete_batch(session, batch_id, rules)
+        return batch_result(session, b, code, replayed=False)
+
+
+def _commit_chunk(factory: sessionmaker[Session], batch_id: int, chunk: list[Row], rules: Rules,
+                  on_chunk: Callable[[ChunkResult], None] | None) -> None:
+    if not chunk:
+        return
+    with factory() as session, session.begin():
+        result = ingest_chunk(session, batch_id, chunk, rules)
+    if on_chunk is not None:
+        on_chunk(result)
+
+
+def body_ref(digest: hashlib._Hash) -> str:
+    return "sha256:" + digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    line: int
+    event_id: str
+    status: str
+    reason: str | None
+    detail: str | None
+    reduction_g: int
+    points: int
+
+
+def outcomes(session: Session, batch_id: int) -> Iterator[Outcome]:
+    """Every row's outcome in line order, streamed from the database."""
+    stmt = (select(BehaviourEvent.line_no, BehaviourEvent.event_id, BehaviourEvent.status,
+                   BehaviourEvent.reason, BehaviourEvent.detail, BehaviourEvent.reduction_g,
+                   BehaviourEvent.points)
+            .where(BehaviourEvent.batch_id == batch_id).order_by(BehaviourEvent.line_no)
+            .execution_options(yield_per=5000))
+    for r in session.execute(stmt):
+        yield Outcome(*r)
+
+
+# -- the member's record ------------------------------------------------------------------------
+
+
+def personal_summary(session: Session, user_id: int, period: str = "month") -> dict[str, Any]:
+    """The user's accepted reductions (g), events and points by behaviour type, per month (`period`
+    "month") or per day ("day", the programme's calendar day); plus the totals per type."""
+    if period not in ("month", "day"):
+        from registry.errors import InvalidInput
+        raise InvalidInput("period is month or day", field="period")
+    by: dict[tuple[str, str], list[int]] = {}
+    totals: dict[str, list[int]] = {}
+    for code, day, events, g, pts in session.execute(
+            select(BehaviourEvent.code, BehaviourEvent.day, func.count(), func.sum(BehaviourEvent.reduction_g),
+                   func.sum(BehaviourEvent.points))
+            .where(BehaviourEvent.user_id == user_id, BehaviourEvent.status == "accepted")
+            .group_by(BehaviourEvent.code, BehaviourEvent.day).order_by(BehaviourEvent.day)):
+        day_text = day if isinstance(day, str) else day.isoformat()   # SQLite returns the text
+        key = (day_text[:7] if period == "month" else day_text, code)
+        for acc in (by.setdefault(key, [0, 0, 0]), totals.setdefault(code, [0, 0, 0])):
+            acc[0] += int(events)
+            acc[1] += int(g)
+            acc[2] += int(pts)
+    return {
+        "user_id": user_id, "period": period,
+        "series": [{"period": p, "type": c, "events": v[0], "reduction_g": v[1], "points": v[2]}
+                   for (p, c), v in sorted(by.items())],
+        "totals": [{"type": c, "events": v[0], "reduction_g": v[1], "points": v[2]}
+                   for c, v in sorted(totals.items())],
+        "reduction_g": sum(v[1] for v in totals.values()),
+    }
+
+
+def check_ledger(session: Session) -> list[str]:
+    """The behaviour and points ledger checks; returns the violations found (empty when sound):
+    1. every member's reduction record equals the sum of its accepted events;
+    2. every event belongs to a batch of its partner (the event table has no foreign key: see it);
+    3. every complete batch's earned points equal, per user, the points of its accepted events;
+    4. every batch's counters equal its events, whose lines are 1..rows_done without a gap;
+    5. no points balance is negative (`registry.points.check`)."""
+    found: list[str] = []
+    # Each check compares two sets of rows with EXCEPT both ways (hash or sort, on both databases).
+    for side, programme_id, user_id, g in _differ(
+            session,
+            "SELECT programme_id, user_id, reduction_g FROM behaviour_members WHERE reduction_g <> 0",
+            "SELECT programme_id, user_id, SUM(reduction_g) FROM behaviour_events WHERE status = 'accepted' "
+            "GROUP BY programme_id, user_id HAVING SUM(reduction_g) <> 0"):
+        found.append(f"member of programme {programme_id} user {user_id}: {side} {g} g")
+    for batch_id, n in session.execute(text(
+            "SELECT e.batch_id, COUNT(*) FROM behaviour_events e LEFT JOIN behaviour_batches b "
+            "ON b.id = e.batch_id AND b.partner_id = e.partner_id WHERE b.id IS NULL GROUP BY e.batch_id")):
+        found.append(f"{n} events of batch {batch_id} name no batch of their partner")
+    for side, batch_id, user_id, pts in _differ(
+            session, "SELECT batch_id, user_id, SUM(points) FROM points_entries WHERE kind = 'earn' "
+            "AND batch_id IS NOT NULL GROUP BY batch_id, user_id",
+            "SELECT batch_id, user_id, SUM(points) FROM behaviour_events WHERE status = 'accepted' "
+            "AND batch_id IN (SELECT id FROM behaviour_batches WHERE status = 'complete') "
+            "GROUP BY batch_id, user_id HAVING SUM(points) > 0"):
+        found.append(f"batch {batch_id} user {user_id}: {side} {pts} points")
+    for side, batch_id, *_ in _differ(
+            session, "SELECT id, accepted + rejected, accepted, reduction_g, points, rows_done, rows_done "
+            "FROM behaviour_batches WHERE rows_done > 0",
+            "SELECT batch_id, COUNT(*), SUM(CASE WHEN status = 'accepted' THEN 1 ELSE 0 END), "
+            "SUM(reduction_g), SUM(points), MAX(line_no), COUNT(*) FROM behaviour_events GROUP BY batch_id"):
+        found.append(f"batch {batch_id}: counters differ from its events ({side})")
+    return found + points.check(session)
+
+
+def _differ(session: Session, record: str, events: str) -> list[tuple[Any, ...]]:
+    """Rows of `record` not in `events` (tagged "the record says") and of `events` not in `record`
+    ("the events say")."""
+    out: list[tuple[Any, ...]] = []
+    for side, a, b in (("the record says", record, events), ("the events say", events, record)):
+        out += [(side, *r) for r in session.execute(text(f"SELECT * FROM ({a} EXCEPT {b}) d"))]
+    return out

@@ -1,0 +1,167 @@
+"""Streaming readers for behaviour batches: CSV files and JSON bodies, one row at a time.
+
+Neither ever holds more than one row (and a read buffer) in memory, whatever the size of the input.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import IO, Any
+
+from registry import behaviour
+from registry.behaviour_rules import Rules
+from registry.errors import InvalidInput
+
+CSV_COLUMNS = ("event_id", "user", "user_id", "type", "started_at", "ended_at", "mode", "distance_km",
+               "category", "weight_kg")
+MAX_JSON_ROW = 64 * 1024
+_READ = 64 * 1024
+
+
+def csv_rows(fp: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> Iterator[dict[str, str]]:
+    """Rows of a UTF-8 CSV file with a header line (columns: see `CSV_COLUMNS`; `user` or `user_id`;
+    unknown columns are ignored). `on_bytes(n)` is told how many bytes each line took (progress)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+
+    def lines() -> Iterator[str]:
+        for raw in fp:
+            if on_bytes is not None:
+                on_bytes(len(raw))
+            yield decoder.decode(raw)
+
+    reader = csv.reader(lines())
+    header = next(reader, None)
+    if header is None:
+        return
+    names = [h.strip() for h in header]
+    if "event_id" not in names or "type" not in names:
+        raise InvalidInput("the CSV header must name at least event_id and type", field="file")
+    for rec in reader:
+        if rec:
+            yield dict(zip(names, rec, strict=False))
+
+
+class _JsonStream:
+    def __init__(self, fp: IO[bytes]) -> None:
+        self.fp = fp
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        # Numbers as Decimal: a distance never passes through a binary float.
+        self.json = json.JSONDecoder(parse_float=Decimal)
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        data = self.fp.read(_READ)
+        self.buf = self.buf[self.pos:] + self.decoder.decode(data, final=not data)
+        self.pos = 0
+        if not data:
+            self.eof = True
+        return True
+
+    def peek(self) -> str:
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def expect(self, ch: str) -> None:
+        if self.peek() != ch:
+            raise InvalidInput(f"the body is not the expected JSON: {ch!r} expected", field="_body",
+                               code="bad_json")
+        self.pos += 1
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                obj, end = self.json.raw_decode(self.buf, self.pos)
+                # A number that ends the buffer may continue in the next read.
+                if end < len(self.buf) or self.eof:
+                    self.pos = end
+                    return obj
+            except json.JSONDecodeError:
+                if self.eof:
+                    raise InvalidInput("the body is not valid JSON", field="_body", code="bad_json") from None
+            if len(self.buf) - self.pos > MAX_JSON_ROW:
+                raise InvalidInput(f"a JSON value is larger than {MAX_JSON_ROW} bytes", field="_body",
+                                   code="bad_json")
+            self._fill()
+
+
+def json_rows(fp: IO[bytes]) -> Iterator[dict[str, Any]]:
+    """The objects of `{"rows": [{...}, ...]}` (other top-level keys are read and ignored), one at a
+    time. Raises InvalidInput (`bad_json`) for a body of another shape."""
+    s = _JsonStream(fp)
+    s.expect("{")
+    seen_rows = False
+    if s.peek() == "}":
+        s.pos += 1
+    else:
+        while True:
+            key = s.value()
+            if not isinstance(key, str):
+                raise InvalidInput("the body is not valid JSON", field="_body", code="bad_json")
+            s.expect(":")
+            if key == "rows":
+                seen_rows = True
+                s.expect("[")
+                if s.peek() == "]":
+                    s.pos += 1
+                else:
+                    i = 0
+                    while True:
+                        row = s.value()
+                        if not isinstance(row, dict):
+                            raise InvalidInput(f"rows[{i}] is not an object", field=f"rows[{i}]", code="bad_json")
+                        yield row
+                        i += 1
+                        if s.peek() == ",":
+                            s.pos += 1
+                            continue
+                        s.expect("]")
+                        break
+            else:
+                s.value()
+            if s.peek() == ",":
+                s.pos += 1
+                continue
+            s.expect("}")
+            break
+    if s.peek() != "":
+        raise InvalidInput("the body has data after its JSON object", field="_body", code="bad_json")
+    if not seen_rows:
+        raise InvalidInput("the body needs a rows array", field="rows", code="bad_json")
+
+
+def file_ref(path: str) -> str:
+    """A CSV batch's default reference: the SHA-256 of the file (read in pieces)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while piece := fp.read(1 << 20):
+            h.update(piece)
+    return "sha256:" + h.hexdigest()
+
+
+def import_csv(factory: Any, path: str, partner_code: str, *, rules: Rules | None = None,
+               ref: str | None = None, chunk_size: int = 20_000,
+               on_bytes: Callable[[int], None] | None = None,
+               on_chunk: Callable[[behaviour.ChunkResult], None] | None = None,
+               pipeline: bool = True) -> behaviour.BatchResult:
+    """`flask registry import-behaviour`: stream a partner's CSV file into `registry.behaviour`
+    (batch reference: `ref`, default the file's SHA-256, so importing the same file again changes
+    nothing). `factory` is a SQLAlchemy sessionmaker."""
+    ref = ref or file_ref(path)
+    with open(path, "rb") as fp:
+        return behaviour.import_rows(factory, partner_code, ref, "csv", csv_rows(fp, on_bytes), rules=rules,
+                                     chunk_size=chunk_size, on_chunk=on_chunk, pipeline=pipeline)

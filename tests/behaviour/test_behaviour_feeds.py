@@ -1,0 +1,224 @@
+"""Behaviour feeds: every row accepted or rejected with its reason, nothing lost, nothing counted twice.
+
+Numbers by hand (Shenzhen factors, 2021 methodology, rows in 2026): metro 46.7 g/pkm, bus 26.9 g/pkm,
+shared bike 46.7 g/pkm × c(d) (c = 1/2 from 1 to 3 km, 1 from 3 km), recyclables 1.34 kg/kg; a
+reduction is rounded half up once per row; 1 point per 10 g with the remainder carried per member.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import behaviour, points
+from registry.behaviour import BehaviourBatch, BehaviourEvent
+from registry.behaviour_rules import Rules
+from registry.partners import Member
+from registry.points import PointsEntry
+from tests.behaviour.world import RECEIVED, T0, BWorld, build, row
+
+H = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def bw(session: Session) -> BWorld:
+    return build(session)
+
+
+def run(factory: sessionmaker[Session], partner: str, ref: str, rows: Any,
+        chunk_size: int = 1000, rules: Rules | None = None, reader: Session | None = None) -> behaviour.BatchResult:
+    if reader is not None:
+        reader.rollback()   # SQLite: the test's reading session must not hold the write lock
+    return behaviour.import_rows(factory, partner, ref, "api", rows, rules=rules, chunk_size=chunk_size,
+                                 received_at=RECEIVED)
+
+
+def outcomes(session: Session, batch_id: int) -> list[tuple[str, str | None, int, int]]:
+    return [(o.status, o.reason, o.reduction_g, o.points) for o in behaviour.outcomes(session, batch_id)]
+
+
+def test_accepted_rows_add_grams_and_points_with_carry(bw: BWorld, session_factory: sessionmaker[Session],
+                                                       session: Session) -> None:
+    res = run(session_factory, "sz-metro", "b1", reader=session, rows=[
+        row("m1", "card-0", "CI-TRANSIT", T0, mode="metro", distance_km="10"),      # 467 g → 46 pts, carry 7
+        row("m2", "card-0", "CI-TRANSIT", T0 + H, mode="bus", distance_km="10"),    # 269 g: 736 → 73 (+27)
+        row("m3", "card-0", "ENG-CHECKIN", T0 + 2 * H, minutes=0),                  # 5 pts, no grams
+    ])
+    assert (res.rows, res.accepted, res.rejected, res.reduction_g, res.points) == (3, 3, 0, 736, 78)
+    assert outcomes(session, res.batch_id) == [("accepted", None, 467, 46), ("accepted", None, 269, 27),
+                                               ("accepted", None, 0, 5)]
+    uid = bw.uid(0)
+    assert points.balance(session, uid) == 78
+    earn = session.scalars(select(PointsEntry).where(PointsEntry.user_id == uid)).all()
+    assert [(e.kind, e.points, e.expires_on) for e in earn] == [("earn", 78, dt.date(2027, 12, 31))]
+    assert session.scalar(select(Member.reduction_g).where(Member.user_id == uid)) == 736
+    # the carry (736 mod 10 = 6) counts for the next row: 1 km of metro is 46.7 → 47 g, 783 g → 78 (+5)
+    res2 = run(session_factory, "sz-metro", "b2", reader=session, rows=[row("m4", "card-0", "CI-TRANSIT", T0 + 3 * H, mode="metro",
+                                                       distance_km="1")])
+    assert (res2.reduction_g, res2.points) == (47, 5)
+    assert points.balance(session, uid) == 83
+    summary = behaviour.personal_summary(session, uid, "day")
+    assert summary["totals"] == [{"type": "CI-TRANSIT", "events": 3, "reduction_g": 783, "points": 78},
+                                 {"type": "ENG-CHECKIN", "events": 1, "reduction_g": 0, "points": 5}]
+    assert [(x["period"], x["type"], x["events"]) for x in summary["series"]] == [
+        ("2026-11-20", "CI-TRANSIT", 3), ("2026-11-20", "ENG-CHECKIN", 1)]
+    assert behaviour.personal_summary(session, uid)["series"][0]["period"] == "2026-11"
+    assert behaviour.check_ledger(session) == []
+
+
+def bad_rows(bw: BWorld) -> list[dict[str, Any]]:
+    return [
+        row("e1", "card-0", "CI-TRANSIT", T0, mode="metro", distance_km="5"),             # 233.5 → 234 g
+        {"type": "CI-TRANSIT", "user": "card-0", "started_at": T0.isoformat()},          # no event id
+        row("e3", "card-0", "CI-FLY", T0),                                                 # unknown type
+        row("e4", "card-0", "CI-BIKE", T0, distance_km="4"),                               # not this partner's
+        row("e5", "card-99", "CI-TRANSIT", T0, mode="metro", distance_km="5"),            # unknown user
+        row("e1", "card-0", "CI-TRANSIT", T0 + H, mode="metro", distance_km="5"),         # duplicate
+        row("e7", "card-0", "CI-TRANSIT", dt.datetime(2026, 9, 1), mode="metro", distance_km="5"),
+        row("e8", "card-0", "CI-TRANSIT", RECEIVED + H, mode="metro", distance_km="5"),   # in the future
+        row("e9", "card-0", "CI-TRANSIT", T0 + 2 * H, minutes=200, mode="metro", distance_km="150"),
+        row("e10", "card-0", "CI-TRANSIT", T0 + 2 * H, minutes=10, mode="metro", distance_km="30"),
+        row("e11", "card-0", "ENG-CHECKIN", T0 + 3 * H, minutes=0),                       # 5 points
+        row("e12", "card-0", "ENG-CHECKIN", T0 + 5 * H, minutes=0),                       # 2nd check-in that day
+        {"event_id": "e13", "user": "card-1", "type": "CI-TRANSIT", "started_at": "2026-13-01T00:00:00",
+         "mode": "metro", "distance_km": "5"},
+        row("e14", None, "CI-TRANSIT", T0 + H, mode="metro", distance_km="10") | {"user_id": str(bw.uid(2))},
+        row("e15", "card-1", "CI-TRANSIT", T0, mode="metro", distance_km="-3"),
+    ]
+
+
+EXPECTED = [("accepted", None, 234, 23), ("rejected", "invalid", 0, 0), ("rejected", "invalid", 0, 0),
+            ("rejected", "type_not_allowed", 0, 0), ("rejected", "unknown_user", 0, 0),
+            ("rejected", "duplicate", 0, 0), ("rejected", "outside_claim_window", 0, 0),
+            ("rejected", "outside_claim_window", 0, 0), ("rejected", "implausible", 0, 0),
+            ("rejected", "implausible", 0, 0), ("accepted", None, 0, 5), ("rejected", "over_daily_cap", 0, 0),
+            ("rejected", "invalid", 0, 0), ("accepted", None, 467, 46), ("rejected", "invalid", 0, 0)]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 1000])
+def test_bad_rows_of_every_kind_are_kept_with_their_reason(
+        bw: BWorld, session_factory: sessionmaker[Session], session: Session, chunk_size: int) -> None:
+    res = run(session_factory, "sz-metro", "bad", reader=session, rows=bad_rows(bw), chunk_size=chunk_size)
+    assert outcomes(session, res.batch_id) == EXPECTED
+    assert (res.rows, res.accepted, res.rejected, res.reduction_g, res.points) == (15, 3, 12, 701, 74)
+    assert res.reasons == {"duplicate": 1, "implausible": 2, "invalid": 4, "outside_claim_window": 2,
+                           "over_daily_cap": 1, "type_not_allowed": 1, "unknown_user": 1}
+    details = {o.line: o.detail for o in behaviour.outcomes(session, res.batch_id)}
+    assert "event_id" in (details[2] or "") and "faster than 120 km/h" in (details[10] or "")
+    assert "longer than 100 km" in (details[9] or "") and "started_at" in (details[13] or "")
+    # the same user, type and time span from another partner: already claimed; a later trip is not
+    other = run(session_factory, "sz-bus", "bus-1", reader=session, rows=[
+        row("b1", None, "CI-TRANSIT", T0 + dt.timedelta(minutes=5), mode="bus", distance_km="5")
+        | {"user_id": str(bw.uid(0))},
+        row("b2", None, "CI-TRANSIT", T0 + 3 * H, mode="bus", distance_km="5") | {"user_id": str(bw.uid(0))},
+    ])
+    assert outcomes(session, other.batch_id) == [("rejected", "claimed_elsewhere", 0, 0),
+                                                 ("accepted", None, 135, 13)]   # 134.5 → 135 g; 369 → 36
+    assert points.balance(session, bw.uid(0)) == 23 + 5 + 13
+    assert behaviour.check_ledger(session) == []
+
+
+def test_resending_a_batch_changes_nothing(bw: BWorld, session_factory: sessionmaker[Session],
+                                           session: Session) -> None:
+    first = run(session_factory, "sz-metro", "bad", reader=session, rows=bad_rows(bw), chunk_size=4)
+
+    def counts() -> tuple[int, int, int, int]:
+        return (session.scalar(select(func.count()).select_from(BehaviourEvent)) or 0,
+                session.scalar(select(func.count()).select_from(PointsEntry)) or 0,
+                session.scalar(select(func.sum(Member.reduction_g))) or 0,
+                session.scalar(select(func.count()).select_from(BehaviourBatch)) or 0)
+
+    before = counts()
+    again = run(session_factory, "sz-metro", "bad", reader=session, rows=bad_rows(bw), chunk_size=4)
+    assert again.replayed and not first.replayed
+    assert again.as_dict() | {"replayed": False} == first.as_dict()
+    assert counts() == before
+    session.rollback()
+    # the same rows in another batch: each accepted event id is now a duplicate; no grams, no points
+    other = run(session_factory, "sz-metro", "bad-resent", reader=session, rows=bad_rows(bw))
+    assert (other.accepted, other.reduction_g, other.points) == (0, 0, 0)
+    assert [o[1] for o in outcomes(session, other.batch_id)][:1] == ["duplicate"]
+    assert points.balance(session, bw.uid(0)) == 28 and points.balance(session, bw.uid(2)) == 46
+    assert behaviour.check_ledger(session) == []
+
+
+def test_an_interrupted_import_resumes_after_its_last_chunk(
+        bw: BWorld, session_factory: sessionmaker[Session], session: Session) -> None:
+    rows = bad_rows(bw)
+
+    def broken() -> Iterator[dict[str, Any]]:
+        yield from rows[:9]
+        raise OSError("connection lost")
+
+    with pytest.raises(OSError):
+        run(session_factory, "sz-metro", "bad", reader=session, rows=list_or(broken()), chunk_size=4)
+    batch = session.scalar(select(BehaviourBatch))
+    assert batch is not None and (batch.status, batch.rows_done) == ("open", 8)
+    session.rollback()
+    res = run(session_factory, "sz-metro", "bad", reader=session, rows=rows, chunk_size=4)
+    assert not res.replayed
+    assert outcomes(session, res.batch_id) == EXPECTED
+    assert behaviour.check_ledger(session) == []
+
+
+def list_or(it: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return it
+
+
+def test_daily_cap_counts_earlier_batches(bw: BWorld, session_factory: sessionmaker[Session],
+                                          session: Session) -> None:
+    rules = Rules.from_mapping({"daily_caps": {"CI-BIKE": 2}})
+    a = run(session_factory, "sz-bike", "a", reader=session, rows=[row("k1", "bike-0", "CI-BIKE", T0, distance_km="2")], rules=rules)
+    b = run(session_factory, "sz-bike", "b", reader=session, rows=[
+        row("k2", "bike-0", "CI-BIKE", T0 + H, distance_km="2"),
+        row("k3", "bike-0", "CI-BIKE", T0 + 2 * H, distance_km="2"),
+        # the next China day (16:00 UTC is midnight in Shenzhen): a fresh cap
+        row("k4", "bike-0", "CI-BIKE", T0 + 16 * H, distance_km="0.5"),
+    ], rules=rules)
+    assert outcomes(session, a.batch_id) == [("accepted", None, 47, 4)]          # 2 km × 1/2 × 46.7 = 46.7
+    assert outcomes(session, b.batch_id) == [("accepted", None, 47, 5), ("rejected", "over_daily_cap", 0, 0),
+                                             ("accepted", None, 0, 0)]           # 94 g → 9 pts; < 1 km: 0 g
+    assert behaviour.check_ledger(session) == []
+
+
+def test_ledger_check_names_what_was_tampered(bw: BWorld, session_factory: sessionmaker[Session],
+                                              session: Session) -> None:
+    run(session_factory, "sz-metro", "b1", reader=session, rows=[row("m1", "card-0", "CI-TRANSIT", T0, mode="metro", distance_km="10")])
+    assert behaviour.check_ledger(session) == []
+    session.execute(update(Member).where(Member.user_id == bw.uid(0)).values(reduction_g=500))
+    session.execute(update(PointsEntry).values(points=47))
+    found = behaviour.check_ledger(session)
+    assert f"member of programme {bw.programme_id} user {bw.uid(0)}: the record says 500 g" in found
+    assert f"member of programme {bw.programme_id} user {bw.uid(0)}: the events say 467 g" in found
+    assert any(f.endswith("the record says 47 points") for f in found)
+    assert any(f.endswith("the events say 46 points") for f in found)
+    session.rollback()
+    session.execute(update(BehaviourEvent).values(batch_id=999))
+    assert "1 events of batch 999 name no batch of their partner" in behaviour.check_ledger(session)
+    session.rollback()
+
+
+def test_a_chunk_never_leaves_a_gap_in_a_batch(bw: BWorld, session: Session) -> None:
+    from registry import partners
+    from registry.behaviour_rules import RowPreparer
+    from registry.errors import Conflict
+
+    partner = partners.partner_by_code(session, "sz-metro")
+    batch = behaviour.open_batch(session, partner, "gap", "api", RECEIVED)
+    prep = RowPreparer(Rules(), region="CN-GD-SZ", allowed=partners.allowed_types(session, partner.id),
+                       received_at=RECEIVED, factors=behaviour.factor_snapshot(session))
+    rows = [prep.prepare(i, row(f"g{i}", "card-0", "ENG-CHECKIN", T0 + i * 24 * H, minutes=0))
+            for i in range(1, 7)]
+    assert behaviour.ingest_chunk(session, batch.id, rows[:3], Rules()).rows == 3
+    with pytest.raises(Conflict) as gap:
+        behaviour.ingest_chunk(session, batch.id, rows[4:], Rules())    # line 4 is missing
+    assert gap.value.code == "batch_in_progress"
+    assert behaviour.ingest_chunk(session, batch.id, rows[1:4], Rules()).rows == 1   # lines 2-3 were recorded
+    assert batch.rows_done == 4
+    assert [o.line for o in behaviour.outcomes(session, batch.id)] == [1, 2, 3, 4]
+    session.rollback()

@@ -1,0 +1,90 @@
+"""`flask registry` commands of public behaviour: CSV import, points expiry, the ledger check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+import click
+from flask import current_app
+from sqlalchemy.orm import sessionmaker
+
+from registry import behaviour, points
+from registry.behaviour_io import import_csv
+from registry.behaviour_rules import Rules
+from registry.errors import RegistryError
+from web.extensions import db
+
+
+@click.command("import-behaviour")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--partner", "partner", required=True, help="The partner's code.")
+@click.option("--batch-ref", default=None, help="The batch reference (default: the file's SHA-256).")
+@click.option("--chunk-size", type=int, default=20_000, show_default=True)
+def import_behaviour(file: str, partner: str, batch_ref: str | None, chunk_size: int) -> None:
+    """Import a partner's CSV of behaviour rows (streamed: memory stays flat). Header: event_id, user
+    (the partner's id) or user_id, type, started_at, ended_at, mode, distance_km, category, weight_kg.
+    Importing the same file again changes nothing; an interrupted import resumes."""
+    rules = Rules.from_mapping(current_app.config.get("BEHAVIOUR_RULES"))
+    factory = sessionmaker(bind=db.engine)
+    with click.progressbar(length=os.path.getsize(file), label="importing", file=sys.stderr) as bar:
+        try:
+            result = import_csv(factory, file, partner, rules=rules, ref=batch_ref, chunk_size=chunk_size,
+                                on_bytes=bar.update)
+        except RegistryError as e:
+            raise click.ClickException(e.message) from None
+    click.echo(f"batch {result.batch_id} ({result.ref}){' already imported: nothing changed' if result.replayed else ''}")
+    click.echo(f"rows {result.rows}: accepted {result.accepted}, rejected {result.rejected}; "
+               f"reduction {result.reduction_g} g; points {result.points}")
+    for reason, n in result.reasons.items():
+        click.echo(f"  rejected {reason}: {n}")
+
+
+@click.command("expire-points")
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Expire points valid only before this day (default: today, UTC).")
+def expire_points(today: dt.datetime | None) -> None:
+    """The points expiry job (idempotent: run it daily)."""
+    day = today.date() if today else dt.datetime.now(dt.UTC).date()
+    with db.session.begin():
+        n = points.expire_points(db.session, day)
+    click.echo(f"expired {n} points before {day}")
+
+
+@click.command("check-points")
+def check_points() -> None:
+    """Check the behaviour records and the points ledger; exit 1 listing violations."""
+    with db.session.begin():
+        found = behaviour.check_ledger(db.session)
+    for v in found:
+        click.echo(v)
+    click.echo("points ledger sound" if not found else f"{len(found)} violations")
+    if found:
+        sys.exit(1)
+
+
+@click.command("close-programme-period")
+@click.argument("programme_id", type=int)
+@click.option("--end", "end", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="The period's last day (default: yesterday, UTC).")
+def close_programme_period(programme_id: int, end: dt.datetime | None) -> None:
+    """Close a programme's period: its behaviour reductions become a monitoring report (whole kg; the
+    remaining grams carry to the next period). The job acts for the programme's owner."""
+    from registry import programme_periods
+
+    day = end.date() if end else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    try:
+        with db.session.begin():
+            actor = programme_periods.owner_actor(db.session, programme_id)
+            p = programme_periods.close_period(db.session, actor, programme_id, day)
+            line = (f"period {p.period_start} - {p.period_end}: {p.batches} batches, {p.reduction_g} g "
+                    f"+ {p.carry_in_g} g carried = {p.quantity_kg} kg"
+                    + (f" in monitoring report {p.report_id}" if p.report_id else " (no report)")
+                    + f", {p.carry_out_g} g carried forward")
+    except RegistryError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(line)
+
+
+COMMANDS = (import_behaviour, expire_points, check_points, close_programme_period)

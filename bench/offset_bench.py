@@ -41,6 +41,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ if _ROOT not in sys.path:
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from bench.exchange_bench import SqlCounter  # noqa: E402
 from bench.registry_bench import Databases, _party, is_pg, migrate, pct  # noqa: E402
 from exchange import footprints, offsets, wallets  # noqa: E402
 from exchange.offset_models import OffsetStatus  # noqa: E402
@@ -111,24 +113,50 @@ def build(url: str, workers: int, per_worker: int) -> Setup:
     return Setup(url, buyers, fps, certificates.SigningKey.generate().private_pem())
 
 
+class PhaseCounter(SqlCounter):
+    """Statements by phase of the order and by kind (verb and table), counted on warm-up orders only
+    so that the listener costs the timed orders nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = ""
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+
+    def attach(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+            if self.on:
+                self.n[f"{self.phase}: {self.key(statement)}"] += 1
+
+
 def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, vintage: int, qty: int,
-              key: certificates.SigningKey, times: dict[str, list[float]] | None, pdf: bool = True) -> bytes:
+              key: certificates.SigningKey, times: dict[str, list[float]] | None, pdf: bool = True,
+              counter: PhaseCounter | None = None) -> bytes:
     """One order end to end; returns the served certificate JSON."""
     marks = [time.perf_counter()]
+    phase = counter.mark if counter is not None else (lambda _: None)
     with factory() as s:
+        phase("quote")
         with s.begin():
             o = offsets.create_offset(s, buyer, footprint_id=footprint_id, quantity_kg=qty,
                                       beneficiary="基准测试 benchmark", preference={"vintage": vintage})
             oid = o.id
         marks.append(time.perf_counter())
+        phase("pay")
         with s.begin():
             offsets.confirm_offset(s, buyer, oid)
         marks.append(time.perf_counter())
+        phase("fill")
         with s.begin():
             done = offsets.fulfil(s, oid)
             assert done.status is OffsetStatus.RETIRED, (done.status, done.reason)
             number = done.certificate_number
         marks.append(time.perf_counter())
+        phase("certificate")
         with s.begin():
             r = s.get(Retirement, done.retirement_id)
             assert r is not None and r.certificate_number == number
@@ -150,8 +178,12 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
     key = certificates.SigningKey.from_pem(setup.key_pem)
     rng = random.Random(SEED + k)
     qtys = [rng.randint(500, MAX_KG) for _ in range(warmup + orders)]
-    for q in qtys[:warmup]:
-        one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf)
+    counter = PhaseCounter()
+    counter.attach(engine)
+    for i, q in enumerate(qtys[:warmup]):
+        counter.on = i > 0   # the first order fills caches (e.g. the shipped factors' rows)
+        one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter)
+    counter.on = False
     go.wait()
     times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order")}
     docs = []
@@ -161,7 +193,8 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
                               pdf))
     end = time.perf_counter()
     engine.dispose()
-    out.put({"k": k, "start": start, "end": end, "times": times, "docs": docs})
+    out.put({"k": k, "start": start, "end": end, "times": times, "docs": docs,
+             "statements": dict(counter.n), "counted_orders": max(0, warmup - 1)})
 
 
 def verify_all(docs: list[bytes], public_pem: bytes) -> list[float]:
@@ -202,6 +235,17 @@ def run(setup: Setup, workers: int, orders: int, warmup: int, pdf: bool = True) 
     return results
 
 
+def pdf_micro(served: bytes, repeat: int) -> list[float]:
+    """Milliseconds to render one certificate's PDF, `repeat` times, in this process."""
+    doc = certificates.load_document(served)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        render_pdf(doc)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 class _List:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
@@ -224,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
     ap.add_argument("--no-pdf", dest="pdf", action="store_false",
                     help="skip the PDF (to see its share; the target includes it)")
+    ap.add_argument("--pdf-repeat", type=int, default=30,
+                    help="afterwards, render one certificate's PDF this many times alone (0: skip)")
     a = ap.parse_args(argv)
     if not is_pg(a.database_url) and a.workers != 1:
         ap.error("SQLite runs one worker (--workers 1): it has a single writer")
@@ -243,13 +289,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     public = certificates.SigningKey.from_pem(setup.key_pem).public_key_pem()
     verify = verify_all([d for r in results for d in r["docs"]], public)
     phases = {p: [x for r in results for x in r["times"][p]] for p in (*PHASES, "order") if a.pdf or p != "pdf"}
+    counted = sum(r["counted_orders"] for r in results)
+    statements: Counter[str] = Counter()
+    for r in results:
+        statements.update(r["statements"])
+    pdf_ms = pdf_micro(results[0]["docs"][0], a.pdf_repeat) if a.pdf_repeat else []
     print(f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}, "
           f"{os.cpu_count()} CPUs; {'PostgreSQL' if is_pg(a.database_url) else 'SQLite'}; {a.workers} worker(s) "
           f"x {a.orders} timed orders ({a.warmup} warm-up each){'' if a.pdf else '; WITHOUT the PDF'}")
     for p, xs in phases.items():
         print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms")
     print(f"# verify       p50 {pct(verify, 50):7.2f} ms  p99 {pct(verify, 99):7.2f} ms ({len(verify)} certificates)")
-    print(f"# {n} orders in {wall:.2f} s; invariants, wallets.check and offsets.check hold")
+    if counted:
+        per_phase: Counter[str] = Counter()
+        for k, v in statements.items():
+            per_phase[k.split(":", 1)[0]] += v
+        print(f"# SQL statements per order (counted on {counted} warm-up orders): "
+              f"{sum(statements.values()) / counted:.1f} = "
+              + ", ".join(f"{p} {per_phase[p] / counted:.1f}" for p in PHASES[:-1]))
+        for k, v in sorted(statements.items()):
+            print(f"#   {k:55s} {v / counted:5.1f}")
+    if pdf_ms:
+        print(f"# pdf render alone (same document, {len(pdf_ms)}x in this process): p50 {pct(pdf_ms, 50):.2f} ms  "
+              f"min {min(pdf_ms):.2f} ms")
+    busy = sum(phases["order"])
+    print(f"# {n} orders in {wall:.2f} s; {busy / n:.2f} ms of order time per order ({busy / wall / 1000:.2f} "
+          f"orders in flight on average); invariants, wallets.check and offsets.check hold")
     vp99 = pct(verify, 99)
     print(f"BENCH offset offsets_per_s={rate:.1f} verify_p99_ms={vp99:.2f}", flush=True)
     return {"orders": n, "wall_s": wall, "offsets_per_s": rate, "verify_p99_ms": vp99,

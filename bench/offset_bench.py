@@ -172,6 +172,37 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
     return certificates.document_bytes(doc)
 
 
+def track_backends(engine: Any) -> set[int]:
+    """The process ids of the PostgreSQL backends serving this engine's connections (filled as they open)."""
+    pids: set[int] = set()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _pid(dbapi_conn: Any, record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SELECT pg_backend_pid()")
+            pids.add(int(cur.fetchone()[0]))
+            cur.close()
+    return pids
+
+
+def cpu_seconds(pids: set[int]) -> float | None:
+    """User + system CPU seconds used so far by these local processes (/proc); None if not readable
+    (another host, no /proc, a backend gone)."""
+    if not pids:
+        return None
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks += int(fields[11]) + int(fields[12])   # utime, stime: fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pdf: bool = True) -> None:
     engine = create_engine(setup.url, pool_size=2)
     factory = sessionmaker(bind=engine, expire_on_commit=False)
@@ -180,6 +211,7 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
     qtys = [rng.randint(500, MAX_KG) for _ in range(warmup + orders)]
     counter = PhaseCounter()
     counter.attach(engine)
+    backends = track_backends(engine)
     for i, q in enumerate(qtys[:warmup]):
         counter.on = i > 0   # the first order fills caches (e.g. the shipped factors' rows)
         one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter)
@@ -187,14 +219,17 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
     go.wait()
     times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order")}
     docs = []
+    server0, client0 = cpu_seconds(backends), time.process_time()
     start = time.perf_counter()
     for q in qtys[warmup:]:
         docs.append(one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, times,
                               pdf))
     end = time.perf_counter()
+    client, server1 = time.process_time() - client0, cpu_seconds(backends)
     engine.dispose()
     out.put({"k": k, "start": start, "end": end, "times": times, "docs": docs,
-             "statements": dict(counter.n), "counted_orders": max(0, warmup - 1)})
+             "statements": dict(counter.n), "counted_orders": max(0, warmup - 1), "client_cpu_s": client,
+             "server_cpu_s": None if server0 is None or server1 is None else server1 - server0})
 
 
 def verify_all(docs: list[bytes], public_pem: bytes) -> list[float]:
@@ -312,6 +347,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if pdf_ms:
         print(f"# pdf render alone (same document, {len(pdf_ms)}x in this process): p50 {pct(pdf_ms, 50):.2f} ms  "
               f"min {min(pdf_ms):.2f} ms")
+    client_ms = sum(r["client_cpu_s"] for r in results) * 1000 / n
+    servers = [r["server_cpu_s"] for r in results]
+    server_ms = sum(servers) * 1000 / n if None not in servers else None
+    cores = os.cpu_count() or 1
+    line = f"# CPU per order: this client {client_ms:.2f} ms (Python: use cases, ORM, driver, PDF)"
+    if server_ms is not None:
+        line += (f" + PostgreSQL backend {server_ms:.2f} ms = {client_ms + server_ms:.2f} ms; {cores} cores "
+                 f"can do at most {cores * 1000 / (client_ms + server_ms):.0f} orders/s")
+    print(line)
     busy = sum(phases["order"])
     print(f"# {n} orders in {wall:.2f} s; {busy / n:.2f} ms of order time per order ({busy / wall / 1000:.2f} "
           f"orders in flight on average); invariants, wallets.check and offsets.check hold")

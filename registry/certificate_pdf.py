@@ -55,11 +55,18 @@ PURPOSES = {
 }
 
 class Paragraph(_Paragraph):  # type: ignore[misc]
-    """A Paragraph that breaks its lines once per width.
+    """A Paragraph that breaks its lines once per width, by CJK rules only where it has CJK text.
 
     Tables and KeepTogether ask a cell the same question two or three times (to measure, to split,
     to draw); line breaking with CJK rules is most of a certificate's rendering time. The result
-    depends only on the text, the style and the width, so it is kept while the lines are unchanged."""
+    depends only on the text, the style and the width, so it is kept while the lines are unchanged.
+    Text that is all ASCII (hashes, serials, English sentences) breaks at spaces, as Latin text
+    should, which is also much cheaper (words longer than a line are still split)."""
+
+    def __init__(self, text: str, style: ParagraphStyle, *args: Any, **kw: Any) -> None:
+        if text is not None and style.wordWrap == "CJK" and text.isascii():
+            style = _latin_variant(style)
+        super().__init__(text, style, *args, **kw)
 
     def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
         memo = self.__dict__.get("_wrapped")
@@ -69,6 +76,11 @@ class Paragraph(_Paragraph):  # type: ignore[misc]
         width, height = super().wrap(avail_width, avail_height)
         self._wrapped = (avail_width, getattr(self, "blPara", None), height, getattr(self, "_wrapWidths", None))
         return width, height
+
+
+@functools.lru_cache(maxsize=64)
+def _latin_variant(style: ParagraphStyle) -> ParagraphStyle:
+    return ParagraphStyle(f"{style.name}-latin", style, wordWrap=None, splitLongWords=1)
 
 
 def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
@@ -181,7 +193,9 @@ def qr_drawing(url: str, size: float = 34 * mm) -> QrCode:
     return QrCode(url, size)
 
 
+@functools.lru_cache(maxsize=8)
 def _styles(cjk: str) -> dict[str, ParagraphStyle]:
+    """The certificate's paragraph styles for a CJK font (built once: reportlab does not change them)."""
     base = ParagraphStyle("base", fontName=LATIN, fontSize=9.5, leading=13, wordWrap="CJK")
     return {
         "base": base,
@@ -198,6 +212,7 @@ def _styles(cjk: str) -> dict[str, ParagraphStyle]:
         "h2": ParagraphStyle("h2", base, fontName=LATIN_BOLD, fontSize=10.5, leading=15, textColor=GREEN,
                              spaceBefore=8, spaceAfter=3),
         "right": ParagraphStyle("right", base, fontSize=8, leading=10, alignment=TA_RIGHT),
+        "small_right": ParagraphStyle("small_right", base, fontSize=7.5, leading=9.5, alignment=TA_RIGHT),
     }
 
 
@@ -271,10 +286,10 @@ def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] |
             Paragraph(str(int(s["vintage"])), st["small"]),
             Paragraph(f"{escape(str(m['code']))} v{escape(str(m['version']))}<br/>"
                       f"{mark(str(m.get('title_zh') or ''))}", st["small"]),
-            Paragraph(f"{int(s['quantity_kg']):,}", ParagraphStyle("r", st["small"], alignment=TA_RIGHT)),
+            Paragraph(f"{int(s['quantity_kg']):,}", st["small_right"]),
         ])
     table_rows.append(["", "", "", Paragraph(f"{mark('合计')} Total", st["small"]),
-                       Paragraph(f"<b>{qty:,}</b>", ParagraphStyle("r", st["small"], alignment=TA_RIGHT))])
+                       Paragraph(f"<b>{qty:,}</b>", st["small_right"])])
     serials = Table(table_rows, colWidths=[52 * mm, 48 * mm, 14 * mm, 36 * mm, None], repeatRows=1)
     serials.setStyle(TableStyle([
         ("VALIGN", (0, 0), (-1, -1), "TOP"),

@@ -52,3 +52,18 @@ def test_paragraph_breaks_lines_once_per_width(monkeypatch: pytest.MonkeyPatch) 
     first, rest = p.split(400, style.leading * 2)
     assert first.wrap(400, 1000)[1] == style.leading * 2
     assert first.wrap(400, 1000)[1] + rest.wrap(400, 1000)[1] == wide[1]
+
+
+def test_ascii_text_breaks_at_spaces_and_cjk_text_by_cjk_rules() -> None:
+    st = pdf._styles(pdf.cjk_font())
+    latin = pdf.Paragraph("Verify offline: download this certificate's JSON", st["small"])
+    assert latin.style.wordWrap is None and latin.style.fontSize == st["small"].fontSize
+    assert pdf.Paragraph(pdf.rich("离线验证 offline"), st["small"]).style.wordWrap == "CJK"
+    words = pdf.Paragraph("alpha beta gamma delta epsilon zeta eta theta", st["small"])
+    words.wrap(60, 1000)
+    lines = [" ".join(line[1]) for line in words.blPara.lines]
+    assert len(lines) > 1 and " ".join(lines) == "alpha beta gamma delta epsilon zeta eta theta"  # whole words
+    digest = pdf.Paragraph("9c52a2e978c661f67c9a" * 8, st["mono"])   # one word wider than the line
+    width, height = digest.wrap(100, 1000)
+    assert height == st["mono"].leading * len(digest.blPara.lines) and len(digest.blPara.lines) > 1
+    assert "".join("".join(line[1]) for line in digest.blPara.lines) == "9c52a2e978c661f67c9a" * 8

@@ -138,6 +138,7 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
               counter: PhaseCounter | None = None) -> bytes:
     """One order end to end; returns the served certificate JSON."""
     marks = [time.perf_counter()]
+    cpu = [time.process_time()]
     phase = counter.mark if counter is not None else (lambda _: None)
     with factory() as s:
         phase("quote")
@@ -146,28 +147,35 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
                                       beneficiary="基准测试 benchmark", preference={"vintage": vintage})
             oid = o.id
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
         phase("pay")
         with s.begin():
             offsets.confirm_offset(s, buyer, oid)
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
         phase("fill")
         with s.begin():
             done = offsets.fulfil(s, oid)
             assert done.status is OffsetStatus.RETIRED, (done.status, done.reason)
             number = done.certificate_number
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
         phase("certificate")
         with s.begin():
             r = s.get(Retirement, done.retirement_id)
             assert r is not None and r.certificate_number == number
             doc = certificates.issue_document(s, r, key, BASE_URL)
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
     if pdf:
         assert render_pdf(doc).startswith(b"%PDF")
     marks.append(time.perf_counter())
+    cpu.append(time.process_time())
     if times is not None:
         for name, a, b in zip(PHASES, marks[:-1], marks[1:], strict=True):
             times[name].append((b - a) * 1000)
+        for name, a, b in zip(PHASES, cpu[:-1], cpu[1:], strict=True):
+            times[f"cpu {name}"].append((b - a) * 1000)
         times["order"].append((marks[-1] - marks[0]) * 1000)
     return certificates.document_bytes(doc)
 
@@ -217,7 +225,7 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
         one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter)
     counter.on = False
     go.wait()
-    times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order")}
+    times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order", *(f"cpu {p}" for p in PHASES))}
     docs = []
     server0, client0 = cpu_seconds(backends), time.process_time()
     start = time.perf_counter()
@@ -347,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{os.cpu_count()} CPUs; {'PostgreSQL' if is_pg(a.database_url) else 'SQLite'}; {a.workers} worker(s) "
           f"x {a.orders} timed orders ({a.warmup} warm-up each){'' if a.pdf else '; WITHOUT the PDF'}")
     for p, xs in phases.items():
-        print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms")
+        cpu = [x for r in results for x in r["times"].get(f"cpu {p}", [])]
+        print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms"
+              + (f"   client CPU mean {sum(cpu) / len(cpu):6.2f} ms" if cpu else ""))
     print(f"# verify       p50 {pct(verify, 50):7.2f} ms  p99 {pct(verify, 99):7.2f} ms ({len(verify)} certificates)")
     if counted:
         per_phase: Counter[str] = Counter()

@@ -20,12 +20,17 @@ migrated by the Alembic migrations as the tests do:
    `time.perf_counter`, is the same sequence of use cases the API runs, each in its own transaction:
    `offsets.create_offset` (the quote, reserving the listing's supply) → `offsets.confirm_offset`
    (the wallet pays: the total is held) → `offsets.fulfil` (delivery versus payment from the listing
-   and retirement of the delivered serials) → `certificates.issue_document` (the signed JSON) and
+   and retirement of exactly the delivered blocks) → `certificates.issue_document` (the signed JSON) and
    `certificate_pdf.render_pdf` (the PDF, built-in CID font). HTTP is not included.
 3. Verification: each certificate document is serialised as served (`document_bytes`), then timed:
    `load_document` + `verify_document` with the public key PEM (what `flask registry
    verify-certificate` does, without the file read).
 4. Afterwards every registry invariant, `wallets.check` and `offsets.check` must hold.
+5. Per-order costs that do not depend on how loaded the machine is: SQL statements by phase and kind
+   (counted on the warm-up orders), the client's CPU per phase, the PostgreSQL backends' CPU (their
+   /proc/<pid>/stat, when the server is on this machine), the PDF rendered alone `--pdf-repeat`
+   times (CPU), and the best rate the cores could give at that CPU per order. `--profile N` (one
+   worker) prints cProfile's top N functions of the worker.
 
 offsets/s = timed orders of all workers ÷ the wall time from the first timed start to the last
 timed end. The last line is ``BENCH offset offsets_per_s=<n> verify_p99_ms=<ms>``.

@@ -20,12 +20,17 @@ migrated by the Alembic migrations as the tests do:
    `time.perf_counter`, is the same sequence of use cases the API runs, each in its own transaction:
    `offsets.create_offset` (the quote, reserving the listing's supply) → `offsets.confirm_offset`
    (the wallet pays: the total is held) → `offsets.fulfil` (delivery versus payment from the listing
-   and retirement of the delivered serials) → `certificates.issue_document` (the signed JSON) and
+   and retirement of exactly the delivered blocks) → `certificates.issue_document` (the signed JSON) and
    `certificate_pdf.render_pdf` (the PDF, built-in CID font). HTTP is not included.
 3. Verification: each certificate document is serialised as served (`document_bytes`), then timed:
    `load_document` + `verify_document` with the public key PEM (what `flask registry
    verify-certificate` does, without the file read).
 4. Afterwards every registry invariant, `wallets.check` and `offsets.check` must hold.
+5. Per-order costs that do not depend on how loaded the machine is: SQL statements by phase and kind
+   (counted on the warm-up orders), the client's CPU per phase, the PostgreSQL backends' CPU (their
+   /proc/<pid>/stat, when the server is on this machine), the PDF rendered alone `--pdf-repeat`
+   times (CPU), and the best rate the cores could give at that CPU per order. `--profile N` (one
+   worker) prints cProfile's top N functions of the worker.
 
 offsets/s = timed orders of all workers ÷ the wall time from the first timed start to the last
 timed end. The last line is ``BENCH offset offsets_per_s=<n> verify_p99_ms=<ms>``.
@@ -41,6 +46,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +58,7 @@ if _ROOT not in sys.path:
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from bench.exchange_bench import SqlCounter  # noqa: E402
 from bench.registry_bench import Databases, _party, is_pg, migrate, pct  # noqa: E402
 from exchange import footprints, offsets, wallets  # noqa: E402
 from exchange.offset_models import OffsetStatus  # noqa: E402
@@ -111,37 +118,102 @@ def build(url: str, workers: int, per_worker: int) -> Setup:
     return Setup(url, buyers, fps, certificates.SigningKey.generate().private_pem())
 
 
+class PhaseCounter(SqlCounter):
+    """Statements by phase of the order and by kind (verb and table), counted on warm-up orders only
+    so that the listener costs the timed orders nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = ""
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+
+    def attach(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+            if self.on:
+                self.n[f"{self.phase}: {self.key(statement)}"] += 1
+
+
 def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, vintage: int, qty: int,
-              key: certificates.SigningKey, times: dict[str, list[float]] | None, pdf: bool = True) -> bytes:
+              key: certificates.SigningKey, times: dict[str, list[float]] | None, pdf: bool = True,
+              counter: PhaseCounter | None = None) -> bytes:
     """One order end to end; returns the served certificate JSON."""
     marks = [time.perf_counter()]
+    cpu = [time.process_time()]
+    phase = counter.mark if counter is not None else (lambda _: None)
     with factory() as s:
+        phase("quote")
         with s.begin():
             o = offsets.create_offset(s, buyer, footprint_id=footprint_id, quantity_kg=qty,
                                       beneficiary="基准测试 benchmark", preference={"vintage": vintage})
             oid = o.id
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+        phase("pay")
         with s.begin():
             offsets.confirm_offset(s, buyer, oid)
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+        phase("fill")
         with s.begin():
             done = offsets.fulfil(s, oid)
             assert done.status is OffsetStatus.RETIRED, (done.status, done.reason)
             number = done.certificate_number
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+        phase("certificate")
         with s.begin():
             r = s.get(Retirement, done.retirement_id)
             assert r is not None and r.certificate_number == number
             doc = certificates.issue_document(s, r, key, BASE_URL)
         marks.append(time.perf_counter())
+        cpu.append(time.process_time())
     if pdf:
         assert render_pdf(doc).startswith(b"%PDF")
     marks.append(time.perf_counter())
+    cpu.append(time.process_time())
     if times is not None:
         for name, a, b in zip(PHASES, marks[:-1], marks[1:], strict=True):
             times[name].append((b - a) * 1000)
+        for name, a, b in zip(PHASES, cpu[:-1], cpu[1:], strict=True):
+            times[f"cpu {name}"].append((b - a) * 1000)
         times["order"].append((marks[-1] - marks[0]) * 1000)
     return certificates.document_bytes(doc)
+
+
+def track_backends(engine: Any) -> set[int]:
+    """The process ids of the PostgreSQL backends serving this engine's connections (filled as they open)."""
+    pids: set[int] = set()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _pid(dbapi_conn: Any, record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SELECT pg_backend_pid()")
+            pids.add(int(cur.fetchone()[0]))
+            cur.close()
+    return pids
+
+
+def cpu_seconds(pids: set[int]) -> float | None:
+    """User + system CPU seconds used so far by these local processes (/proc); None if not readable
+    (another host, no /proc, a backend gone)."""
+    if not pids:
+        return None
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks += int(fields[11]) + int(fields[12])   # utime, stime: fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pdf: bool = True) -> None:
@@ -150,18 +222,27 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
     key = certificates.SigningKey.from_pem(setup.key_pem)
     rng = random.Random(SEED + k)
     qtys = [rng.randint(500, MAX_KG) for _ in range(warmup + orders)]
-    for q in qtys[:warmup]:
-        one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf)
+    counter = PhaseCounter()
+    counter.attach(engine)
+    backends = track_backends(engine)
+    for i, q in enumerate(qtys[:warmup]):
+        counter.on = i > 0   # the first order fills caches (e.g. the shipped factors' rows)
+        one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter)
+    counter.on = False
     go.wait()
-    times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order")}
+    times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order", *(f"cpu {p}" for p in PHASES))}
     docs = []
+    server0, client0 = cpu_seconds(backends), time.process_time()
     start = time.perf_counter()
     for q in qtys[warmup:]:
         docs.append(one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, times,
                               pdf))
     end = time.perf_counter()
+    client, server1 = time.process_time() - client0, cpu_seconds(backends)
     engine.dispose()
-    out.put({"k": k, "start": start, "end": end, "times": times, "docs": docs})
+    out.put({"k": k, "start": start, "end": end, "times": times, "docs": docs,
+             "statements": dict(counter.n), "counted_orders": max(0, warmup - 1), "client_cpu_s": client,
+             "server_cpu_s": None if server0 is None or server1 is None else server1 - server0})
 
 
 def verify_all(docs: list[bytes], public_pem: bytes) -> list[float]:
@@ -182,10 +263,20 @@ def check(url: str) -> list[str]:
     return found
 
 
-def run(setup: Setup, workers: int, orders: int, warmup: int, pdf: bool = True) -> list[dict[str, Any]]:
+def run(setup: Setup, workers: int, orders: int, warmup: int, pdf: bool = True,
+        profile: int = 0) -> list[dict[str, Any]]:
     if workers == 1:
         q: Any = _List()
-        worker(setup, 0, orders, warmup, q, _Go(), pdf)
+        if not profile:
+            worker(setup, 0, orders, warmup, q, _Go(), pdf)
+            return q.items
+        import cProfile
+        import pstats
+        prof = cProfile.Profile()
+        prof.runcall(worker, setup, 0, orders, warmup, q, _Go(), pdf)
+        stats = pstats.Stats(prof, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(profile)
+        stats.sort_stats("cumulative").print_stats(profile)
         return q.items
     ctx = mp.get_context("fork")
     out, go = ctx.Queue(), ctx.Event()
@@ -200,6 +291,17 @@ def run(setup: Setup, workers: int, orders: int, warmup: int, pdf: bool = True) 
         if p.exitcode != 0:
             raise RuntimeError(f"worker {p.name} exited with {p.exitcode}")
     return results
+
+
+def pdf_micro(served: bytes, repeat: int) -> list[float]:
+    """CPU milliseconds to render one certificate's PDF, `repeat` times, in this process."""
+    doc = certificates.load_document(served)
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        render_pdf(doc)
+        times.append((time.process_time() - t0) * 1000)
+    return times
 
 
 class _List:
@@ -224,7 +326,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
     ap.add_argument("--no-pdf", dest="pdf", action="store_false",
                     help="skip the PDF (to see its share; the target includes it)")
+    ap.add_argument("--pdf-repeat", type=int, default=30,
+                    help="afterwards, render one certificate's PDF this many times alone (0: skip)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="with --workers 1: cProfile the worker and print its top N functions (slows it down)")
     a = ap.parse_args(argv)
+    if a.profile and a.workers != 1:
+        ap.error("--profile needs --workers 1")
     if not is_pg(a.database_url) and a.workers != 1:
         ap.error("SQLite runs one worker (--workers 1): it has a single writer")
     dbs = Databases(a.database_url, a.keep)
@@ -232,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         url = dbs.create("offsets")
         migrate(url)
         setup = build(url, a.workers, a.orders + a.warmup)
-        results = run(setup, a.workers, a.orders, a.warmup, a.pdf)
+        results = run(setup, a.workers, a.orders, a.warmup, a.pdf, a.profile)
         problems = check(url)
         assert not problems, "invariants violated after the benchmark:\n" + "\n".join(problems[:20])
     finally:
@@ -243,13 +351,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     public = certificates.SigningKey.from_pem(setup.key_pem).public_key_pem()
     verify = verify_all([d for r in results for d in r["docs"]], public)
     phases = {p: [x for r in results for x in r["times"][p]] for p in (*PHASES, "order") if a.pdf or p != "pdf"}
+    counted = sum(r["counted_orders"] for r in results)
+    statements: Counter[str] = Counter()
+    for r in results:
+        statements.update(r["statements"])
+    pdf_ms = pdf_micro(results[0]["docs"][0], a.pdf_repeat) if a.pdf_repeat else []
     print(f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}, "
           f"{os.cpu_count()} CPUs; {'PostgreSQL' if is_pg(a.database_url) else 'SQLite'}; {a.workers} worker(s) "
           f"x {a.orders} timed orders ({a.warmup} warm-up each){'' if a.pdf else '; WITHOUT the PDF'}")
     for p, xs in phases.items():
-        print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms")
+        cpu = [x for r in results for x in r["times"].get(f"cpu {p}", [])]
+        print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms"
+              + (f"   client CPU mean {sum(cpu) / len(cpu):6.2f} ms" if cpu else ""))
     print(f"# verify       p50 {pct(verify, 50):7.2f} ms  p99 {pct(verify, 99):7.2f} ms ({len(verify)} certificates)")
-    print(f"# {n} orders in {wall:.2f} s; invariants, wallets.check and offsets.check hold")
+    if counted:
+        per_phase: Counter[str] = Counter()
+        for k, v in statements.items():
+            per_phase[k.split(":", 1)[0]] += v
+        print(f"# SQL statements per order (counted on {counted} warm-up orders): "
+              f"{sum(statements.values()) / counted:.1f} = "
+              + ", ".join(f"{p} {per_phase[p] / counted:.1f}" for p in PHASES[:-1]))
+        for k, v in sorted(statements.items()):
+            print(f"#   {k:55s} {v / counted:5.1f}")
+    if pdf_ms:
+        print(f"# pdf render alone (same document, {len(pdf_ms)}x in this process): CPU p50 {pct(pdf_ms, 50):.2f} ms  "
+              f"min {min(pdf_ms):.2f} ms")
+    client_ms = sum(r["client_cpu_s"] for r in results) * 1000 / n
+    servers = [r["server_cpu_s"] for r in results]
+    server_ms = sum(servers) * 1000 / n if None not in servers else None
+    cores = os.cpu_count() or 1
+    line = f"# CPU per order: this client {client_ms:.2f} ms (Python: use cases, ORM, driver, PDF)"
+    if server_ms is not None:
+        line += (f" + PostgreSQL backend {server_ms:.2f} ms = {client_ms + server_ms:.2f} ms; {cores} cores "
+                 f"can do at most {cores * 1000 / (client_ms + server_ms):.0f} orders/s")
+    print(line)
+    busy = sum(phases["order"])
+    print(f"# {n} orders in {wall:.2f} s; {busy / n:.2f} ms of order time per order ({busy / wall / 1000:.2f} "
+          f"orders in flight on average); invariants, wallets.check and offsets.check hold")
     vp99 = pct(verify, 99)
     print(f"BENCH offset offsets_per_s={rate:.1f} verify_p99_ms={vp99:.2f}", flush=True)
     return {"orders": n, "wall_s": wall, "offsets_per_s": rate, "verify_p99_ms": vp99,

@@ -28,12 +28,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from exchange import wallets
 from exchange.instruments import get_instrument
 from exchange.models import (
+    CashAccount,
     CashAccountKind,
     Deposit,
     Instrument,
@@ -58,6 +59,7 @@ from registry.db import utcnow
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
 from registry.models import (
     Batch,
+    Block,
     BlockStatus,
     Holder,
     HolderKind,
@@ -65,6 +67,7 @@ from registry.models import (
     Movement,
     Project,
     ProjectKind,
+    Retirement,
     RetirementPurpose,
     User,
     UserRole,
@@ -516,10 +519,19 @@ def refund_card(session: Session, order: OffsetOrder, amount: int) -> None:
 
 def buyer_actor(session: Session, order: OffsetOrder) -> Actor:
     """The buyer as the registry sees it when retiring for the order (the user who ordered)."""
-    holder = session.get(Holder, order.holder_id)
-    user = session.get(User, order.user_id) if order.user_id is not None else None
-    assert holder is not None
-    return Actor(order.user_id, holder.id, holder.kind, user.role if user is not None else UserRole.TRADER)
+    return _buyer_and_footprint(session, order)[0]
+
+
+def _buyer_and_footprint(session: Session, order: OffsetOrder) -> tuple[Actor, str | None]:
+    """The buyer (`buyer_actor`) and the reference of the footprint the order covers, in one query."""
+    row = session.execute(select(Holder.kind, User.role, Footprint).select_from(Holder)
+                          .outerjoin(User, User.id == order.user_id)
+                          .outerjoin(Footprint, Footprint.id == order.footprint_id)
+                          .where(Holder.id == order.holder_id)).first()
+    assert row is not None
+    kind, role, footprint = row
+    actor = Actor(order.user_id, order.holder_id, kind, role if role is not None else UserRole.TRADER)
+    return actor, footprint.ref if footprint is not None else None
 
 
 def delivered_serials(session: Session, transfer_ids: list[int]) -> list[str]:
@@ -531,12 +543,23 @@ def delivered_serials(session: Session, transfer_ids: list[int]) -> list[str]:
 
 
 def retire_delivered(session: Session, order: OffsetOrder, transfer_ids: list[int], kg: int) -> None:
-    """Retire exactly the blocks the fill delivered, for the beneficiary (status retired)."""
-    footprint = session.get(Footprint, order.footprint_id) if order.footprint_id else None
-    r = units.retire(session, buyer_actor(session, order),
-                     selection=units.Selection(serials=delivered_serials(session, transfer_ids)),
+    """Retire exactly the serials the given transfers delivered, for the beneficiary (status retired)."""
+    buyer, footprint_ref = _buyer_and_footprint(session, order)
+    r = units.retire(session, buyer, selection=units.Selection(serials=delivered_serials(session, transfer_ids)),
                      beneficiary=order.beneficiary, jurisdiction=order.jurisdiction, purpose=order.purpose,
-                     footprint_ref=footprint.ref if footprint else None, message=order.message)
+                     footprint_ref=footprint_ref, message=order.message)
+    _retired(session, order, r, kg)
+
+
+def _retire_blocks(session: Session, order: OffsetOrder, blocks: list[Block]) -> None:
+    """Retire the blocks the fill just delivered and still holds locked (no lookup by serial)."""
+    buyer, footprint_ref = _buyer_and_footprint(session, order)
+    r = units.retire_blocks(session, buyer, blocks, beneficiary=order.beneficiary, jurisdiction=order.jurisdiction,
+                            purpose=order.purpose, footprint_ref=footprint_ref, message=order.message)
+    _retired(session, order, r, order.quantity_kg)
+
+
+def _retired(session: Session, order: OffsetOrder, r: Retirement, kg: int) -> None:
     if r.quantity_kg != kg:
         raise Conflict(f"retired {r.quantity_kg} kg, the fill delivered {kg} kg", code="fill_mismatch")
     now = utcnow()
@@ -554,17 +577,33 @@ def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
     settlement) locks, so it is held only from here to the commit."""
     assert order.listing_id is not None
     listing = _lock_listing(session, order.listing_id)
-    t = units.deliver_units(session, listing.ref, order.quantity_kg, order.holder_id,
-                            memo=f"offset order {order.id}", user_id=order.user_id)
+    _, blocks = units.deliver_blocks(session, listing.ref, order.quantity_kg, order.holder_id,
+                                     memo=f"offset order {order.id}", user_id=order.user_id)
+    _retire_blocks(session, order, blocks)   # sets filled_at, the time of delivery and retirement
     order.reserved_kg = 0
-    order.filled_at = utcnow()
-    retire_delivered(session, order, [t.id], order.quantity_kg)
-    _, buyer_held = wallets.holder_accounts(session, order.holder_id)
-    seller_available, _ = wallets.holder_accounts(session, listing.seller_id)
+    buyer_held, seller_available, fees = _settlement_accounts(session, order.holder_id, listing.seller_id)
     wallets.post(session, JournalKind.SETTLEMENT, [
-        (buyer_held, -order.total), (seller_available, order.notional),
-        (wallets.system_account(session, CashAccountKind.FEES), order.fee)], ref=order.ref,
-        memo=f"offset order {order.id} from listing {listing.id}")
+        (buyer_held, -order.total), (seller_available, order.notional), (fees, order.fee)], ref=order.ref,
+        memo=f"offset order {order.id} from listing {listing.id}", already_locked=True)
+
+
+def _settlement_accounts(session: Session, buyer_id: int, seller_id: int) -> tuple[CashAccount, CashAccount,
+                                                                                  CashAccount]:
+    """(buyer's held, seller's available, the platform's fees) cash accounts, locked in id order
+    with one statement (as `wallets.post` would lock them), fresh from the database."""
+    want = [(buyer_id, CashAccountKind.HELD), (seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)]
+    stmt = (select(CashAccount).where(CashAccount.currency == wallets.CURRENCY, or_(
+        and_(CashAccount.holder_id == buyer_id, CashAccount.kind == CashAccountKind.HELD),
+        and_(CashAccount.holder_id == seller_id, CashAccount.kind == CashAccountKind.AVAILABLE),
+        and_(CashAccount.holder_id.is_(None), CashAccount.kind == CashAccountKind.FEES)))
+        .order_by(CashAccount.id).with_for_update(key_share=True).execution_options(populate_existing=True))
+    found = {(a.holder_id, a.kind): a for a in session.scalars(stmt)}
+    if len(found) < len(want):   # a seller without a wallet yet: open it, then lock all three
+        wallets.holder_accounts(session, seller_id)
+        wallets.system_account(session, CashAccountKind.FEES)
+        found = {(a.holder_id, a.kind): a for a in session.scalars(stmt)}
+    a, b, c = (found[k] for k in want)
+    return a, b, c
 
 
 def fulfil(session: Session, order_id: int) -> OffsetOrder:
@@ -615,7 +654,6 @@ def check(session: Session) -> list[str]:
     3. a refunded order gave back everything it was paid; an order in draft or awaiting payment
        holds no money; a cancelled one holds none either."""
     problems: list[str] = []
-    from registry.models import Block, Retirement
     listed = dict(session.execute(select(Block.hold_ref, func.sum(Block.quantity)).where(
         Block.status == BlockStatus.LISTED, Block.hold_ref.like("listing:%")).group_by(Block.hold_ref)).tuples().all())
     reserved = dict(session.execute(select(OffsetOrder.listing_id, func.sum(OffsetOrder.reserved_kg)).where(

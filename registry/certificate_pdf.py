@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import escape
 
-from reportlab.graphics.barcode.qr import QrCodeWidget  # type: ignore[import-untyped]
-from reportlab.graphics.shapes import Drawing  # type: ignore[import-untyped]
+import segno
 from reportlab.lib import colors  # type: ignore[import-untyped]
 from reportlab.lib.enums import TA_CENTER, TA_RIGHT  # type: ignore[import-untyped]
 from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
@@ -31,13 +30,14 @@ from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont  # type: ignore[import-untyped]
 from reportlab.pdfbase.ttfonts import TTFont  # type: ignore[import-untyped]
 from reportlab.platypus import (  # type: ignore[import-untyped]
+    Flowable,
     KeepTogether,
-    Paragraph,
     SimpleDocTemplate,
     Spacer,
     Table,
     TableStyle,
 )
+from reportlab.platypus import Paragraph as _Paragraph  # type: ignore[import-untyped]
 
 CJK = "STSong-Light"
 LATIN = "Helvetica"
@@ -53,6 +53,35 @@ PURPOSES = {
     "personal": ("个人碳中和", "Personal carbon neutrality"),
     "other": ("其他", "Other"),
 }
+
+class Paragraph(_Paragraph):  # type: ignore[misc]
+    """A Paragraph that breaks its lines once per width, by CJK rules only where it has CJK text.
+
+    Tables and KeepTogether ask a cell the same question two or three times (to measure, to split,
+    to draw); line breaking with CJK rules is most of a certificate's rendering time. The result
+    depends only on the text, the style and the width, so it is kept while the lines are unchanged.
+    Text that is all ASCII (hashes, serials, English sentences) breaks at spaces, as Latin text
+    should, which is also much cheaper (words longer than a line are still split)."""
+
+    def __init__(self, text: str, style: ParagraphStyle, *args: Any, **kw: Any) -> None:
+        if text is not None and style.wordWrap == "CJK" and text.isascii():
+            style = _latin_variant(style)
+        super().__init__(text, style, *args, **kw)
+
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
+        memo = self.__dict__.get("_wrapped")
+        if memo is not None and memo[0] == avail_width and memo[1] is getattr(self, "blPara", None):
+            self.width, self.height, self._wrapWidths = avail_width, memo[2], memo[3]
+            return avail_width, memo[2]
+        width, height = super().wrap(avail_width, avail_height)
+        self._wrapped = (avail_width, getattr(self, "blPara", None), height, getattr(self, "_wrapWidths", None))
+        return width, height
+
+
+@functools.lru_cache(maxsize=64)
+def _latin_variant(style: ParagraphStyle) -> ParagraphStyle:
+    return ParagraphStyle(f"{style.name}-latin", style, wordWrap=None, splitLongWords=1)
+
 
 def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
     """Register and name the font for Chinese text.
@@ -116,16 +145,57 @@ def times(retired_at: str) -> tuple[str, str]:
             t.astimezone(CHINA_TIME).strftime(fmt) + " 北京时间 China time (UTC+8)")
 
 
-def qr_drawing(url: str, size: float = 34 * mm) -> Drawing:
+QUIET_ZONE = 4  # modules of white around the symbol, as ISO/IEC 18004 asks
+
+
+class QrCode(Flowable):  # type: ignore[misc]
+    """A QR code (error correction M) of `value`, `size` points square, quiet zone included.
+
+    The module matrix comes from segno; the dark modules are drawn as one filled path of one
+    rectangle per horizontal run (a few hundred path operators, no per-module drawing objects)."""
+
+    def __init__(self, value: str, size: float = 34 * mm) -> None:
+        super().__init__()
+        self.value = value
+        self.size = size
+        self.matrix = [bytes(row) for row in segno.make_qr(value, error="m", boost_error=False).matrix]
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(row, first column, length) of every horizontal run of dark modules."""
+        out = []
+        for y, row in enumerate(self.matrix):
+            x, n = 0, len(row)
+            while x < n:
+                if row[x]:
+                    start = x
+                    while x < n and row[x]:
+                        x += 1
+                    out.append((y, start, x - start))
+                else:
+                    x += 1
+        return out
+
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
+        return self.size, self.size
+
+    def draw(self) -> None:
+        m = self.size / (len(self.matrix) + 2 * QUIET_ZONE)
+        top = self.size - QUIET_ZONE * m
+        path = self.canv.beginPath()
+        for y, x, n in self.runs():
+            path.rect((QUIET_ZONE + x) * m, top - (y + 1) * m, n * m, m)
+        self.canv.setFillColor(colors.black)
+        self.canv.drawPath(path, stroke=0, fill=1)
+
+
+def qr_drawing(url: str, size: float = 34 * mm) -> QrCode:
     """A QR code (error correction M) of `url`, `size` points square, quiet zone included."""
-    widget = QrCodeWidget(url, barLevel="M")
-    x0, y0, x1, y1 = widget.getBounds()
-    d = Drawing(size, size, transform=[size / (x1 - x0), 0, 0, size / (y1 - y0), 0, 0])
-    d.add(widget)  # d.contents[0].value is what the code encodes
-    return d
+    return QrCode(url, size)
 
 
+@functools.lru_cache(maxsize=8)
 def _styles(cjk: str) -> dict[str, ParagraphStyle]:
+    """The certificate's paragraph styles for a CJK font (built once: reportlab does not change them)."""
     base = ParagraphStyle("base", fontName=LATIN, fontSize=9.5, leading=13, wordWrap="CJK")
     return {
         "base": base,
@@ -142,6 +212,7 @@ def _styles(cjk: str) -> dict[str, ParagraphStyle]:
         "h2": ParagraphStyle("h2", base, fontName=LATIN_BOLD, fontSize=10.5, leading=15, textColor=GREEN,
                              spaceBefore=8, spaceAfter=3),
         "right": ParagraphStyle("right", base, fontSize=8, leading=10, alignment=TA_RIGHT),
+        "small_right": ParagraphStyle("small_right", base, fontSize=7.5, leading=9.5, alignment=TA_RIGHT),
     }
 
 
@@ -215,10 +286,10 @@ def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] |
             Paragraph(str(int(s["vintage"])), st["small"]),
             Paragraph(f"{escape(str(m['code']))} v{escape(str(m['version']))}<br/>"
                       f"{mark(str(m.get('title_zh') or ''))}", st["small"]),
-            Paragraph(f"{int(s['quantity_kg']):,}", ParagraphStyle("r", st["small"], alignment=TA_RIGHT)),
+            Paragraph(f"{int(s['quantity_kg']):,}", st["small_right"]),
         ])
     table_rows.append(["", "", "", Paragraph(f"{mark('合计')} Total", st["small"]),
-                       Paragraph(f"<b>{qty:,}</b>", ParagraphStyle("r", st["small"], alignment=TA_RIGHT))])
+                       Paragraph(f"<b>{qty:,}</b>", st["small_right"])])
     serials = Table(table_rows, colWidths=[52 * mm, 48 * mm, 14 * mm, 36 * mm, None], repeatRows=1)
     serials.setStyle(TableStyle([
         ("VALIGN", (0, 0), (-1, -1), "TOP"),

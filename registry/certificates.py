@@ -34,10 +34,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from registry.errors import InvalidInput
-from registry.models import Block, Retirement
+from registry.models import Batch, Block, Retirement
 from registry.serials import SerialRange, parse_serial
 
 SCHEMA = "tanhui.certificate/1"
@@ -157,7 +157,9 @@ def certificate_body(session: Session, retirement: Retirement, base_url: str,
 
     Quantities are integer kg; the time is ISO-8601 UTC with a "Z"; the serial ranges are sorted.
     """
+    batch = joinedload(Block.batch)   # one query for the blocks with their batches, projects and methodologies
     blocks = list(session.scalars(select(Block).where(Block.retirement_id == retirement.id)
+                                  .options(batch.joinedload(Batch.project), batch.joinedload(Batch.methodology))
                                   .order_by(Block.batch_id, Block.start)))
     return {
         "schema": SCHEMA,

@@ -285,33 +285,77 @@ def retire(session: Session, actor: Actor, *, selection: Selection, beneficiary:
            purpose: str, footprint_ref: str | None = None, message: str | None = None) -> Retirement:
     """Retire units of the actor's holding account for `beneficiary`; final. Several batches may be
     retired in one call. Returns the retirement with its unique certificate number."""
+    why = _retirement_claim(actor, beneficiary, jurisdiction, purpose)
+    selection.validate()
+    source = lock_account(session, account_of(session, actor.holder_id).id)
+    sink = account_of(session, actor.holder_id, AccountKind.RETIREMENT)
+    blocks = _pick(session, source, selection)
+    return _retire(session, actor, blocks, sink, beneficiary=beneficiary, jurisdiction=jurisdiction, purpose=why,
+                   footprint_ref=footprint_ref, message=message)
+
+
+def _retirement_claim(actor: Actor, beneficiary: str, jurisdiction: str, purpose: str) -> RetirementPurpose:
+    """Check who may retire and what the claim says; the purpose parsed."""
     actor.require_can_move_units()
     if not beneficiary or not beneficiary.strip():
         raise InvalidInput("beneficiary is required", field="beneficiary")
     if not jurisdiction or not jurisdiction.strip():
         raise InvalidInput("jurisdiction (city or district of the claim) is required", field="jurisdiction")
     try:
-        why = RetirementPurpose(purpose)
+        return RetirementPurpose(purpose)
     except ValueError:
         raise InvalidInput(f"purpose must be one of {[p.value for p in RetirementPurpose]}",
                            field="purpose") from None
-    selection.validate()
-    source = lock_account(session, account_of(session, actor.holder_id).id)
-    sink = account_of(session, actor.holder_id, AccountKind.RETIREMENT)
-    blocks = _pick(session, source, selection)
+
+
+def _retire(session: Session, actor: Actor, blocks: list[Block], sink: Account, *, beneficiary: str,
+            jurisdiction: str, purpose: RetirementPurpose, footprint_ref: str | None,
+            message: str | None) -> Retirement:
     qty = sum(b.quantity for b in blocks)
     r = Retirement(certificate_number=new_certificate_number(), holder_id=actor.holder_id,
                    account_id=sink.id, quantity_kg=qty, beneficiary=beneficiary.strip(),
-                   jurisdiction=jurisdiction.strip(), purpose=why, footprint_ref=footprint_ref,
+                   jurisdiction=jurisdiction.strip(), purpose=purpose, footprint_ref=footprint_ref,
                    message=message, created_by_id=actor.user_id, retired_at=utcnow())
     session.add(r)
     session.flush()
     _move(session, blocks, sink, BlockStatus.RETIRED, MovementKind.RETIREMENT, retirement_id=r.id)
     audit.record(session, actor, "units.retired", "retirement", r.id,
                  {"certificate_number": r.certificate_number, "quantity_kg": qty,
-                  "beneficiary": r.beneficiary, "jurisdiction": r.jurisdiction, "purpose": why.value,
+                  "beneficiary": r.beneficiary, "jurisdiction": r.jurisdiction, "purpose": purpose.value,
                   "footprint_ref": footprint_ref, "serials": _ranges_payload(session, blocks)})
     return r
+
+
+def retire_blocks(session: Session, actor: Actor, blocks: Sequence[Block], *, beneficiary: str, jurisdiction: str,
+                  purpose: str, footprint_ref: str | None = None, message: str | None = None) -> Retirement:
+    """Retire exactly `blocks` for `beneficiary`, as `retire` does (same checks, movements, audit
+    record and certificate number), when the caller already holds them: blocks of the actor's
+    holding account that it moved there and locked in this transaction (what `deliver_blocks`
+    returns). They are not looked up again by serial. Raises InvalidInput, Suspended (the holder
+    or a project), InsufficientUnits (code not_held: a block not held in the actor's holding account)."""
+    why = _retirement_claim(actor, beneficiary, jurisdiction, purpose)
+    if not blocks:
+        raise InvalidInput("nothing to retire", field="quantity_kg")
+    rows = session.execute(select(Account, Holder.suspended, Holder.suspension_reason)
+                           .join(Holder, Holder.id == Account.holder_id)
+                           .where(Account.holder_id == actor.holder_id,
+                                  Account.kind.in_([AccountKind.HOLDING, AccountKind.RETIREMENT]))).all()
+    accounts = {a.kind: a for a, _, _ in rows}
+    source, sink = accounts.get(AccountKind.HOLDING), accounts.get(AccountKind.RETIREMENT)
+    if source is None or sink is None:
+        raise NotFound(f"holder {actor.holder_id} has no holding or retirement account", field="account")
+    if rows[0].suspended:
+        raise Suspended(f"holder {actor.holder_id} is suspended: {rows[0].suspension_reason}", field="account")
+    for b in blocks:
+        if b.account_id != source.id or b.status is not BlockStatus.HELD:
+            raise InsufficientUnits(f"serials {b.serial()} are not held in your account", field="serials",
+                                    code="not_held")
+    suspended = session.scalar(select(Project.id).where(
+        Project.id.in_(sorted({b.project_id for b in blocks})), Project.suspended).limit(1))
+    if suspended is not None:
+        raise Suspended(f"project {suspended} is suspended", field="serials")
+    return _retire(session, actor, list(blocks), sink, beneficiary=beneficiary, jurisdiction=jurisdiction,
+                   purpose=why, footprint_ref=footprint_ref, message=message)
 
 
 def cancel(session: Session, actor: Actor, *, from_account: str, selection: Selection,
@@ -394,6 +438,13 @@ def deliver_units(session: Session, ref: str, quantity: int, to_holder_id: int, 
                   user_id: int | None = None) -> Transfer:
     """Deliver `quantity` kg of the units listed under `ref` to another holder's holding account
     (settlement of a trade). Recorded as a transfer, with the serial history kept."""
+    return deliver_blocks(session, ref, quantity, to_holder_id, memo=memo, user_id=user_id)[0]
+
+
+def deliver_blocks(session: Session, ref: str, quantity: int, to_holder_id: int, *, memo: str,
+                   user_id: int | None = None) -> tuple[Transfer, list[Block]]:
+    """`deliver_units`, returning also the delivered blocks, locked until the caller commits (e.g.
+    to retire exactly them with `retire_blocks`). Raises InsufficientUnits (field quantity_kg)."""
     blocks = _take_listed(session, ref, quantity)
     source_id = blocks[0].account_id
     dest = account_of(session, to_holder_id)
@@ -407,7 +458,7 @@ def deliver_units(session: Session, ref: str, quantity: int, to_holder_id: int, 
     audit.record(session, None, "units.delivered", "transfer", t.id,
                  {"ref": ref, "to_holder_id": to_holder_id, "quantity_kg": quantity, "memo": memo,
                   "serials": _ranges_payload(session, blocks)})
-    return t
+    return t, blocks
 
 
 _BLOCKS = cast(Table, Block.__table__)

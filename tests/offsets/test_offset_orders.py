@@ -276,7 +276,7 @@ def test_crash_inside_the_fill_leaves_nothing_half_done(session, session_factory
 
     def die(*a, **k):
         raise Killed()
-    monkeypatch.setattr(offsets.units, "retire", die)     # the process dies after delivery, before retiring
+    monkeypatch.setattr(offsets.units, "retire_blocks", die)     # the process dies after delivery, before retiring
     with pytest.raises(Killed):
         offsets.resume_paid(session_factory)
     monkeypatch.undo()

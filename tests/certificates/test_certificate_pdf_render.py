@@ -1,0 +1,69 @@
+"""How the certificate PDF is drawn cheaply: the QR code as runs of one path, line breaking once per width."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from registry import certificate_pdf as pdf
+
+URL = "https://tanhui.example/retirements/THC-2026-0123456789"
+
+
+def test_qr_runs_cover_exactly_the_dark_modules() -> None:
+    code = pdf.QrCode(URL)
+    n = len(code.matrix)
+    assert n == 33   # 54 bytes at level M need version 4: 17 + 4 * 4 modules a side
+    runs = code.runs()
+    assert sum(length for _, _, length in runs) == sum(sum(row) for row in code.matrix)
+    drawn = {(y, x + i) for y, x, length in runs for i in range(length)}
+    assert drawn == {(y, x) for y, row in enumerate(code.matrix) for x, dark in enumerate(row) if dark}
+    # Row 0: the two top finder patterns, 7 dark modules each, in the corners.
+    row0 = [r for r in runs if r[0] == 0]
+    assert row0[0] == (0, 0, 7) and row0[-1] == (0, n - 7, 7)
+    # Row 6: the timing pattern between the finders alternates, dark on even columns.
+    assert [r for r in runs if r[0] == 6 and 7 < r[1] < n - 8] == [(6, x, 1) for x in range(8, n - 8, 2)]
+
+
+def test_qr_size_includes_the_quiet_zone() -> None:
+    code = pdf.QrCode(URL, size=123.0)
+    assert code.wrap(500, 500) == (123.0, 123.0)
+    assert code.value == URL
+
+
+def test_paragraph_breaks_lines_once_per_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    style = pdf._styles(pdf.cjk_font())["base"]
+    p = pdf.Paragraph(pdf.rich("兹证明下列减排量已在登记簿中永久注销，归属于 GBA Forum 2026，不可再转让或使用。" * 3), style)
+    calls: list[Any] = []
+    original = pdf._Paragraph.breakLinesCJK
+
+    def counting(self: Any, widths: Any) -> Any:
+        calls.append(widths)
+        return original(self, widths)
+
+    monkeypatch.setattr(pdf._Paragraph, "breakLinesCJK", counting)
+    wide = p.wrap(400, 1000)
+    assert p.wrap(400, 50) == wide and len(calls) == 1   # the height offered does not change the lines
+    narrow = p.wrap(150, 1000)
+    assert narrow[1] > wide[1] and len(calls) == 2
+    assert p.wrap(400, 1000) == wide and len(calls) == 3  # the lines changed meanwhile: broken again
+    assert p.wrap(400, 1000) == wide and len(calls) == 3
+    first, rest = p.split(400, style.leading * 2)
+    assert first.wrap(400, 1000)[1] == style.leading * 2
+    assert first.wrap(400, 1000)[1] + rest.wrap(400, 1000)[1] == wide[1]
+
+
+def test_ascii_text_breaks_at_spaces_and_cjk_text_by_cjk_rules() -> None:
+    st = pdf._styles(pdf.cjk_font())
+    latin = pdf.Paragraph("Verify offline: download this certificate's JSON", st["small"])
+    assert latin.style.wordWrap is None and latin.style.fontSize == st["small"].fontSize
+    assert pdf.Paragraph(pdf.rich("离线验证 offline"), st["small"]).style.wordWrap == "CJK"
+    words = pdf.Paragraph("alpha beta gamma delta epsilon zeta eta theta", st["small"])
+    words.wrap(60, 1000)
+    lines = [" ".join(line[1]) for line in words.blPara.lines]
+    assert len(lines) > 1 and " ".join(lines) == "alpha beta gamma delta epsilon zeta eta theta"  # whole words
+    digest = pdf.Paragraph("9c52a2e978c661f67c9a" * 8, st["mono"])   # one word wider than the line
+    width, height = digest.wrap(100, 1000)
+    assert height == st["mono"].leading * len(digest.blPara.lines) and len(digest.blPara.lines) > 1
+    assert "".join("".join(line[1]) for line in digest.blPara.lines) == "9c52a2e978c661f67c9a" * 8

@@ -8,6 +8,7 @@ from flask import Response
 from werkzeug.exceptions import HTTPException
 
 import web.api.behaviour_routes  # noqa: F401  (registers the behaviour operations)
+import web.api.rewards_routes  # noqa: F401  (rewards mall, pool, badges, programme issuance)
 from web.api import carbon_routes, exchange_routes, routes  # noqa: F401  (registers the operations)
 from web.api.blueprint import bp
 from web.api.core import error_response

@@ -48,7 +48,7 @@ from registry.actors import Actor
 from registry.behaviour import BehaviourEvent
 from registry.db import Base, utcnow
 from registry.errors import Conflict, Forbidden, InvalidInput, NotFound
-from registry.models import Holder, ProjectKind, ProjectStatus, UserRole
+from registry.models import Holder, MonitoringReport, Project, ProjectKind, ProjectStatus, UserRole
 
 GRAMS_PER_KG = 1000
 _PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -178,9 +178,9 @@ def due_periods(session: Session, today: dt.date) -> list[tuple[int, str]]:
     each month after its last closed period through last month (last month alone if none closed)."""
     last_month = previous_month(today)
     out = []
-    for pid in session.scalars(select(projects.Project.id).where(
-            projects.Project.kind == ProjectKind.PROGRAMME, projects.Project.status == ProjectStatus.REGISTERED,
-            projects.Project.suspended.is_(False)).order_by(projects.Project.id)):
+    for pid in session.scalars(select(Project.id).where(
+            Project.kind == ProjectKind.PROGRAMME, Project.status == ProjectStatus.REGISTERED,
+            Project.suspended.is_(False)).order_by(Project.id)):
         last = last_closed(session, pid)
         if last is None:
             out.append((pid, last_month))
@@ -190,3 +190,35 @@ def due_periods(session: Session, today: dt.date) -> list[tuple[int, str]]:
             out.append((pid, f"{day.year:04d}-{day.month:02d}"))
             day = parse_period(f"{day.year:04d}-{day.month:02d}")[1] + dt.timedelta(days=1)
     return out
+
+
+def check(session: Session) -> list[str]:
+    """The carry chain of every programme: the first period carries nothing in, each carries in what
+    the one before carried out, the grams counted never exceed the accepted grams through the last
+    closed day, and each period's report claims its kg."""
+    found: list[str] = []
+    by_programme: dict[int, list[ProgrammePeriod]] = {}
+    for p in session.scalars(select(ProgrammePeriod).order_by(ProgrammePeriod.programme_id, ProgrammePeriod.period_end)
+                             .execution_options(populate_existing=True)):
+        by_programme.setdefault(p.programme_id, []).append(p)
+    for programme_id, rows in by_programme.items():
+        carry = 0
+        for p in rows:
+            if p.carried_in_g != carry:
+                found.append(f"programme {programme_id} {p.period}: carried in {p.carried_in_g} g, "
+                             f"the period before carried out {carry} g")
+            carry = p.carried_out_g
+        accepted = int(session.scalar(select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0)).where(
+            BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == "accepted",
+            BehaviourEvent.day <= rows[-1].period_end)) or 0)
+        counted = sum(p.counted_g for p in rows)
+        if counted > accepted:
+            found.append(f"programme {programme_id}: {counted} g counted but {accepted} g accepted "
+                         f"through {rows[-1].period_end}")
+    for period, programme_id, kg, claimed in session.execute(
+            select(ProgrammePeriod.period, ProgrammePeriod.programme_id, ProgrammePeriod.kg,
+                   MonitoringReport.claimed_kg)
+            .join(MonitoringReport, MonitoringReport.id == ProgrammePeriod.report_id)
+            .where(MonitoringReport.claimed_kg != ProgrammePeriod.kg)):
+        found.append(f"programme {programme_id} {period}: {kg} kg closed but its report claims {claimed} kg")
+    return found

@@ -203,14 +203,18 @@ def redeem(session: Session, actor: Actor, reward_id: int, *, now: dt.datetime |
     today = china_today(now)
     if not reward.active or not reward.valid_from <= today <= reward.valid_until:
         raise Conflict(f"reward {reward_id} is not on offer today", field="reward_id", code="not_available")
-    code = new_code()
-    entry = points.redeem_points(session, actor, actor.user_id, reward.points_price, f"reward:{code}")
+    merchant = session.get(Holder, reward.merchant_id)
+    if merchant is None or merchant.suspended:
+        raise Conflict(f"reward {reward_id}'s merchant is suspended", field="reward_id", code="not_available")
+    # The ledger's reference is not the code: the ledger and the audit log never show a usable code.
+    entry = points.redeem_points(session, actor, actor.user_id, reward.points_price,
+                                 f"reward:{reward.id}:{secrets.token_hex(8)}")
     # The hot row is locked last and only for the rest of this short transaction.
     taken = session.execute(update(Reward).where(Reward.id == reward_id, Reward.stock >= 1)
                             .values(stock=Reward.stock - 1).execution_options(synchronize_session=False))
     if taken.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict(f"reward {reward_id} is out of stock", field="reward_id", code="out_of_stock")
-    r = Redemption(code=code, reward_id=reward.id, merchant_id=reward.merchant_id, user_id=actor.user_id,
+    r = Redemption(code=new_code(), reward_id=reward.id, merchant_id=reward.merchant_id, user_id=actor.user_id,
                    points=reward.points_price, cash_value=reward.cash_value, points_entry_id=entry.id,
                    valid_until=reward.valid_until, status="issued", created_at=utcnow())
     session.add(r)

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 
 import click
 from sqlalchemy.orm import sessionmaker
 
-from exchange import programme_issuance, rewards_jobs
-from registry import programme_periods
+from exchange import programme_issuance, rewards_jobs, rewards_pool
+from registry import programme_periods, rewards
 from registry.errors import RegistryError
 from web.extensions import db
 
@@ -61,5 +62,18 @@ def programme_issuance_run(today: dt.datetime | None) -> None:
     click.echo(f"offered {len(run.offered)} orders; funded {run.funded} fen; {run.paid} payments made")
 
 
-REGISTRY_COMMANDS = [close_period, award_badges]
+@click.command("check-rewards")
+def check_rewards() -> None:
+    """Check the mall (every code took its points, no negative stock), the rewards pool's books and
+    every programme's carry chain; exit 1 listing violations."""
+    with sessionmaker(bind=db.engine)() as s:
+        found = rewards.check(s) + rewards_pool.check(s) + programme_periods.check(s)
+    for line in found:
+        click.echo(line)
+    click.echo(f"{len(found)} violations" if found else "rewards, pool and programme periods: sound")
+    if found:
+        sys.exit(1)
+
+
+REGISTRY_COMMANDS = [close_period, award_badges, check_rewards]
 EXCHANGE_COMMANDS = [rewards_settle, programme_issuance_run]

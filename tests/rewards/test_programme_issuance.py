@@ -103,6 +103,14 @@ def test_grams_to_kg_with_the_remainder_carried_across_three_periods(
         issuance.issue(session, bw.operator.actor, r.id)
     session.commit()
     assert sum(r.claimed_kg for r in reports) == 5
+    assert programme_periods.check(session) == []
+    # a tampered carry is named by the check
+    session.execute(ProgrammePeriod.__table__.update().where(ProgrammePeriod.id == sep.id)
+                    .values(carried_in_g=806, counted_g=830))
+    assert programme_periods.check(session) == [
+        f"programme {bw.programme_id} 2026-09: carried in 806 g, the period before carried out 807 g",
+        f"programme {bw.programme_id}: 5317 g counted but 5316 g accepted through 2026-10-31"]
+    session.rollback()
 
 
 def test_periods_close_in_order_once_ended_by_the_owner_or_operator(
@@ -203,6 +211,8 @@ def test_close_period_over_the_cli_and_the_api(runner: Any, client: Any, session
     listed = client.get(f"/api/v1/programmes/{pid}/periods").json
     assert [(p["period"], p["kg"], p["carried_out_g"]) for p in listed] == [("2026-08", 1, 807), ("2026-09", 0, 807)]
     assert client.get("/api/v1/programmes/999999/periods").status_code == 404
+    checked = runner.invoke(args=["registry", "check-rewards"])
+    assert checked.exit_code == 0 and "sound" in checked.output
 
 
 def test_the_scheduler_runs_the_loop_jobs_with_their_locks(session_factory: sessionmaker[Session]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import behaviour, points, rewards
+from registry import behaviour, holders, points, rewards
 from registry.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.models import HolderKind
 from registry.rewards import Redemption, Reward
@@ -73,6 +73,11 @@ def test_refusals_change_nothing(mall: Mall, session: Session) -> None:
     with pytest.raises(Conflict) as early:
         rewards.redeem(session, other, future.id)
     assert early.value.code == "not_available"
+    session.rollback()
+    holders.set_holder_suspension(session, mall.bw.operator.actor, mall.merchant.holder.id, True, "投诉调查")
+    with pytest.raises(Conflict) as suspended:
+        rewards.redeem(session, other, mall.reward_id)
+    assert (suspended.value.code, suspended.value.field) == ("not_available", "reward_id")
     session.rollback()
 
 

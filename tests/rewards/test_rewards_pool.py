@@ -3,6 +3,7 @@ used codes are paid from it first come first served, and it never goes negative.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -134,3 +135,37 @@ def test_only_the_operator_runs_the_settlement(session: Session) -> None:
     funded, paid = rewards_pool.settle(session, mall.bw.operator.actor)
     assert (funded.amount, paid) == (0, [])
     session.commit()
+
+
+def test_merchants_racing_on_a_small_pool_never_overdraw_it(session: Session,
+                                                          session_factory: sessionmaker[Session]) -> None:
+    """Six codes of 10.00 used at once against a pool of 30.00: three are paid, three wait."""
+    n = 6
+    mall = build_mall(session, residents=n, grant=100, stock=n, points_price=100, cash_value=10_00)
+    codes = [rewards.redeem(session, mall.member(session, i), mall.reward_id).code for i in range(n)]
+    wallets.deposit(session, mall.bw.operator.actor, rewards_pool.pool_holder_id(session), 30_00)
+    session.commit()
+    counter = mall.merchant.actor
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def use(code: str) -> None:
+        barrier.wait()
+        try:
+            with session_factory() as s, s.begin():
+                rewards_pool.use_code(s, counter, code)
+        except BaseException as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=use, args=(c,)) for c in codes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    statuses = sorted(session.scalars(select(MerchantPayment.status)).all())
+    assert statuses == ["paid"] * 3 + ["waiting"] * 3
+    assert rewards_pool.pool_balance(session) == 0
+    assert wallets.balance(session, mall.merchant.holder.id).available == 30_00
+    assert rewards_pool.check(session) == [] and wallets.check(session) == []
+    session.rollback()

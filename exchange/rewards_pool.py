@@ -11,8 +11,9 @@ them) and then moves money with `wallets.post`:
   delivered serials (trade → its transfer → movements → batches) are that programme's credits, the
   seller's proceeds (notional − seller fee, in fen) move from the seller's available money into the
   pool, pro rata to the programme kg when a pooled contract delivered other credits too (floor; the
-  remainder stays with the seller). Once per trade: `rewards_pool_inflows.trade_id` is unique. A
-  trade whose seller no longer has the money (withdrawn) waits for a later run.
+  remainder stays with the seller). Trades are scanned once, in id order, behind a watermark
+  (`rewards_pool.scanned_trade_id`): each programme trade becomes a pending inflow (unique per
+  trade), funded when the seller has the money; one whose seller withdrew it waits for a later run.
 - **Outflow** (`use_code`, `pay_waiting`): a used code creates a merchant payment of the reward's
   cash value; payments are made first-come first-served while the pool can afford them. One it
   cannot afford stays `waiting` (as do the ones after it) until an inflow arrives: the pool never
@@ -32,6 +33,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     String,
     func,
     select,
@@ -47,7 +49,7 @@ from registry import audit, holders, rewards
 from registry.actors import Actor
 from registry.db import Base, BigKey, utcnow
 from registry.errors import InvalidInput
-from registry.models import Holder, HolderKind
+from registry.models import Holder, HolderKind, Movement
 
 POOL_NAME = "碳惠奖励池"
 POOL_NAME_EN = "Tanhui rewards pool"
@@ -61,22 +63,37 @@ class RewardsPool(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), unique=True)
+    # Every trade up to this id has been examined (and, if it sold programme credits, has its inflow).
+    scanned_trade_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class PoolInflow(Base):
-    """The proceeds of one trade of programme credits, moved into the pool (once per trade)."""
+    """The pool's part of one trade of programme credits: pending until moved into the pool, then
+    funded (once per trade)."""
 
     __tablename__ = "rewards_pool_inflows"
-    __table_args__ = (CheckConstraint("amount > 0 AND programme_kg > 0", name="positive"),)
+    __table_args__ = (
+        CheckConstraint("amount > 0 AND programme_kg > 0", name="positive"),
+        CheckConstraint("status IN ('pending', 'funded')", name="status"),
+        CheckConstraint("(status = 'funded') = (journal_id IS NOT NULL AND funded_at IS NOT NULL)",
+                        name="funded_iff_journal"),
+        Index("ix_rewards_pool_inflows_pending", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     trade_id: Mapped[int] = mapped_column(ForeignKey("trades.id"), unique=True)
     seller_id: Mapped[int] = mapped_column(ForeignKey("holders.id"))
     programme_kg: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
-    journal_id: Mapped[int] = mapped_column(ForeignKey("journals.id"))
+    status: Mapped[str] = mapped_column(String(8), default="pending")
+    journal_id: Mapped[int | None] = mapped_column(ForeignKey("journals.id"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    funded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+# A trade's delivered serials are found from its transfer: the movements need an index for that.
+Index("ix_movements_transfer_id", Movement.transfer_id)
 
 
 class MerchantPayment(Base):
@@ -186,11 +203,9 @@ FROM trades t
 JOIN movements m ON m.transfer_id = t.transfer_id
 JOIN batches b ON b.id = m.batch_id
 JOIN projects p ON p.id = b.project_id
-WHERE p.kind = 'programme' AND p.owner_id = t.seller_id
-  AND NOT EXISTS (SELECT 1 FROM rewards_pool_inflows i WHERE i.trade_id = t.id)
+WHERE t.id > :after AND t.id <= :upto AND p.kind = 'programme' AND p.owner_id = t.seller_id
 GROUP BY t.id, t.seller_id, t.qty_kg, t.notional, t.seller_fee
 ORDER BY t.id
-LIMIT :limit
 """
 
 
@@ -210,33 +225,52 @@ def programme_share(proceeds: int, programme_kg: int, qty_kg: int) -> int:
     return proceeds if programme_kg >= qty_kg else proceeds * programme_kg // qty_kg
 
 
-def fund_from_trades(session: Session, actor: Actor | None = None, limit: int = 1000) -> FundingResult:
-    """Move the proceeds of settled programme-credit trades into the pool (see the module
-    docstring); once per trade. The caller commits."""
-    pool = _lock_pool(session)
-    result = FundingResult([], [])
+def scan_trades(session: Session, limit: int = 10_000) -> int:
+    """Record the pool's part of every trade after the last one scanned, up to `limit` trades, as a
+    pending inflow, and advance the watermark; returns how many trades were scanned. Each trade is
+    read once (no rescan of the history). The caller holds the pool's lock."""
+    pool = session.get(RewardsPool, 1, populate_existing=True)
+    assert pool is not None
+    after = pool.scanned_trade_id
+    window = select(Trade.id).where(Trade.id > after).order_by(Trade.id).limit(limit).subquery()
+    upto = session.scalar(select(func.max(window.c.id)))
+    if upto is None:
+        return 0
+    now = utcnow()
     for trade_id, seller_id, qty_kg, proceeds, programme_kg in session.execute(
-            text(_PROGRAMME_TRADES), {"limit": limit}).all():
+            text(_PROGRAMME_TRADES), {"after": after, "upto": upto}).all():
         amount = programme_share(int(proceeds), int(programme_kg), int(qty_kg))
-        if amount <= 0:
-            continue
-        available, _ = wallets.holder_accounts(session, seller_id)
+        if amount > 0:
+            session.add(PoolInflow(trade_id=trade_id, seller_id=seller_id, programme_kg=int(programme_kg),
+                                   amount=amount, status="pending", created_at=now))
+    scanned = int(session.scalar(select(func.count()).where(Trade.id > after, Trade.id <= upto)) or 0)
+    pool.scanned_trade_id = int(upto)
+    session.flush()
+    return scanned
+
+
+def fund_from_trades(session: Session, actor: Actor | None = None, limit: int = 10_000) -> FundingResult:
+    """Scan new trades (`scan_trades`), then move every pending inflow into the pool, oldest first;
+    one whose seller lacks the money stays pending for a later run. The caller commits."""
+    pool = _lock_pool(session)
+    scan_trades(session, limit)
+    result = FundingResult([], [])
+    for inflow in session.scalars(select(PoolInflow).where(PoolInflow.status == "pending").order_by(PoolInflow.id)):
+        available, _ = wallets.holder_accounts(session, inflow.seller_id)
         try:
             with session.begin_nested():
-                j = wallets.post(session, JournalKind.SETTLEMENT, [(available, -amount), (pool, amount)],
-                                 ref=f"pool-in:trade:{trade_id}",
+                j = wallets.post(session, JournalKind.SETTLEMENT, [(available, -inflow.amount), (pool, inflow.amount)],
+                                 ref=f"pool-in:trade:{inflow.trade_id}",
                                  memo="programme credit proceeds fund the rewards pool")
         except InsufficientFunds:
-            result.unfunded_trade_ids.append(trade_id)
+            result.unfunded_trade_ids.append(inflow.trade_id)
             continue
-        inflow = PoolInflow(trade_id=trade_id, seller_id=seller_id, programme_kg=int(programme_kg), amount=amount,
-                            journal_id=j.id, created_at=utcnow())
-        session.add(inflow)
-        session.flush()
-        audit.record(session, actor, "rewards_pool.funded", "trade", trade_id,
-                     {"seller_id": seller_id, "programme_kg": int(programme_kg), "trade_qty_kg": int(qty_kg),
-                      "proceeds": int(proceeds), "amount": amount, "journal_id": j.id, "pool_balance": pool.balance})
+        inflow.status, inflow.journal_id, inflow.funded_at = "funded", j.id, utcnow()
+        audit.record(session, actor, "rewards_pool.funded", "trade", inflow.trade_id,
+                     {"seller_id": inflow.seller_id, "programme_kg": inflow.programme_kg, "amount": inflow.amount,
+                      "journal_id": j.id, "pool_balance": pool.balance})
         result.funded.append(inflow)
+    session.flush()
     return result
 
 
@@ -260,7 +294,8 @@ def statement(session: Session, limit: int = 100) -> dict[str, Any]:
     trades = session.execute(
         select(PoolInflow, Trade.qty_kg, Trade.price, Trade.executed_at, Instrument.symbol, Holder.name)
         .join(Trade, Trade.id == PoolInflow.trade_id).join(Instrument, Instrument.id == Trade.instrument_id)
-        .join(Holder, Holder.id == PoolInflow.seller_id).order_by(PoolInflow.id.desc()).limit(limit)).all()
+        .join(Holder, Holder.id == PoolInflow.seller_id).where(PoolInflow.status == "funded")
+        .order_by(PoolInflow.id.desc()).limit(limit)).all()
     deposits = [] if holder_id is None else list(session.scalars(
         select(Deposit).where(Deposit.holder_id == holder_id).order_by(Deposit.id.desc()).limit(limit)))
     payments = session.execute(
@@ -274,12 +309,13 @@ def statement(session: Session, limit: int = 100) -> dict[str, Any]:
         "currency": wallets.CURRENCY,
         "balance": pool_balance(session),
         "inflows": {
-            "trades_total": total(select(func.sum(PoolInflow.amount))),
+            "trades_total": total(select(func.sum(PoolInflow.amount)).where(PoolInflow.status == "funded")),
+            "trades_pending_total": total(select(func.sum(PoolInflow.amount)).where(PoolInflow.status == "pending")),
             "deposits_total": 0 if holder_id is None else total(
                 select(func.sum(Deposit.amount)).where(Deposit.holder_id == holder_id)),
             "trades": [{"trade_id": i.trade_id, "instrument": sym, "seller": seller, "programme_kg": i.programme_kg,
                         "trade_qty_kg": qty, "price": price, "executed_at": at.isoformat() + "Z",
-                        "amount": i.amount, "funded_at": i.created_at.isoformat() + "Z"}
+                        "amount": i.amount, "funded_at": i.funded_at.isoformat() + "Z" if i.funded_at else None}
                        for i, qty, price, at, sym, seller in trades],
             "deposits": [{"deposit_id": d.id, "amount": d.amount, "external_ref": d.external_ref,
                           "at": d.created_at.isoformat() + "Z"} for d in deposits],
@@ -302,7 +338,8 @@ def check(session: Session) -> list[str]:
     holder_id = session.scalar(select(RewardsPool.holder_id).where(RewardsPool.id == 1))
     if holder_id is None:
         return []
-    ins = int(session.scalar(select(func.coalesce(func.sum(PoolInflow.amount), 0))) or 0)
+    ins = int(session.scalar(select(func.coalesce(func.sum(PoolInflow.amount), 0))
+                             .where(PoolInflow.status == "funded")) or 0)
     deps = int(session.scalar(select(func.coalesce(func.sum(Deposit.amount), 0))
                               .where(Deposit.holder_id == holder_id)) or 0)
     outs = int(session.scalar(select(func.coalesce(func.sum(MerchantPayment.amount), 0))

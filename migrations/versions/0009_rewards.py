@@ -48,6 +48,7 @@ def upgrade():
     op.create_table('rewards_pool',
     sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('holder_id', sa.Integer(), nullable=False),
+    sa.Column('scanned_trade_id', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.CheckConstraint('id = 1', name=op.f('ck_rewards_pool_single')),
     sa.ForeignKeyConstraint(['holder_id'], ['holders.id'], name=op.f('fk_rewards_pool_holder_id_holders')),
@@ -144,15 +145,22 @@ def upgrade():
     sa.Column('seller_id', sa.Integer(), nullable=False),
     sa.Column('programme_kg', sa.BigInteger(), nullable=False),
     sa.Column('amount', sa.BigInteger(), nullable=False),
-    sa.Column('journal_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('status', sa.String(length=8), nullable=False),
+    sa.Column('journal_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('funded_at', sa.DateTime(), nullable=True),
     sa.CheckConstraint('amount > 0 AND programme_kg > 0', name=op.f('ck_rewards_pool_inflows_positive')),
+    sa.CheckConstraint("status IN ('pending', 'funded')", name=op.f('ck_rewards_pool_inflows_status')),
+    sa.CheckConstraint("(status = 'funded') = (journal_id IS NOT NULL AND funded_at IS NOT NULL)", name=op.f('ck_rewards_pool_inflows_funded_iff_journal')),
     sa.ForeignKeyConstraint(['journal_id'], ['journals.id'], name=op.f('fk_rewards_pool_inflows_journal_id_journals')),
     sa.ForeignKeyConstraint(['seller_id'], ['holders.id'], name=op.f('fk_rewards_pool_inflows_seller_id_holders')),
     sa.ForeignKeyConstraint(['trade_id'], ['trades.id'], name=op.f('fk_rewards_pool_inflows_trade_id_trades')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_rewards_pool_inflows')),
     sa.UniqueConstraint('trade_id', name=op.f('uq_rewards_pool_inflows_trade_id'))
     )
+    op.create_index('ix_rewards_pool_inflows_pending', 'rewards_pool_inflows', ['status', 'id'])
+    # a trade's delivered serials are found through its transfer (exchange.rewards_pool)
+    op.create_index('ix_movements_transfer_id', 'movements', ['transfer_id'])
     op.create_table('merchant_payments',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('redemption_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -181,6 +189,8 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_merchant_payments_merchant_id'))
 
     op.drop_table('merchant_payments')
+    op.drop_index('ix_movements_transfer_id', table_name='movements')
+    op.drop_index('ix_rewards_pool_inflows_pending', table_name='rewards_pool_inflows')
     op.drop_table('rewards_pool_inflows')
     with op.batch_alter_table('reward_redemptions', schema=None) as batch_op:
         batch_op.drop_index('ix_reward_redemptions_user')

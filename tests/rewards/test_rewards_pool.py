@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from exchange import instruments, orders, rewards_pool, wallets
 from exchange.models import Trade
 from exchange.orders import OrderRequest
-from exchange.rewards_pool import MerchantPayment, PoolInflow
+from exchange.rewards_pool import MerchantPayment, PoolInflow, RewardsPool
 from exchange.sequencer import Sequencer
 from registry import rewards
 from registry.errors import Forbidden
@@ -72,6 +72,10 @@ def test_programme_sales_fund_the_pool_once_per_trade(market: Market, session: S
     assert wallets.balance(session, m.agency.holder.id).available == seller_before - 5_994
     again = rewards_pool.fund_from_trades(session)
     assert again.funded == [] and rewards_pool.pool_balance(session) == 5_994
+    # every trade was read once: the watermark is past both, one inflow (the programme's trade)
+    pool = session.get(RewardsPool, 1)
+    assert pool is not None and pool.scanned_trade_id == trades[-1].id
+    assert [(i.trade_id, i.status) for i in session.scalars(select(PoolInflow))] == [(trades[0].id, "funded")]
     session.commit()
     statement = rewards_pool.statement(session)
     assert statement["balance"] == 5_994
@@ -89,6 +93,8 @@ def test_a_trade_whose_proceeds_were_withdrawn_waits(market: Market, session: Se
     first = rewards_pool.fund_from_trades(session)
     assert first.funded == [] and len(first.unfunded_trade_ids) == 1
     session.commit()
+    inflows = rewards_pool.statement(session)["inflows"]
+    assert (inflows["trades_pending_total"], inflows["trades_total"], inflows["trades"]) == (5_994, 0, [])
     w = session.scalar(select(wallets.Withdrawal))
     assert w is not None
     wallets.decide_withdrawal(session, m.w.operator.actor, w.id, approve=False, reason="资金需入奖励池")

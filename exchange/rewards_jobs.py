@@ -5,7 +5,8 @@
   fund the rewards pool, pay what waits (`exchange.programme_issuance.run_programme_issuance`);
 - rewards settlement, every 10 minutes: programme trade proceeds into the pool, waiting merchant
   payments out (`exchange.rewards_pool.settle`);
-- badges, every 10 minutes (`registry.recognition.award_badges`).
+- recognition, every 10 minutes: new behaviour batches into the year totals and badges
+  (`registry.recognition.refresh`).
 
 Each takes its advisory lock (`exchange.jobs.job_lock`) and is idempotent, so a second scheduler
 or a rerun changes nothing.
@@ -47,7 +48,7 @@ def run_badges(session_factory: sessionmaker[Session]) -> list[tuple[int, str]] 
         if not got:
             return None
         with session_factory() as s, s.begin():
-            return recognition.award_badges(s)
+            return recognition.refresh(s)
 
 
 def add_jobs(sched: BaseScheduler, session_factory: sessionmaker[Session], zone: dt.tzinfo,

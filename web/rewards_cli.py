@@ -10,7 +10,7 @@ import click
 from sqlalchemy.orm import sessionmaker
 
 from exchange import programme_issuance, rewards_jobs, rewards_pool
-from registry import programme_periods, rewards
+from registry import programme_periods, recognition, rewards
 from registry.errors import RegistryError
 from web.extensions import db
 
@@ -34,7 +34,7 @@ def close_period(programme: int, period: str) -> None:
 
 @click.command("award-badges")
 def award_badges() -> None:
-    """Award every badge earned and not yet awarded (idempotent)."""
+    """Take in the new complete behaviour batches: year totals and badges (each batch once)."""
     new = rewards_jobs.run_badges(sessionmaker(bind=db.engine))
     click.echo("another process is awarding badges" if new is None else f"{len(new)} badges awarded")
 
@@ -67,7 +67,8 @@ def check_rewards() -> None:
     """Check the mall (every code took its points, no negative stock), the rewards pool's books and
     every programme's carry chain; exit 1 listing violations."""
     with sessionmaker(bind=db.engine)() as s:
-        found = rewards.check(s) + rewards_pool.check(s) + programme_periods.check(s)
+        found = (rewards.check(s) + rewards_pool.check(s) + programme_periods.check(s)
+                 + recognition.check(s))
     for line in found:
         click.echo(line)
     click.echo(f"{len(found)} violations" if found else "rewards, pool and programme periods: sound")

@@ -5,7 +5,8 @@ Revises: 0008
 Create Date: 2026-11-23 11:47:41.987255
 
 Generated from registry.rewards (rewards, redemptions), exchange.rewards_pool (the pool, its inflows
-by trade, merchant payments), registry.recognition (badges), registry.programme_periods (closed
+by trade, merchant payments; an index on movements.transfer_id), registry.recognition (badges,
+recognised batches, members' year totals), registry.programme_periods (closed
 periods with their gram carry) and exchange.programme_issuance (offers of issued programme credits).
 """
 from alembic import op
@@ -181,10 +182,33 @@ def upgrade():
     )
     with op.batch_alter_table('merchant_payments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_merchant_payments_merchant_id'), ['merchant_id'], unique=False)
+    op.create_table('member_year_totals',
+    sa.Column('programme_id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('year', sa.Integer(), nullable=False),
+    sa.Column('reduction_g', sa.BigInteger(), nullable=False),
+    sa.CheckConstraint('reduction_g >= 0', name=op.f('ck_member_year_totals_nonnegative')),
+    sa.ForeignKeyConstraint(['programme_id'], ['projects.id'], name=op.f('fk_member_year_totals_programme_id_projects')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_member_year_totals_user_id_users')),
+    sa.PrimaryKeyConstraint('programme_id', 'user_id', 'year', name=op.f('pk_member_year_totals'))
+    )
+    with op.batch_alter_table('member_year_totals', schema=None) as batch_op:
+        batch_op.create_index('ix_member_year_totals_board', ['year', 'reduction_g'], unique=False)
 
+    op.create_table('recognised_batches',
+    sa.Column('batch_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('processed_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['batch_id'], ['behaviour_batches.id'], name=op.f('fk_recognised_batches_batch_id_behaviour_batches')),
+    sa.PrimaryKeyConstraint('batch_id', name=op.f('pk_recognised_batches'))
+    )
 
 
 def downgrade():
+    op.drop_table('recognised_batches')
+    with op.batch_alter_table('member_year_totals', schema=None) as batch_op:
+        batch_op.drop_index('ix_member_year_totals_board')
+
+    op.drop_table('member_year_totals')
     with op.batch_alter_table('merchant_payments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_merchant_payments_merchant_id'))
 

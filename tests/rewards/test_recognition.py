@@ -46,14 +46,15 @@ def test_badges_are_awarded_once_with_the_time(session: Session, session_factory
     bw = build(session, residents=4)
     feed(session, session_factory, bw)
     at = dt.datetime(2026, 11, 23, 3, 0)
-    new = recognition.award_badges(session, now=at)
+    new = recognition.refresh(session, now=at)
     u = bw.uid
     assert new == sorted([
         (u(0), "first_ride"), (u(0), "first_sorting"), (u(0), "points_1000"), (u(0), "saved_10kg"),
         (u(1), "first_sorting"), (u(1), "points_1000"), (u(1), "saved_10kg"),
         (u(2), "first_ride"), (u(3), "first_ride")])
     session.commit()
-    assert recognition.award_badges(session, now=at + H) == []        # nothing twice
+    assert recognition.refresh(session, now=at + H) == []             # every batch taken in once
+    assert recognition.award_badges(session, [u(i) for i in range(4)], now=at + H) == []   # nothing twice
     session.commit()
     assert session.scalar(select(func.count()).select_from(UserBadge)) == 9
     mine = {b["code"]: b for b in recognition.badges_of(session, u(3))}
@@ -62,6 +63,13 @@ def test_badges_are_awarded_once_with_the_time(session: Session, session_factory
     assert mine["first_ride"]["awarded_at"] == "2026-11-23T03:00:00Z"
     assert {b["code"] for b in recognition.badges_of(session, u(0))} == {
         "first_ride", "first_sorting", "points_1000", "saved_10kg"}
+    # a later batch: only its users are looked at, and only its grams are added
+    session.rollback()
+    behaviour.import_rows(session_factory, "sz-bike", "later", "api", [
+        row("k1", "bike-1", "CI-BIKE", T0 + 5 * H, minutes=15, distance_km="4")], received_at=RECEIVED)
+    assert recognition.refresh(session, now=at + 2 * H) == [(u(1), "first_ride")]
+    session.commit()
+    assert recognition.check(session) == []
     session.rollback()
 
 
@@ -69,6 +77,8 @@ def test_annual_leaderboards_by_city_district_and_community(session: Session,
                                                            session_factory: sessionmaker[Session]) -> None:
     bw = build(session, residents=4)
     feed(session, session_factory, bw)
+    assert recognition.leaderboard(session, 2026, city="深圳市")["entries"] == []   # not yet taken in
+    recognition.refresh(session)
     u = bw.uid
     city = recognition.leaderboard(session, 2026, city="深圳市")
     assert [(e["rank"], e["user_id"], e["reduction_g"]) for e in city["entries"]] == [
@@ -90,7 +100,7 @@ def test_annual_leaderboards_by_city_district_and_community(session: Session,
 def test_badges_and_boards_over_http(client: Any, session: Session, session_factory: sessionmaker[Session]) -> None:
     bw = build(session, residents=4)
     feed(session, session_factory, bw)
-    recognition.award_badges(session)
+    recognition.refresh(session)
     session.commit()
     me = bearer(session, bw.uid(2))
     board = client.get("/api/v1/leaderboards?year=2026&city=深圳市&district=南山区", headers=me).json

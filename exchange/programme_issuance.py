@@ -5,8 +5,8 @@ Once the operator has issued a closed period's report (`registry.issuance.issue`
 the batch for sale where an active instrument takes it: a project instrument of that programme and
 vintage first, else a pooled one whose criteria deliver it (lowest id). The offer is a GTC limit
 sell order by the programme's owner (`exchange.orders.place_order`) at the instrument's reference
-price, for the batch's kg rounded down to the lot (and within the instrument's size limits); the
-kg below a lot stay in the owner's account. One offer per period (`programme_offers.period_id` is
+price (on its tick: `offer_price`), for the batch's kg rounded down to the lot (and within the
+instrument's size limits); the kg below a lot stay in the owner's account. One offer per period (`programme_offers.period_id` is
 unique). A batch no instrument takes is offered by a later run, once one exists. The proceeds of the
 resulting trades fund the rewards pool (`exchange.rewards_pool.fund_from_trades`).
 
@@ -65,6 +65,13 @@ def instrument_for(session: Session, batch: Batch) -> Instrument | None:
     return None
 
 
+def offer_price(inst: Instrument) -> int:
+    """The reference price on the instrument's tick (rounded up, so a sale is never below the
+    reference), kept within today's band."""
+    up = -(-inst.reference_price // inst.tick_size) * inst.tick_size
+    return up if up <= inst.band_high else inst.band_high - inst.band_high % inst.tick_size
+
+
 def offer_period(session: Session, period: ProgrammePeriod) -> ProgrammeOffer | None:
     """Offer the issued batch of a closed period for sale (see the module docstring); None when
     there is nothing to offer yet (not issued, no instrument, under a lot, or already offered).
@@ -81,17 +88,17 @@ def offer_period(session: Session, period: ProgrammePeriod) -> ProgrammeOffer | 
     qty = min(batch.quantity_kg // inst.lot_size_kg * inst.lot_size_kg, inst.max_qty_kg)
     if qty < inst.min_qty_kg:
         return None
+    price = offer_price(inst)
     actor = programme_periods.owner_actor(session, batch.project.owner_id)
     order, _ = orders.place_order(session, actor, orders.OrderRequest(
-        instrument=inst.id, side=matching.SELL, qty_kg=qty, order_type=matching.LIMIT,
-        price=inst.reference_price, tif="GTC"))
+        instrument=inst.id, side=matching.SELL, qty_kg=qty, order_type=matching.LIMIT, price=price, tif="GTC"))
     offer = ProgrammeOffer(period_id=period.id, batch_id=batch.id, instrument_id=inst.id, order_id=order.id,
-                           qty_kg=qty, price=inst.reference_price, created_at=utcnow())
+                           qty_kg=qty, price=price, created_at=utcnow())
     session.add(offer)
     session.flush()
     audit.record(session, None, "programme.offered", "project", batch.project_id,
                  {"period": period.period, "batch_id": batch.id, "instrument": inst.symbol, "order_id": order.id,
-                  "qty_kg": qty, "price": inst.reference_price})
+                  "qty_kg": qty, "price": price, "reference_price": inst.reference_price})
     return offer
 
 

@@ -227,3 +227,13 @@ def test_the_scheduler_runs_the_loop_jobs_with_their_locks(session_factory: sess
     assert by_id["carbon_inclusion.badges"].trigger.interval == dt.timedelta(minutes=10)
     assert rewards_jobs.run_rewards_settlement(session_factory) == (0, 0)
     assert rewards_jobs.run_badges(session_factory) == []
+
+
+def test_the_offer_price_is_the_reference_on_the_tick_within_the_band() -> None:
+    from exchange.models import Instrument
+    inst = Instrument(reference_price=60_05, tick_size=10, band_high=66_05)
+    assert programme_issuance.offer_price(inst) == 60_10
+    inst = Instrument(reference_price=60_00, tick_size=10, band_high=66_00)
+    assert programme_issuance.offer_price(inst) == 60_00
+    inst = Instrument(reference_price=66_01, tick_size=10, band_high=66_05)   # rounding up would leave the band
+    assert programme_issuance.offer_price(inst) == 66_00

@@ -191,6 +191,8 @@ def build_scheduler(session_factory: sessionmaker[Session], *, close_time: str =
 def serve(session_factory: sessionmaker[Session], **kw: Any) -> None:
     """Run the scheduler in the foreground until interrupted (for `flask scheduler run`)."""
     sched = build_scheduler(session_factory, **kw)
+    from exchange import rewards_jobs  # imported here: it builds on this module's job_lock
+    rewards_jobs.add_jobs(sched, session_factory, sched.timezone, wake=kw.get("wake"))
     sched.start()
     log.info("scheduler started: %s", ", ".join(f"{j.id} next {j.next_run_time}" for j in sched.get_jobs()))
     try:

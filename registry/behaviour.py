@@ -103,8 +103,6 @@ class BehaviourBatch(Base):
     reduction_g: Mapped[int] = mapped_column(BigInteger, default=0)
     points: Mapped[int] = mapped_column(BigInteger, default=0)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    # The programme period that counted this batch's reductions (`registry.programme_periods`).
-    period_id: Mapped[int | None] = mapped_column(ForeignKey("programme_periods.id"), index=True)
 
 
 class BehaviourEvent(Base):

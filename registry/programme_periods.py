@@ -1,18 +1,33 @@
-"""Programme periods: a programme's accepted behaviour reductions become a monitoring report.
+"""Programme issuance: closing a programme's monthly period into a monitoring report.
 
-Closing a period (`close_period`, the scheduled job and `flask registry close-programme-period`)
-takes every complete behaviour batch of the programme not yet in a period and received before the
-end of the period's last day, adds the grams of their accepted rows to the remainder carried from the
-previous period, and submits a monitoring report of the whole kilograms (grams // 1000) through
-`registry.projects.submit_report`; the remaining grams (< 1,000) carry to the next period. A batch
-belongs to exactly one period (its `period_id`), so no gram is lost or counted twice; the verifier
-then approves the report and the operator issues it in the registry's own flow. A period with
-less than one kilogram records no report and carries everything.
+A programme's members' accepted reductions are grams (`behaviour_events`); credits are kilograms.
+Closing period P (a calendar month, the programme's China-time days) counts the grams accepted for
+days up to P's last day that no earlier period counted:
+
+    counted_g(P) = Σ accepted grams with day ≤ end(P)  −  Σ counted_g of the earlier closed periods
+
+so a row that arrives late (within the claim window) for a day of a closed period is counted by the
+next period, and no gram is counted twice (accepted events never change). With the grams carried in
+from the previous period:
+
+    kg(P), carried_out_g(P) = divmod(carried_in_g(P) + counted_g(P), 1000)
+
+the remainder is stored and carried into the next period: nothing lost, nothing counted twice
+(the schema checks carried_in + counted = 1000 × kg + carried_out, 0 ≤ carried_out < 1000).
+When kg > 0 a monitoring report of kg is submitted for the owner through the registry's flow
+(`registry.projects.submit_report`, period from the day after the previous closed period, so
+reports never overlap); a verifier verifies it and the operator issues it as for any project.
+
+Periods close in order (a period before the last closed one is refused) and only once they have
+ended; closing a closed period returns it unchanged. Closing takes the programme's import lock
+(PostgreSQL advisory lock, as `registry.behaviour` does per chunk), so no chunk commits half-seen.
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
+import re
 
 from sqlalchemy import (
     BigInteger,
@@ -20,104 +35,190 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
-    Integer,
+    String,
     UniqueConstraint,
     func,
     select,
-    update,
+    text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from registry import audit, projects
+from registry import audit, behaviour, projects
 from registry.actors import Actor
-from registry.behaviour import BehaviourBatch, BehaviourEvent
+from registry.behaviour import BehaviourEvent
 from registry.db import Base, utcnow
-from registry.errors import Conflict, InvalidInput, NotFound
-from registry.models import Holder, ProjectKind, UserRole
-from registry.partners import Partner
+from registry.errors import Conflict, Forbidden, InvalidInput, NotFound
+from registry.models import Holder, MonitoringReport, Project, ProjectKind, ProjectStatus, UserRole
 
 GRAMS_PER_KG = 1000
+_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
 class ProgrammePeriod(Base):
     __tablename__ = "programme_periods"
     __table_args__ = (
-        UniqueConstraint("programme_id", "period_end"),
+        UniqueConstraint("programme_id", "period"),
+        CheckConstraint("counted_g >= 0 AND carried_in_g >= 0 AND kg >= 0", name="nonnegative"),
+        CheckConstraint("carried_out_g >= 0 AND carried_out_g < 1000", name="carry_below_a_kg"),
+        CheckConstraint("carried_in_g + counted_g = kg * 1000 + carried_out_g", name="grams_conserved"),
+        CheckConstraint("(kg > 0) = (report_id IS NOT NULL)", name="report_iff_kg"),
         CheckConstraint("period_start <= period_end", name="period_order"),
-        CheckConstraint("carry_out_g >= 0 AND carry_out_g < 1000 AND carry_in_g >= 0 AND reduction_g >= 0",
-                        name="carry_range"),
-        CheckConstraint("carry_in_g + reduction_g = quantity_kg * 1000 + carry_out_g", name="grams_conserved"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     programme_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    period_start: Mapped[dt.date] = mapped_column(Date)
+    period: Mapped[str] = mapped_column(String(7))          # YYYY-MM
+    period_start: Mapped[dt.date] = mapped_column(Date)     # of the report: the day after the last close
     period_end: Mapped[dt.date] = mapped_column(Date)
-    batches: Mapped[int] = mapped_column(Integer)
-    reduction_g: Mapped[int] = mapped_column(BigInteger)
-    carry_in_g: Mapped[int] = mapped_column(BigInteger)
-    carry_out_g: Mapped[int] = mapped_column(BigInteger)
-    quantity_kg: Mapped[int] = mapped_column(BigInteger)
-    report_id: Mapped[int | None] = mapped_column(ForeignKey("monitoring_reports.id"))
+    counted_g: Mapped[int] = mapped_column(BigInteger)
+    carried_in_g: Mapped[int] = mapped_column(BigInteger)
+    kg: Mapped[int] = mapped_column(BigInteger)
+    carried_out_g: Mapped[int] = mapped_column(BigInteger)
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("monitoring_reports.id"), unique=True)
     closed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    closed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
-def owner_actor(session: Session, programme_id: int) -> Actor:
-    """The scheduled job acts for the programme's owner (as its admin, with no user)."""
-    programme = projects.get_project(session, programme_id)
-    owner = session.get(Holder, programme.owner_id)
+def parse_period(period: str) -> tuple[dt.date, dt.date]:
+    """'YYYY-MM' → (first day, last day). Raises InvalidInput (field period)."""
+    m = _PERIOD_RE.match((period or "").strip())
+    if not m:
+        raise InvalidInput("period is YYYY-MM", field="period")
+    year, month = int(m.group(1)), int(m.group(2))
+    return dt.date(year, month, 1), dt.date(year, month, calendar.monthrange(year, month)[1])
+
+
+def previous_month(day: dt.date) -> str:
+    first = day.replace(day=1) - dt.timedelta(days=1)
+    return f"{first.year:04d}-{first.month:02d}"
+
+
+def china_today() -> dt.date:
+    return (utcnow() + dt.timedelta(hours=8)).date()
+
+
+def owner_actor(session: Session, owner_id: int) -> Actor:
+    """The programme owner acting through the scheduled job (no user: the audit shows none)."""
+    owner = session.get(Holder, owner_id)
     assert owner is not None
     return Actor(None, owner.id, owner.kind, UserRole.ADMIN)
 
 
-def close_period(session: Session, actor: Actor, programme_id: int, period_end: dt.date) -> ProgrammePeriod:
-    """Close the programme's period ending on `period_end` (inclusive; it starts the day after the
-    previous period, or on the day of the programme's first batch). Returns the period, with its
-    monitoring report if at least one kilogram was reached. Raises NotFound for a missing programme,
-    Conflict if the period is not after the previous one, and what `submit_report` raises (the
-    programme must be registered; the actor must be its owner). The caller commits."""
-    if period_end >= utcnow().date():
-        raise InvalidInput("a period closes once its last day (UTC) is over", field="period_end")
+def last_closed(session: Session, programme_id: int) -> ProgrammePeriod | None:
+    return session.scalar(select(ProgrammePeriod).where(ProgrammePeriod.programme_id == programme_id)
+                          .order_by(ProgrammePeriod.period_end.desc()).limit(1))
+
+
+def close_period(session: Session, actor: Actor | None, programme_id: int, period: str, *,
+                 today: dt.date | None = None) -> tuple[ProgrammePeriod, bool]:
+    """Close `period` of a registered programme (see the module docstring). `actor`: the operator
+    or the programme's owner, or None for the scheduled job. Returns (the period, True if it was
+    closed now; False if it was closed before and nothing changed). Raises NotFound (programme_id),
+    Conflict `wrong_status` (not registered), `period_not_ended`, `before_last_closed` (field period).
+    The caller commits."""
+    start, end = parse_period(period)
     programme = projects.get_project(session, programme_id, lock=True)
     if programme.kind is not ProjectKind.PROGRAMME:
         raise NotFound(f"no programme {programme_id}", field="programme_id")
-    last = session.scalar(select(ProgrammePeriod).where(ProgrammePeriod.programme_id == programme_id)
-                          .order_by(ProgrammePeriod.period_end.desc()).limit(1))
-    partner_ids = select(Partner.id).where(Partner.programme_id == programme_id)
+    if actor is not None and not actor.is_operator and actor.holder_id != programme.owner_id:
+        raise Forbidden("only the operator or the programme's owner closes its periods", code="not_owner")
+    existing = session.scalar(select(ProgrammePeriod).where(ProgrammePeriod.programme_id == programme_id,
+                                                            ProgrammePeriod.period == period))
+    if existing is not None:
+        return existing, False
+    if programme.status is not ProjectStatus.REGISTERED:
+        raise Conflict(f"programme is {programme.status.value}; periods close once it is registered",
+                       field="programme_id", code="wrong_status")
+    if end >= (today or china_today()):
+        raise Conflict(f"period {period} has not ended", field="period", code="period_not_ended")
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:c, :p)"),
+                        {"c": behaviour._LOCK_CLASS, "p": programme_id})
+    last = last_closed(session, programme_id)
+    if last is not None and end <= last.period_end:
+        raise Conflict(f"period {period} is before the last closed period {last.period}", field="period",
+                       code="before_last_closed")
+    accepted = (BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == "accepted")
+    through = int(session.scalar(select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0))
+                                 .where(*accepted, BehaviourEvent.day <= end)) or 0)
+    before = int(session.scalar(select(func.coalesce(func.sum(ProgrammePeriod.counted_g), 0))
+                                .where(ProgrammePeriod.programme_id == programme_id)) or 0)
+    counted = through - before
+    carried_in = last.carried_out_g if last is not None else 0
+    kg, carried_out = divmod(carried_in + counted, GRAMS_PER_KG)
     if last is not None:
-        start = last.period_end + dt.timedelta(days=1)
+        report_start = last.period_end + dt.timedelta(days=1)
     else:
-        first = session.scalar(select(func.min(BehaviourBatch.received_at))
-                               .where(BehaviourBatch.partner_id.in_(partner_ids)))
-        start = first.date() if first is not None else period_end
-    if period_end < start:
-        raise Conflict(f"the next period of programme {programme_id} starts on {start}", field="period_end",
-                       code="overlapping_period")
-    cutoff = dt.datetime.combine(period_end + dt.timedelta(days=1), dt.time())
-    batch_ids = list(session.scalars(
-        select(BehaviourBatch.id).where(BehaviourBatch.partner_id.in_(partner_ids),
-                                        BehaviourBatch.status == "complete", BehaviourBatch.period_id.is_(None),
-                                        BehaviourBatch.received_at < cutoff)
-        .order_by(BehaviourBatch.id).with_for_update()))
-    grams = 0
-    if batch_ids:
-        grams = int(session.scalar(select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0)).where(
-            BehaviourEvent.status == "accepted", BehaviourEvent.batch_id.in_(batch_ids))) or 0)
-    carry_in = last.carry_out_g if last is not None else 0
-    kg, carry_out = divmod(carry_in + grams, GRAMS_PER_KG)
-    report = None
+        first_day = session.scalar(select(func.min(BehaviourEvent.day)).where(*accepted))
+        report_start = min(start, first_day) if isinstance(first_day, dt.date) else start
+    row = ProgrammePeriod(programme_id=programme_id, period=period, period_start=report_start, period_end=end,
+                          counted_g=counted, carried_in_g=carried_in, kg=kg, carried_out_g=carried_out,
+                          closed_at=utcnow(), closed_by_id=actor.user_id if actor else None)
     if kg > 0:
-        report = projects.submit_report(session, actor, programme_id, period_start=start, period_end=period_end,
-                                        claimed_kg=kg)
-    period = ProgrammePeriod(programme_id=programme_id, period_start=start, period_end=period_end,
-                             batches=len(batch_ids), reduction_g=grams, carry_in_g=carry_in, carry_out_g=carry_out,
-                             quantity_kg=kg, report_id=report.id if report else None, closed_at=utcnow())
-    session.add(period)
+        report = projects.submit_report(
+            session, owner_actor(session, programme.owner_id), programme_id, period_start=report_start,
+            period_end=end, claimed_kg=kg, external_ref=f"programme:{programme_id}:{period}",
+            documents=[{"name": f"accepted behaviour reductions {report_start}..{end}", "kind": "aggregate"}])
+        row.report_id = report.id
+    session.add(row)
     session.flush()
-    if batch_ids:
-        session.execute(update(BehaviourBatch).where(BehaviourBatch.id.in_(batch_ids)).values(period_id=period.id))
     audit.record(session, actor, "programme.period_closed", "project", programme_id,
-                 {"period": [start.isoformat(), period_end.isoformat()], "batches": len(batch_ids),
-                  "reduction_g": grams, "carry_in_g": carry_in, "carry_out_g": carry_out, "quantity_kg": kg,
-                  "report_id": report.id if report else None})
-    return period
+                 {"period": period, "counted_g": counted, "carried_in_g": carried_in, "kg": kg,
+                  "carried_out_g": carried_out, "report_id": row.report_id})
+    return row, True
+
+
+def periods_of(session: Session, programme_id: int) -> list[ProgrammePeriod]:
+    return list(session.scalars(select(ProgrammePeriod).where(ProgrammePeriod.programme_id == programme_id)
+                                .order_by(ProgrammePeriod.period_end)))
+
+
+def due_periods(session: Session, today: dt.date) -> list[tuple[int, str]]:
+    """(programme id, period) the scheduled job closes on `today`: for every registered programme,
+    each month after its last closed period through last month (last month alone if none closed)."""
+    last_month = previous_month(today)
+    out = []
+    for pid in session.scalars(select(Project.id).where(
+            Project.kind == ProjectKind.PROGRAMME, Project.status == ProjectStatus.REGISTERED,
+            Project.suspended.is_(False)).order_by(Project.id)):
+        last = last_closed(session, pid)
+        if last is None:
+            out.append((pid, last_month))
+            continue
+        day = last.period_end + dt.timedelta(days=1)
+        while f"{day.year:04d}-{day.month:02d}" <= last_month:
+            out.append((pid, f"{day.year:04d}-{day.month:02d}"))
+            day = parse_period(f"{day.year:04d}-{day.month:02d}")[1] + dt.timedelta(days=1)
+    return out
+
+
+def check(session: Session) -> list[str]:
+    """The carry chain of every programme: the first period carries nothing in, each carries in what
+    the one before carried out, the grams counted never exceed the accepted grams through the last
+    closed day, and each period's report claims its kg."""
+    found: list[str] = []
+    by_programme: dict[int, list[ProgrammePeriod]] = {}
+    for p in session.scalars(select(ProgrammePeriod).order_by(ProgrammePeriod.programme_id, ProgrammePeriod.period_end)
+                             .execution_options(populate_existing=True)):
+        by_programme.setdefault(p.programme_id, []).append(p)
+    for programme_id, rows in by_programme.items():
+        carry = 0
+        for p in rows:
+            if p.carried_in_g != carry:
+                found.append(f"programme {programme_id} {p.period}: carried in {p.carried_in_g} g, "
+                             f"the period before carried out {carry} g")
+            carry = p.carried_out_g
+        accepted = int(session.scalar(select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0)).where(
+            BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == "accepted",
+            BehaviourEvent.day <= rows[-1].period_end)) or 0)
+        counted = sum(p.counted_g for p in rows)
+        if counted > accepted:
+            found.append(f"programme {programme_id}: {counted} g counted but {accepted} g accepted "
+                         f"through {rows[-1].period_end}")
+    for period, programme_id, kg, claimed in session.execute(
+            select(ProgrammePeriod.period, ProgrammePeriod.programme_id, ProgrammePeriod.kg,
+                   MonitoringReport.claimed_kg)
+            .join(MonitoringReport, MonitoringReport.id == ProgrammePeriod.report_id)
+            .where(MonitoringReport.claimed_kg != ProgrammePeriod.kg)):
+        found.append(f"programme {programme_id} {period}: {kg} kg closed but its report claims {claimed} kg")
+    return found

@@ -11,10 +11,11 @@ from exchange import models as _exchange_models  # noqa: F401  (registers the ta
 from exchange import offset_models as _offset_models  # noqa: F401
 from exchange import offset_payments as _offset_payments  # noqa: F401  (card payment of offset orders)
 from exchange import payment_models as _payment_models  # noqa: F401
+from registry import behaviour as _behaviour  # noqa: F401  (partners, behaviour events, points)
 from registry import calculators as _calculators  # noqa: F401  (registers the methodology calculators)
 from registry import factors as _factors  # noqa: F401
 from registry import models  # noqa: F401
-from registry import programme_periods as _behaviour  # noqa: F401  (partners, behaviour, points, periods)
+from registry import programme_periods as _periods  # noqa: F401
 from registry.db import normalise_url
 from web.config import Config, default_sqlite_url, from_environment
 from web.extensions import db, migrate

@@ -64,27 +64,4 @@ def check_points() -> None:
         sys.exit(1)
 
 
-@click.command("close-programme-period")
-@click.argument("programme_id", type=int)
-@click.option("--end", "end", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
-              help="The period's last day (default: yesterday, UTC).")
-def close_programme_period(programme_id: int, end: dt.datetime | None) -> None:
-    """Close a programme's period: its behaviour reductions become a monitoring report (whole kg; the
-    remaining grams carry to the next period). The job acts for the programme's owner."""
-    from registry import programme_periods
-
-    day = end.date() if end else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    try:
-        with db.session.begin():
-            actor = programme_periods.owner_actor(db.session, programme_id)
-            p = programme_periods.close_period(db.session, actor, programme_id, day)
-            line = (f"period {p.period_start} - {p.period_end}: {p.batches} batches, {p.reduction_g} g "
-                    f"+ {p.carry_in_g} g carried = {p.quantity_kg} kg"
-                    + (f" in monitoring report {p.report_id}" if p.report_id else " (no report)")
-                    + f", {p.carry_out_g} g carried forward")
-    except RegistryError as e:
-        raise click.ClickException(e.message) from None
-    click.echo(line)
-
-
-COMMANDS = (import_behaviour, expire_points, check_points, close_programme_period)
+COMMANDS = (import_behaviour, expire_points, check_points)

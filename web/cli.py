@@ -255,6 +255,11 @@ def register_cli(app: Flask) -> None:
     from web.behaviour_cli import COMMANDS as behaviour_commands
     for command in behaviour_commands:
         registry_cli.add_command(command)
+    from web import rewards_cli
+    for command in rewards_cli.REGISTRY_COMMANDS:
+        registry_cli.add_command(command)
+    for command in rewards_cli.EXCHANGE_COMMANDS:
+        exchange_cli.add_command(command)
     app.cli.add_command(scheduler_cli)
     app.cli.add_command(exchange_cli)
     app.cli.add_command(users_cli)

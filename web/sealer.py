@@ -68,6 +68,8 @@ def start_embedded_sequencer(app: Flask) -> None:
             with app.app_context():
                 sched = jobs.build_scheduler(sessionmaker(bind=db.engine), wake=seq.wake,
                                              close_time=app.config.get("CLOSE_TIME", "15:00"))
+                from exchange import rewards_jobs
+                rewards_jobs.add_jobs(sched, sessionmaker(bind=db.engine), sched.timezone, wake=seq.wake)
             sched.start()
             app.extensions["scheduler"] = sched
 

@@ -1,7 +1,7 @@
 """card payments through Stripe: payments, their refunds, processed webhook events
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-23 11:17:43.120525
 
 Generated from exchange.payment_models and checked by hand.

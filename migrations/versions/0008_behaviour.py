@@ -1,11 +1,11 @@
 """behaviour feeds and the points ledger
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-11-23 11:40:00.000000
 
 Written by hand to match registry.partners (partners, their behaviour types, programme members and
-their external ids), registry.behaviour (batches, every received row), registry.programme_periods and
+their external ids), registry.behaviour (batches, every received row) and
 registry.points (accounts and the ledger).
 """
 from alembic import op
@@ -78,29 +78,6 @@ def upgrade():
     sa.UniqueConstraint('partner_id', 'external_id', name=op.f('uq_behaviour_external_ids_partner_id_external_id'))
     )
     op.create_index(op.f('ix_behaviour_external_ids_member_id'), 'behaviour_external_ids', ['member_id'])
-    op.create_table('programme_periods',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('programme_id', sa.Integer(), nullable=False),
-    sa.Column('period_start', sa.Date(), nullable=False),
-    sa.Column('period_end', sa.Date(), nullable=False),
-    sa.Column('batches', sa.Integer(), nullable=False),
-    sa.Column('reduction_g', sa.BigInteger(), nullable=False),
-    sa.Column('carry_in_g', sa.BigInteger(), nullable=False),
-    sa.Column('carry_out_g', sa.BigInteger(), nullable=False),
-    sa.Column('quantity_kg', sa.BigInteger(), nullable=False),
-    sa.Column('report_id', sa.Integer(), nullable=True),
-    sa.Column('closed_at', sa.DateTime(), nullable=False),
-    sa.CheckConstraint('period_start <= period_end', name=op.f('ck_programme_periods_period_order')),
-    sa.CheckConstraint('carry_out_g >= 0 AND carry_out_g < 1000 AND carry_in_g >= 0 AND reduction_g >= 0',
-                       name=op.f('ck_programme_periods_carry_range')),
-    sa.CheckConstraint('carry_in_g + reduction_g = quantity_kg * 1000 + carry_out_g',
-                       name=op.f('ck_programme_periods_grams_conserved')),
-    sa.ForeignKeyConstraint(['programme_id'], ['projects.id'], name=op.f('fk_programme_periods_programme_id_projects')),
-    sa.ForeignKeyConstraint(['report_id'], ['monitoring_reports.id'], name=op.f('fk_programme_periods_report_id_monitoring_reports')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_programme_periods')),
-    sa.UniqueConstraint('programme_id', 'period_end', name=op.f('uq_programme_periods_programme_id_period_end'))
-    )
-    op.create_index(op.f('ix_programme_periods_programme_id'), 'programme_periods', ['programme_id'])
     op.create_table('behaviour_batches',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partner_id', sa.Integer(), nullable=False),
@@ -114,15 +91,12 @@ def upgrade():
     sa.Column('reduction_g', sa.BigInteger(), nullable=False),
     sa.Column('points', sa.BigInteger(), nullable=False),
     sa.Column('completed_at', sa.DateTime(), nullable=True),
-    sa.Column('period_id', sa.Integer(), nullable=True),
     sa.CheckConstraint("status IN ('open', 'complete')", name=op.f('ck_behaviour_batches_status')),
     sa.CheckConstraint("source IN ('api', 'csv')", name=op.f('ck_behaviour_batches_source')),
     sa.ForeignKeyConstraint(['partner_id'], ['behaviour_partners.id'], name=op.f('fk_behaviour_batches_partner_id_behaviour_partners')),
-    sa.ForeignKeyConstraint(['period_id'], ['programme_periods.id'], name=op.f('fk_behaviour_batches_period_id_programme_periods')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_behaviour_batches')),
     sa.UniqueConstraint('partner_id', 'ref', name=op.f('uq_behaviour_batches_partner_id_ref'))
     )
-    op.create_index(op.f('ix_behaviour_batches_period_id'), 'behaviour_batches', ['period_id'])
     op.create_table('behaviour_events',
     sa.Column('batch_id', sa.Integer(), nullable=False),
     sa.Column('line_no', sa.Integer(), nullable=False),
@@ -191,7 +165,6 @@ def downgrade():
     op.drop_table('points_accounts')
     op.drop_table('behaviour_events')
     op.drop_table('behaviour_batches')
-    op.drop_table('programme_periods')
     op.drop_table('behaviour_external_ids')
     op.drop_table('behaviour_members')
     op.drop_table('behaviour_partner_types')

@@ -13,6 +13,7 @@ from web.api import (  # noqa: F401  (registers the operations)
     exchange_routes,
     offset_routes,
     payment_routes,
+    rewards_routes,
     routes,
 )
 from web.api.blueprint import bp

@@ -455,7 +455,7 @@ def phase_entry(args: argparse.Namespace, url: str, w: World, procs: Procs, tmp:
     gargv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(args.workers), "--threads",
              str(args.threads), "-b", f"127.0.0.1:{port}", "--keep-alive", "30", "--log-level", "warning",
              "web:create_app()"]
-    eargv = [sys.executable, "-m", "flask", "--app", "web", "exchange", "run-engine", "--poll", "0.005"]
+    eargv = [sys.executable, "-m", "flask", "--app", "web", "exchange", "run-engine", "--poll", "0.5"]
     print(f"# phase 1: {' '.join(gargv[1:])}  +  {' '.join(eargv[1:])}", flush=True)
     engine_p = procs.start("engine", eargv, env, elog)
     gun = procs.start("gunicorn", gargv, env, glog)

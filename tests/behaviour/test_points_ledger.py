@@ -102,7 +102,9 @@ def test_expiry_is_first_in_first_out_and_idempotent(bw: BWorld, session: Sessio
     assert [tuple(e) for e in earned] == [(46, dt.date(2026, 12, 31)), (27, dt.date(2027, 12, 31))]
     points.redeem_points(session, actor(session, uid), uid, 30, "order-1")   # consumes 30 of the 46
     assert points.expire_points(session, dt.date(2026, 12, 31)) == 0     # still valid on their last day
-    assert points.expire_points(session, dt.date(2027, 1, 1)) == 16      # 46 − 30 unspent
+    session.commit()
+    from exchange import rewards_jobs  # the daily job, as scheduled
+    assert rewards_jobs.run_points_expiry(session_factory, dt.date(2027, 1, 1)) == 16   # 46 − 30 unspent
     assert points.expire_points(session, dt.date(2027, 1, 1)) == 0       # idempotent
     assert points.balance(session, uid) == 27
     points.redeem_points(session, actor(session, uid), uid, 7, "order-2")

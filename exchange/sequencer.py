@@ -399,7 +399,12 @@ class Sequencer:
         self._thread: threading.Thread | None = None
 
     def _instrument_ids(self, session: Session) -> list[int]:
-        stmt = select(Instrument.id).where(Instrument.status != InstrumentStatus.DELISTED).order_by(Instrument.id)
+        # Only instruments with queued commands (one indexed probe each): a wake-up costs one query,
+        # not an empty transaction per instrument.
+        queued = (select(_COMMANDS.c.id).where(_COMMANDS.c.instrument_id == Instrument.id,
+                                               _COMMANDS.c.status == CommandStatus.PENDING).exists())
+        stmt = (select(Instrument.id).where(Instrument.status != InstrumentStatus.DELISTED, queued)
+                .order_by(Instrument.id))
         ids = list(session.scalars(stmt))
         return [i for i in ids if self.only is None or i in self.only]
 

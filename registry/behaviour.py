@@ -147,25 +147,41 @@ class BehaviourEvent(Base):
     detail: Mapped[str | None] = mapped_column(String(300))
 
 
+class ProgrammeHead(Base):
+    """One row per programme that has recorded behaviour: `chunks` counts the chunks ever recorded in
+    it. Every chunk adds one under the programme's lock, so an importer that finds the count where its
+    own previous chunk left it knows that nobody changed the members' records in between, and that
+    what it remembers of them (`MemberMemo`) still holds. Anything else that changes a member's
+    `reduction_g` or re-points an external id must add one too (today nothing does: members and
+    external ids are only added)."""
+
+    __tablename__ = "behaviour_programme_heads"
+
+    programme_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    chunks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 EVENT_COLUMNS = ("batch_id", "line_no", "partner_id", "programme_id", "event_id", "user_ref", "user_id",
                  "code", "started_at", "ended_at", "day", "variant", "quantity", "reduction_g", "points",
                  "factors", "status", "reason", "detail")
 _EVENT_TYPES = ("int4", "int4", "int4", "int4", "varchar", "varchar", "int8", "varchar", "timestamp", "timestamp",
                 "date", "varchar", "varchar", "int8", "int4", "varchar", "varchar", "varchar", "varchar")
-_STAGE_COLUMNS = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day_lo",
-                  "day_hi", "scan_lo", "scan_hi")
-_STAGE_TYPES = ("int4", "varchar", "varchar", "int8", "varchar") + ("timestamp",) * 6
+_STAGE_COLUMNS = ("line_no", "event_id", "user_ref", "user_id", "uid", "code", "started_at", "ended_at",
+                  "day_lo", "day_hi", "scan_lo", "scan_hi")
+_STAGE_TYPES = ("int4", "varchar", "varchar", "int8", "int8", "varchar") + ("timestamp",) * 6
 _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER, event_id VARCHAR(64), "
-              "user_ref VARCHAR(64), user_id BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
+              "user_ref VARCHAR(64), user_id BIGINT, uid BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
               "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
+_GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g BIGINT)"
 
 # One query for every database check of a chunk: index probes per staged row (the member by external
-# id or user id, the member row, the event id, the user's events of the type), whatever the size of
-# the tables; each step walks the rows in the order of the index it probes, so that consecutive
-# probes share index pages (at a million events the indexes no longer fit in shared buffers). `seen` = 2 × the user's
-# accepted events of the type that started in the row's day [day_lo, day_hi) (the UTC bounds of the
-# programme's calendar day) + 1 if one of them from another partner overlaps the row's time span;
-# one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
+# id or user id and the member row, only for rows whose member the import has not met yet (`uid` is
+# null: see `MemberMemo`); the event id; the user's events of the type), whatever the size of the
+# tables; each step walks the rows in the order of the index it probes, so that consecutive probes
+# share index pages (at a million events the indexes no longer fit in shared buffers). `seen` = 2 ×
+# the user's accepted events of the type that started in the row's day [day_lo, day_hi) (the UTC
+# bounds of the programme's calendar day) + 1 if one of them from another partner overlaps the row's
+# time span; one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
 # `Rules.max_duration_h` (24 h).
 # `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
 _LOOKUP = """
@@ -173,11 +189,17 @@ WITH x AS MATERIALIZED (
   SELECT s.*, COALESCE(e.member_id,
          (SELECT mu.id FROM behaviour_members mu WHERE mu.programme_id = :programme AND mu.user_id = s.user_id))
          AS member_id
-  FROM (SELECT * FROM behaviour_stage ORDER BY user_ref, user_id) s
+  FROM (SELECT * FROM behaviour_stage WHERE uid IS NULL ORDER BY user_ref, user_id) s
   LEFT JOIN behaviour_external_ids e ON e.partner_id = :partner AND e.external_id = s.user_ref
 ), m AS MATERIALIZED (
-  SELECT x.*, mm.user_id AS uid, mm.reduction_g AS before_g
+  SELECT x.line_no, x.event_id, x.code, x.started_at, x.ended_at, x.day_lo, x.day_hi, x.scan_lo, x.scan_hi,
+         mm.user_id AS uid, x.member_id, mm.reduction_g AS before_g
   FROM (SELECT * FROM x ORDER BY member_id) x LEFT JOIN behaviour_members mm ON mm.id = x.member_id
+), u AS (
+  SELECT line_no, event_id, code, started_at, ended_at, day_lo, day_hi, scan_lo, scan_hi, uid,
+         CAST(NULL AS BIGINT) AS member_id, CAST(NULL AS BIGINT) AS before_g
+  FROM behaviour_stage WHERE uid IS NOT NULL
+  UNION ALL SELECT * FROM m
 )
 SELECT u.line_no, u.member_id, u.uid, u.before_g,
   (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = u.event_id
@@ -188,11 +210,8 @@ SELECT u.line_no, u.member_id, u.uid, u.before_g,
                          OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END)
    FROM behaviour_events e WHERE e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
    AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi) AS seen
-FROM (SELECT * FROM m ORDER BY uid, code, started_at) u
+FROM (SELECT * FROM u ORDER BY uid, code, started_at) u
 """
-
-_ACCEPTED_IN_CHUNK = "FROM behaviour_events WHERE batch_id = :b AND line_no BETWEEN :lo AND :hi AND status = 'accepted'"
-
 
 @dataclass
 class ChunkResult:
@@ -202,6 +221,8 @@ class ChunkResult:
     reduction_g: int = 0
     points: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    # Points of this chunk's accepted rows per user (not summed by `add`).
+    points_by_user: dict[int, int] = field(default_factory=dict)
 
     def add(self, other: ChunkResult) -> None:
         self.rows += other.rows
@@ -248,7 +269,43 @@ def _sqlite_value(v: Any) -> Any:
     return v
 
 
-def _stage(session: Session, rows: list[Row], rules: Rules) -> None:
+class MemberMemo:
+    """What one import remembers of the programme's members between its chunks: the member (id, user
+    id, running reduction record) behind each partner external id and user id it has met. A row whose
+    member it knows is staged with its user id, and the lookup probes the database for it only for the
+    event id and the user's events: two index probes a row fewer, most rows of a large import after
+    its first chunks. The points carry starts from the remembered record.
+
+    It is right only while nobody else changes the members' records: `ingest_chunk` keeps it when the
+    programme's chunk count (`ProgrammeHead`) is where this import's previous chunk left it and forgets
+    it otherwise; `import_rows` forgets it when a chunk's transaction fails. It holds at most `limit`
+    members (~250 bytes each) at the start of a chunk, else it starts again, so memory stays bounded whatever the programme."""
+
+    def __init__(self, limit: int = 400_000) -> None:
+        self.limit = limit
+        self.head: int | None = None                 # the programme's chunk count after our last chunk
+        self.by_ref: dict[str, int] = {}             # the partner's external id -> member id
+        self.by_user: dict[int, int] = {}            # registry user id -> member id
+        self.members: dict[int, list[int]] = {}      # member id -> [user id, reduction_g]
+
+    def clear(self) -> None:
+        self.head = None
+        self.by_ref.clear()
+        self.by_user.clear()
+        self.members.clear()
+
+    def member_of(self, r: Row) -> int | None:
+        return self.by_ref.get(r.user_ref) if r.user_ref is not None else self.by_user.get(r.user_id or 0)
+
+    def learn(self, r: Row, member_id: int, uid: int, reduction_g: int) -> None:
+        if r.user_ref is not None:
+            self.by_ref[r.user_ref] = member_id
+        else:
+            self.by_user[uid] = member_id
+        self.members[member_id] = [uid, reduction_g]
+
+
+def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) -> None:
     """Per-connection scratch table (not part of the schema). PostgreSQL empties it at every commit;
     SQLite has no ON COMMIT clause, so it is emptied before use."""
     if _is_pg(session):
@@ -264,20 +321,25 @@ def _stage(session: Session, rows: list[Row], rules: Rules) -> None:
         if r.day not in bounds:
             lo = dt.datetime.combine(r.day, dt.time()) - offset
             bounds[r.day] = (lo, lo + one_day)
+    known, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
 
     def staged(r: Row) -> tuple[Any, ...]:
         assert r.day is not None and r.started_at is not None and r.ended_at is not None
         day_lo, day_hi = bounds[r.day]
-        return (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, day_lo, day_hi,
-                r.started_at - longest, max(day_hi, r.ended_at))
+        member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
+        uid = known[member_id][0] if member_id is not None else None
+        return (r.line_no, r.event_id, r.user_ref, r.user_id, uid, r.code, r.started_at, r.ended_at, day_lo,
+                day_hi, r.started_at - longest, max(day_hi, r.ended_at))
 
     _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
 
 
-def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
-    """Decide the database-dependent outcome of each pending row, in row order."""
+def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: MemberMemo) -> dict[int, int]:
+    """Decide the database-dependent outcome of each pending row, in row order. Returns the grams
+    accepted per member id (and leaves the members' new records in `memo`)."""
     counts: dict[tuple[int, str, dt.date], int] = {}
     carry: dict[int, int] = {}
+    gained: dict[int, int] = {}
     accepted_ids: set[str] = set()
     per_point = rules.grams_per_point
     for r in rows:
@@ -286,6 +348,12 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
         if uid is None:
             r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
             continue
+        if member_id is None:        # staged from the memo
+            member_id = memo.member_of(r)
+            assert member_id is not None
+            before_g = memo.members[member_id][1]
+        elif member_id not in carry:
+            memo.learn(r, member_id, uid, before_g)
         r.user_id = uid
         if dup or r.event_id in accepted_ids:
             r.reject(DUPLICATE, "this partner's event id was already accepted")
@@ -305,8 +373,14 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules) -> None:
         after = before + r.reduction_g
         r.points += after // per_point - before // per_point
         carry[member_id] = after
+        if r.reduction_g:
+            gained[member_id] = gained.get(member_id, 0) + r.reduction_g
         accepted_ids.add(r.event_id)
         r.status = "accepted"
+    for member_id, after in carry.items():
+        if member_id in memo.members:
+            memo.members[member_id][1] = after
+    return gained
 
 
 def _lookup(session: Session, partner: partners.Partner) -> dict[int, Any]:
@@ -324,14 +398,30 @@ def _lookup(session: Session, partner: partners.Partner) -> dict[int, Any]:
     return found
 
 
-def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules) -> ChunkResult:
+def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> None:
+    """Count this chunk in the programme's head (the caller holds the programme's lock) and forget
+    the memo if another chunk was recorded since this import's previous one."""
+    args = {"p": programme_id}
+    chunks = session.scalar(text("UPDATE behaviour_programme_heads SET chunks = chunks + 1 "
+                                 "WHERE programme_id = :p RETURNING chunks"), args)
+    if chunks is None:
+        session.execute(text("INSERT INTO behaviour_programme_heads (programme_id, chunks) VALUES (:p, 1)"), args)
+        chunks = 1
+    if memo.head != chunks - 1 or len(memo.members) > memo.limit:   # (never in the middle of a chunk)
+        memo.clear()
+    memo.head = chunks
+
+
+def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
+                 memo: MemberMemo | None = None) -> ChunkResult:
     """The use case that records one chunk of prepared rows (consecutive lines, in order) of an open
     batch: outcomes, points per row, the members' reduction records, counters, audit. The caller
-    commits.
+    commits; if the commit fails, it must `clear()` the `memo` it passed (see `MemberMemo`).
     Lines already recorded (a concurrent or repeated import) are skipped; a chunk that would leave a
     gap after the recorded lines raises Conflict `batch_in_progress`."""
     if not rows:
         return ChunkResult()
+    memo = memo if memo is not None else MemberMemo()
     batch = session.get(BehaviourBatch, batch_id)
     assert batch is not None
     partner = session.get(partners.Partner, batch.partner_id)
@@ -350,14 +440,16 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules)
     if lo != batch.rows_done + 1:
         raise Conflict(f"batch {batch.id} has {batch.rows_done} lines recorded; line {lo} cannot come next "
                        "(another import of this batch is running)", field="batch_ref", code="batch_in_progress")
+    _count_chunk(session, partner.programme_id, memo)
     pending = [r for r in rows if r.status is None]
+    gained: dict[int, int] = {}
     if pending:
         with _phase("stage"):
-            _stage(session, pending, rules)
+            _stage(session, pending, rules, memo)
         with _phase("lookup"):
             found = _lookup(session, partner)
         with _phase("classify"):
-            _classify(pending, found, rules)
+            gained = _classify(pending, found, rules, memo)
     with _phase("insert_events"):
         _insert_events(session, batch, partner, rows)
     result = ChunkResult(rows=len(rows))
@@ -366,12 +458,15 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules)
             result.accepted += 1
             result.reduction_g += r.reduction_g
             result.points += r.points
+            if r.points:
+                assert r.user_id is not None
+                result.points_by_user[r.user_id] = result.points_by_user.get(r.user_id, 0) + r.points
         else:
             result.rejected += 1
             assert r.reason is not None
             result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
-    if result.accepted:
-        _apply_accepted(session, batch, partner, lo, hi, rules)
+    with _phase("apply_members"):
+        _add_to_members(session, gained)
     batch.rows_done = hi
     batch.accepted += result.accepted
     batch.rejected += result.rejected
@@ -393,33 +488,49 @@ def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Pa
          r.factors, r.status, r.reason, r.detail) for r in rows), _EVENT_TYPES)
 
 
-def _apply_accepted(session: Session, batch: BehaviourBatch, partner: partners.Partner, lo: int, hi: int,
-                    rules: Rules) -> None:
-    args = {"b": batch.id, "lo": lo, "hi": hi, "programme": partner.programme_id}
-    with _phase("apply_members"):
-        session.execute(text(
-            "UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + a.g "
-            f"FROM (SELECT user_id, SUM(reduction_g) AS g {_ACCEPTED_IN_CHUNK} GROUP BY user_id) a "
-            "WHERE behaviour_members.programme_id = :programme AND behaviour_members.user_id = a.user_id "
-            "AND a.g > 0"), args)
+def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
+    """Add each member's accepted grams to its record: on PostgreSQL COPY (id, g) into a scratch table
+    and one UPDATE .. FROM by primary key (HOT updates, see `Member`); executemany on SQLite."""
+    if not gained:
+        return
+    if _is_pg(session):
+        session.execute(text(_GAIN_DDL + " ON COMMIT DELETE ROWS"))
+        _copy_rows(session, "behaviour_member_gain", ("id", "g"), sorted(gained.items()), ("int8", "int8"))
+        session.execute(text("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
+                             "FROM behaviour_member_gain d WHERE behaviour_members.id = d.id"))
+        session.execute(text("TRUNCATE behaviour_member_gain"))
+    else:
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
+        raw.executemany("UPDATE behaviour_members SET reduction_g = reduction_g + ? WHERE id = ?",
+                        [(g, member_id) for member_id, g in sorted(gained.items())])
 
 
-def complete_batch(session: Session, batch_id: int, rules: Rules) -> BehaviourBatch:
+def complete_batch(session: Session, batch_id: int, rules: Rules,
+                   earned: Mapping[int, int] | None = None) -> BehaviourBatch:
     """The use case that closes a batch once all its rows are recorded: it credits the points of its
-    accepted rows, one `earn` entry per user (one INSERT..SELECT), and marks it complete. Idempotent:
-    a complete batch is returned unchanged. The caller commits."""
+    accepted rows, one `earn` entry per user, and marks it complete. `earned` (user id -> points) is
+    what the caller counted while it recorded EVERY line of the batch itself; otherwise (None) the
+    entries are summed from the batch's events (one INSERT..SELECT). Idempotent: a complete batch is
+    returned unchanged. The caller commits."""
     batch = session.get(BehaviourBatch, batch_id, with_for_update=True)
     assert batch is not None
     if batch.status != "open":
         return batch
+    expires, ref, now = rules.expires_on(batch.received_at), f"behaviour:{batch.id}", utcnow()
     with _phase("credit_points"):
-        session.execute(text(
-            "INSERT INTO points_entries (user_id, kind, points, expires_on, batch_id, ref, created_at) "
-            "SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now FROM behaviour_events "
-            "WHERE batch_id = :b AND status = 'accepted' GROUP BY user_id HAVING SUM(points) > 0"),
-            {"b": batch.id, "expires": rules.expires_on(batch.received_at), "ref": f"behaviour:{batch.id}",
-             "now": utcnow()})
-    batch.status, batch.completed_at = "complete", utcnow()
+        if earned is None:
+            session.execute(text(
+                "INSERT INTO points_entries (user_id, kind, points, expires_on, batch_id, ref, created_at) "
+                "SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now FROM behaviour_events "
+                "WHERE batch_id = :b AND status = 'accepted' GROUP BY user_id HAVING SUM(points) > 0"),
+                {"b": batch.id, "expires": expires, "ref": ref, "now": now})
+        else:
+            _copy_rows(session, "points_entries",
+                       ("user_id", "kind", "points", "expires_on", "batch_id", "ref", "created_at"),
+                       ((u, "earn", p, expires, batch.id, ref, now) for u, p in sorted(earned.items()) if p > 0),
+                       ("int4", "varchar", "int8", "date", "int4", "varchar", "timestamp"))
+    batch.status, batch.completed_at = "complete", now
     partner = session.get(partners.Partner, batch.partner_id)
     assert partner is not None
     audit.record(session, None, "behaviour.batch_completed", "behaviour_batch", batch.id,
@@ -519,6 +630,7 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
             return batch_result(session, b, code, replayed=True)
     # Pipelined: while one thread records chunk n, this one reads and prepares chunk n + 1 (the
     # database works while Python parses). Chunks still commit one at a time, in order.
+    recorder = _Recorder(factory, batch_id, rules, on_chunk)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-import") as pool:
         pending: Future[None] | None = None
         chunk: list[Row] = []
@@ -532,26 +644,52 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
                 if pending is not None:
                     pending.result()
                 if pipeline:
-                    pending = pool.submit(_commit_chunk, factory, batch_id, chunk, rules, on_chunk)
+                    pending = pool.submit(recorder.record, chunk)
                 else:
-                    _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
+                    recorder.record(chunk)
                 chunk = []
         if pending is not None:
             pending.result()
-        _commit_chunk(factory, batch_id, chunk, rules, on_chunk)
+        recorder.record(chunk)
     with factory() as session, session.begin():
-        b = complete_batch(session, batch_id, rules)
+        b = session.get(BehaviourBatch, batch_id)
+        assert b is not None
+        # The points counted while recording serve only if this import recorded every line itself.
+        whole = done == 0 and recorder.earned is not None and recorder.rows == b.rows_done
+        b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
         return batch_result(session, b, code, replayed=False)
 
 
-def _commit_chunk(factory: sessionmaker[Session], batch_id: int, chunk: list[Row], rules: Rules,
-                  on_chunk: Callable[[ChunkResult], None] | None) -> None:
-    if not chunk:
-        return
-    with factory() as session, session.begin():
-        result = ingest_chunk(session, batch_id, chunk, rules)
-    if on_chunk is not None:
-        on_chunk(result)
+class _Recorder:
+    """Records the chunks of one import in order (`ingest_chunk`, one transaction each) with the
+    import's `MemberMemo`, and counts the points earned per user on the way (up to `max_users`
+    users; beyond that `complete_batch` sums them from the events instead)."""
+
+    def __init__(self, factory: sessionmaker[Session], batch_id: int, rules: Rules,
+                 on_chunk: Callable[[ChunkResult], None] | None, max_users: int = 1_000_000) -> None:
+        self.factory, self.batch_id, self.rules, self.on_chunk = factory, batch_id, rules, on_chunk
+        self.memo = MemberMemo()
+        self.max_users = max_users
+        self.earned: dict[int, int] | None = {}
+        self.rows = 0
+
+    def record(self, chunk: list[Row]) -> None:
+        if not chunk:
+            return
+        try:
+            with self.factory() as session, session.begin():
+                result = ingest_chunk(session, self.batch_id, chunk, self.rules, self.memo)
+        except BaseException:
+            self.memo.clear()   # what the failed chunk taught it did not happen
+            raise
+        self.rows += result.rows
+        if self.earned is not None:
+            for user_id, p in result.points_by_user.items():
+                self.earned[user_id] = self.earned.get(user_id, 0) + p
+            if len(self.earned) > self.max_users:
+                self.earned = None
+        if self.on_chunk is not None:
+            self.on_chunk(result)
 
 
 def body_ref(digest: hashlib._Hash) -> str:

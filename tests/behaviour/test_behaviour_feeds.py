@@ -222,3 +222,52 @@ def test_a_chunk_never_leaves_a_gap_in_a_batch(bw: BWorld, session: Session) -> 
     assert batch.rows_done == 4
     assert [o.line for o in behaviour.outcomes(session, batch.id)] == [1, 2, 3, 4]
     session.rollback()
+
+
+
+def test_the_member_memo_holds_only_while_nobody_else_records(bw: BWorld, session: Session) -> None:
+    """An import remembers its members between chunks; another import's chunk in between (a bike ride
+    of the same resident) makes it forget, so the points carry starts from the real record."""
+    from registry import partners
+    from registry.behaviour_rules import RowPreparer
+
+    def batch_of(code: str) -> tuple[int, RowPreparer]:
+        partner = partners.partner_by_code(session, code)
+        batch = behaviour.open_batch(session, partner, "memo", "api", RECEIVED)
+        return batch.id, RowPreparer(Rules(), region="CN-GD-SZ", received_at=RECEIVED,
+                                     allowed=partners.allowed_types(session, partner.id),
+                                     factors=behaviour.factor_snapshot(session))
+
+    def metro(line: int, km: str) -> Any:
+        return metro_prep.prepare(line, row(f"a{line}", "card-0", "CI-TRANSIT", T0 + line * H, mode="metro",
+                                            distance_km=km))
+
+    memo = behaviour.MemberMemo()
+    a, metro_prep = batch_of("sz-metro")
+    r1 = behaviour.ingest_chunk(session, a, [metro(1, "10")], Rules(), memo)      # 467 g → 46 points
+    session.commit()
+    assert (r1.reduction_g, r1.points) == (467, 46)
+    member_id = memo.by_ref["card-0"]
+    assert memo.members[member_id] == [bw.uid(0), 467] and memo.head is not None
+    head = memo.head
+
+    # The import's next chunk finds the count where it left it: the memo holds.
+    r2 = behaviour.ingest_chunk(session, a, [metro(2, "1")], Rules(), memo)       # 47 g: 514 → +5
+    session.commit()
+    assert (r2.reduction_g, r2.points) == (47, 5)
+    assert memo.head == head + 1 and memo.members[member_id] == [bw.uid(0), 514]
+
+    # Another partner's import records a ride of the same resident: 4 km × 46.7 = 187 g: 701 → +19.
+    b, bike_prep = batch_of("sz-bike")
+    bike = bike_prep.prepare(1, row("b1", "bike-0", "CI-BIKE", T0 + 5 * H, distance_km="4"))
+    assert behaviour.ingest_chunk(session, b, [bike], Rules()).points == 19
+    session.commit()
+
+    # Back to the first import: 4 km of metro = 187 g. From the real record, 701 → 888: 88 - 70 = 18
+    # points; a memo that had not noticed the ride would say 514 → 701: 70 - 51 = 19.
+    r3 = behaviour.ingest_chunk(session, a, [metro(3, "4")], Rules(), memo)
+    session.commit()
+    assert (r3.reduction_g, r3.points) == (187, 18)
+    assert memo.head == head + 3 and memo.members[member_id] == [bw.uid(0), 888]
+    assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 888
+    assert behaviour.check_ledger(session) == []

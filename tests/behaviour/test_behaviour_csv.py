@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -71,3 +73,27 @@ def test_json_reader_reads_row_by_row_across_buffer_boundaries(monkeypatch: pyte
         with pytest.raises(InvalidInput):
             list(behaviour_io.json_rows(io.BytesIO(bad)))
     assert list(behaviour_io.json_rows(io.BytesIO(b' { "rows" : [ ] } '))) == []
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.datetimes(min_value=dt.datetime(1900, 1, 2), max_value=dt.datetime(2200, 1, 1)),
+       st.integers(-14 * 60, 14 * 60), st.sampled_from(["T", " "]),
+       st.sampled_from(["minutes", "seconds", "milliseconds", "microseconds"]))
+def test_times_with_an_offset_are_read_as_utc_like_astimezone(t: dt.datetime, minutes: int, sep: str,
+                                                               spec: str) -> None:
+    """The fast path of `_when` (the naive part less a remembered ±HH:MM offset) gives the time
+    `astimezone(UTC)` gives, for every offset and precision."""
+    from registry.behaviour_rules import _when
+
+    text = t.replace(tzinfo=dt.timezone(dt.timedelta(minutes=minutes))).isoformat(sep=sep, timespec=spec)
+    assert _when({"at": text}, "at") == dt.datetime.fromisoformat(text).astimezone(dt.UTC).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("text", ["2026-11-20T08:15+08:0", "2026-13-20T08:15:00+08:00", "2026-11-20T08:15:00+25:00",
+                                  "2026-11-20T08:15:00.+08:00", "tomorrow at 08:15:00 +08:00", ""])
+def test_malformed_times_are_invalid_naming_the_field(text: str) -> None:
+    from registry.behaviour_rules import _when
+
+    with pytest.raises(InvalidInput) as e:
+        _when({"at": text}, "at")
+    assert e.value.field == "at"

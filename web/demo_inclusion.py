@@ -22,7 +22,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from exchange import rewards_pool
-from registry import behaviour, holders, issuance, partners, points, programme_periods, projects, recognition, rewards
+from registry import (
+    behaviour,
+    holders,
+    issuance,
+    partners,
+    points,
+    programme_periods,
+    projects,
+    recognition,
+    rewards,
+)
 from registry.actors import Actor
 from registry.behaviour_io import csv_rows
 from registry.behaviour_rules import Rules

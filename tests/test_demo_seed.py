@@ -142,3 +142,28 @@ def test_seeded_demo_over_http(app: Flask, client) -> None:  # type: ignore[no-u
                                                    "password": "tanhui-demo"}).json["token"]
     me = client.get("/api/v1/me/points", headers={"Authorization": f"Bearer {token}"}).json
     assert me["balance"] == sum(e["points"] for e in me["entries"]) and me["balance"] > 0
+
+
+def test_a_demo_seeded_before_offsetting_gets_the_new_stages(app: Flask, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A database seeded by the older seed (registry and market only) gets offsetting and carbon
+    inclusion on the next `flask demo seed`, and only once."""
+    from web import demo_inclusion, demo_offsetting
+    from web.extensions import db
+
+    with monkeypatch.context() as m:
+        m.setattr(demo_offsetting, "seeded", lambda s: True)
+        m.setattr(demo_inclusion, "complete", lambda s: True)
+        old = seed_demo(db.session, now=NOW)
+    assert "Market" in old.summary and "Offsetting" not in old.summary
+    assert db.session.scalar(select(func.count()).select_from(Footprint)) == 0
+    db.session.rollback()
+    upgrade = seed_demo(db.session, now=NOW)
+    assert upgrade.summary.startswith("Offsetting") and "Carbon inclusion" in upgrade.summary
+    assert "demo seeded" not in upgrade.summary and "Market" not in upgrade.summary
+    assert seed_demo(db.session, now=NOW).summary == "demo data already present; nothing changed"
+    factory = sessionmaker(bind=db.engine)
+    audit.seal_all(factory)
+    with factory() as s:
+        assert _checks(s) == []
+        assert s.scalar(select(func.count()).select_from(Footprint)) == 3
+        assert s.scalar(select(func.count()).select_from(behaviour.BehaviourBatch)) == 3

@@ -258,26 +258,30 @@ def _mall(session: Session, op: Actor, today: dt.date) -> dict[str, int]:
     return ids
 
 
-def _has_batch(session: Session, partner_code: str) -> bool:
-    return session.scalar(select(behaviour.BehaviourBatch.id).join(
+def _last_batch(session: Session, partner_code: str) -> behaviour.BehaviourBatch | None:
+    return session.scalar(select(behaviour.BehaviourBatch).join(
         partners.Partner, partners.Partner.id == behaviour.BehaviourBatch.partner_id)
-        .where(partners.Partner.code == partner_code).limit(1)) is not None
+        .where(partners.Partner.code == partner_code).order_by(behaviour.BehaviourBatch.id.desc()).limit(1))
 
 
-def _imports(session: Session, today: dt.date, now: dt.datetime, rules: Rules) -> str:
-    """The three partners' batches (each import commits its own chunks; a partner with a batch is
-    skipped), then badges."""
+def _imports(session: Session, now: dt.datetime, rules: Rules) -> str:
+    """The three partners' batches, then badges. Each import commits its own chunks: a partner's
+    complete batch is not imported again, an interrupted one resumes (same reference, same receipt
+    time, so the same rows)."""
     factory = sessionmaker(bind=session.get_bind(), expire_on_commit=False)
     out = []
     for code, make in (("sz-metro", metro_rows), ("sz-bike", bike_rows), ("sk-sorting", sorting_rows)):
-        if _has_batch(session, code):
+        last = _last_batch(session, code)
+        if last is not None and last.status == "complete":
             continue
+        received = last.received_at if last is not None else now
+        today = (received + dt.timedelta(hours=8)).date()   # China time
+        ref = last.ref if last is not None else f"{code}-{today:%Y%m%d}"
         session.rollback()   # the import writes from its own sessions: hold no transaction (SQLite's lock)
-        ref = f"{code}-{today:%Y%m%d}"
         if code == "sz-metro":
-            r = _import_metro(factory, metro_rows(today), ref, now, rules)
+            r = _import_metro(factory, metro_rows(today), ref, received, rules)
         else:
-            r = behaviour.import_rows(factory, code, ref, "api", make(today), rules=rules, received_at=now)
+            r = behaviour.import_rows(factory, code, ref, "api", make(today), rules=rules, received_at=received)
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items()))
         out.append(f"{code} batch: {r.accepted} rows accepted, {r.rejected} rejected ({reasons or 'none'});")
     badges = recognition.refresh(session, now=now)
@@ -323,7 +327,7 @@ def seed_inclusion(session: Session, now: dt.datetime, rules: Rules) -> str:
         _people(session, op, transit_id, _waste_programme(session, op))
         session.commit()
         done.append(f"3 partners, {len(RESIDENTS)} residents enrolled;")
-    done.append(_imports(session, today, now, rules))
+    done.append(_imports(session, now, rules))
     if programme_periods.last_closed(session, _programme_id(session, TRANSIT_PROGRAMME)) is None:
         done.append(_close_period(session, op, today))
     if session.scalar(select(rewards.Reward.id).limit(1)) is None:

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from exchange.models import Instrument
 from registry import holders, issuance, methodologies, projects, units
 from registry.actors import Actor
+from registry.behaviour_rules import Rules
+from registry.db import utcnow
 from registry.models import Holder, HolderKind, Project, User
 
 DEMO_PASSWORD = "tanhui-demo"
@@ -31,21 +34,42 @@ def _holder(session: Session, kind: HolderKind, name: str, name_en: str, city: s
     return h, Actor.of(user)
 
 
-def seed_demo(session: Session) -> SeedResult:
-    """Seed once; a second call changes nothing and says so."""
-    if session.scalar(select(User.id).where(User.email == "operator@tanhui.demo")):
-        session.rollback()
-        return SeedResult("demo data already present; nothing changed")
+def seed_demo(session: Session, *, now: dt.datetime | None = None, rules: Rules | None = None) -> SeedResult:
+    """Seed what is missing, stage by stage (the registry, the market, offsetting, carbon inclusion),
+    each recognised by an object it makes; a second call changes nothing and says so, and a database
+    seeded by an older version gets the newer stages. `now` (naive UTC, default the clock) dates the
+    behaviour data; `rules` default to the app's `BEHAVIOUR_RULES`."""
+    from web import demo_inclusion, demo_offsetting
+
+    now = now or utcnow()
+    rules = rules or _rules()
+    result = SeedResult("")
+    done: list[str] = []
     try:
-        from registry import factors
-        factors.sync_shipped(session)
-        result = _seed(session)
-        session.commit()
-        result.summary += " " + _seed_market(session)
+        if not session.scalar(select(User.id).where(User.email == "operator@tanhui.demo")):
+            from registry import factors
+            factors.sync_shipped(session)
+            result = _seed(session)
+            session.commit()
+            done.append(result.summary)
+        if not session.scalar(select(Instrument.id).where(Instrument.symbol == "SZ-TRANSIT-2026")):
+            done.append(_seed_market(session))
+        if not demo_offsetting.seeded(session):
+            done.append(demo_offsetting.seed_offsetting(session))
+        if not demo_inclusion.complete(session):
+            done.append(demo_inclusion.seed_inclusion(session, now, rules))
     except Exception:
         session.rollback()
         raise
+    session.rollback()
+    result.summary = " ".join(done) if done else "demo data already present; nothing changed"
     return result
+
+
+def _rules() -> Rules:
+    from flask import current_app, has_app_context
+
+    return Rules.from_mapping(current_app.config.get("BEHAVIOUR_RULES") if has_app_context() else None)
 
 
 def _actor(session: Session, email: str) -> Actor:

@@ -298,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# rejected by reason: {result.reasons}")
         print("# seconds by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in behaviour.PHASES.items())
               + f"; commit and the rest {t_import - sum(behaviour.PHASES.values()):.2f}")
+        print(f"# chunks checked ahead {behaviour.PROBES['ahead']}, checked again {behaviour.PROBES['again']}")
         # CPU seconds are steadier than wall time on a shared machine: at 50,000 rows/s on two cores
         # the import may use at most 40 s of CPU per million rows, Python and PostgreSQL together.
         cpu_pg = server1 - server0 if server0 is not None and server1 is not None else None

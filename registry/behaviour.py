@@ -72,6 +72,8 @@ _LOCK_CLASS = 0x6268  # pg_advisory_xact_lock(class, programme_id): one importer
 
 # Seconds spent per phase of the import since the process started (for the benchmark's breakdown).
 PHASES: dict[str, float] = {}
+# Chunks whose database checks were made ahead ("ahead") or made again under the lock ("again").
+PROBES: dict[str, int] = {"ahead": 0, "again": 0}
 
 
 @contextmanager
@@ -183,6 +185,8 @@ _GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g
 # bounds of the programme's calendar day) + 1 if one of them from another partner overlaps the row's
 # time span; one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
 # `Rules.max_duration_h` (24 h).
+# The events of this batch from line `from_line` on are left out: a probe made ahead (see `Probe`)
+# must not depend on whether the chunk before it has committed yet.
 # `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
 _LOOKUP = """
 WITH x AS MATERIALIZED (
@@ -203,13 +207,14 @@ WITH x AS MATERIALIZED (
 )
 SELECT u.line_no, u.member_id, u.uid, u.before_g,
   (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = u.event_id
-   AND e.status = 'accepted' LIMIT 1) AS dup,
+   AND e.status = 'accepted' AND NOT (e.batch_id = :b AND e.line_no >= :from_line) LIMIT 1) AS dup,
   (SELECT SUM(CASE WHEN e.started_at >= u.day_lo AND e.started_at < u.day_hi THEN 2 ELSE 0 END)
         + MAX(CASE WHEN e.partner_id <> :partner
                     AND ((e.started_at < u.ended_at AND e.ended_at > u.started_at)
                          OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END)
    FROM behaviour_events e WHERE e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
-   AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi) AS seen
+   AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi
+   AND NOT (e.batch_id = :b AND e.line_no >= :from_line)) AS seen
 FROM (SELECT * FROM u ORDER BY uid, code, started_at) u
 """
 
@@ -221,8 +226,9 @@ class ChunkResult:
     reduction_g: int = 0
     points: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-    # Points of this chunk's accepted rows per user (not summed by `add`).
+    # Points of this chunk's accepted rows per user, and what it accepted (not summed by `add`).
     points_by_user: dict[int, int] = field(default_factory=dict)
+    accepted_rows: Accepted | None = None
 
     def add(self, other: ChunkResult) -> None:
         self.rows += other.rows
@@ -284,12 +290,14 @@ class MemberMemo:
     def __init__(self, limit: int = 400_000) -> None:
         self.limit = limit
         self.head: int | None = None                 # the programme's chunk count after our last chunk
+        self.generation = 0                          # how many times it forgot everything
         self.by_ref: dict[str, int] = {}             # the partner's external id -> member id
         self.by_user: dict[int, int] = {}            # registry user id -> member id
         self.members: dict[int, list[int]] = {}      # member id -> [user id, reduction_g]
 
     def clear(self) -> None:
         self.head = None
+        self.generation += 1
         self.by_ref.clear()
         self.by_user.clear()
         self.members.clear()
@@ -334,13 +342,18 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
     _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
 
 
-def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: MemberMemo) -> dict[int, int]:
-    """Decide the database-dependent outcome of each pending row, in row order. Returns the grams
-    accepted per member id (and leaves the members' new records in `memo`)."""
+def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: MemberMemo,
+              left_out: Accepted | None, accepted: Accepted) -> dict[int, int]:
+    """Decide the database-dependent outcome of each pending row, in row order, adding to the
+    database's answers (`found`) the rows of `left_out` (the chunk before, if the lookup left it
+    out). Returns the grams accepted per member id, leaves the members' new records in `memo` and
+    what was accepted in `accepted`."""
     counts: dict[tuple[int, str, dt.date], int] = {}
     carry: dict[int, int] = {}
     gained: dict[int, int] = {}
-    accepted_ids: set[str] = set()
+    accepted_ids, per_day = accepted.event_ids, accepted.per_day
+    earlier_ids = left_out.event_ids if left_out is not None else frozenset()
+    earlier_per_day = left_out.per_day if left_out is not None else {}
     per_point = rules.grams_per_point
     for r in rows:
         member_id, uid, before_g, dup, seen = found[r.line_no]
@@ -352,10 +365,13 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
             member_id = memo.member_of(r)
             assert member_id is not None
             before_g = memo.members[member_id][1]
-        elif member_id not in carry:
+        elif member_id in memo.members:   # met since it was staged: the memo is newer than the probe
+            memo.learn(r, member_id, uid, memo.members[member_id][1])
+            before_g = memo.members[member_id][1]
+        else:
             memo.learn(r, member_id, uid, before_g)
         r.user_id = uid
-        if dup or r.event_id in accepted_ids:
+        if dup or r.event_id in accepted_ids or r.event_id in earlier_ids:
             r.reject(DUPLICATE, "this partner's event id was already accepted")
             continue
         if elsewhere:
@@ -363,7 +379,7 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
             continue
         assert r.code is not None and r.day is not None
         key = (uid, r.code, r.day)
-        n = counts.get(key, counted) + 1
+        n = counts.get(key, counted + earlier_per_day.get(key, 0)) + 1
         cap = rules.cap(r.code)
         if n > cap:
             r.reject(OVER_CAP, f"more than {cap} {r.code} a day")
@@ -376,6 +392,7 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
         if r.reduction_g:
             gained[member_id] = gained.get(member_id, 0) + r.reduction_g
         accepted_ids.add(r.event_id)
+        per_day[key] = per_day.get(key, 0) + 1
         r.status = "accepted"
     for member_id, after in carry.items():
         if member_id in memo.members:
@@ -383,7 +400,7 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
     return gained
 
 
-def _lookup(session: Session, partner: partners.Partner) -> dict[int, Any]:
+def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_line: int) -> dict[int, Any]:
     pg = _is_pg(session)
     if pg:
         # Index probes per staged row, never a hash of a whole table (members, daily records and
@@ -391,14 +408,62 @@ def _lookup(session: Session, partner: partners.Partner) -> dict[int, Any]:
         session.execute(text("SET LOCAL enable_hashjoin = off"))
         session.execute(text("SET LOCAL enable_mergejoin = off"))
     found = {row[0]: tuple(row[1:]) for row in session.execute(
-        text(_LOOKUP), {"partner": partner.id, "programme": partner.programme_id})}
+        text(_LOOKUP), {"partner": partner.id, "programme": partner.programme_id, "b": batch_id,
+                        "from_line": from_line})}
     if pg:
         session.execute(text("RESET enable_hashjoin"))
         session.execute(text("RESET enable_mergejoin"))
     return found
 
 
-def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> None:
+@dataclass
+class Accepted:
+    """What a recorded chunk accepted, for a probe of the next chunk that left it out: its lines, its
+    event ids and its rows per (user, type, day)."""
+
+    lo: int
+    hi: int
+    event_ids: set[str]
+    per_day: dict[tuple[int, str, dt.date], int]
+
+
+@dataclass
+class Probe:
+    """A chunk's database checks made ahead, on a connection of its own while the previous chunk is
+    still being recorded (PostgreSQL): `found` as `_lookup` returns it, leaving out this batch's
+    events from `from_line` on (the previous chunk, committed or not: its `Accepted` rows are added
+    in Python). `head` is the programme's chunk count in the probe's snapshot, `generation` the
+    memo's when it staged the rows; `ingest_chunk` uses the probe only if nobody but this import
+    recorded since that snapshot and the memo has not forgotten anything since (else it probes again
+    under the programme's lock)."""
+
+    head: int
+    generation: int
+    from_line: int
+    found: dict[int, Any]
+
+
+def probe_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules, memo: MemberMemo,
+                from_line: int) -> Probe:
+    """Stage the chunk's pending rows and look them up in one REPEATABLE READ snapshot (the caller
+    begins the transaction with that isolation level). Reads only; the caller rolls back."""
+    batch = session.get(BehaviourBatch, batch_id)
+    assert batch is not None
+    partner = session.get(partners.Partner, batch.partner_id)
+    assert partner is not None
+    session.execute(text("SET LOCAL jit = off"))
+    head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
+                          {"p": partner.programme_id}) or 0
+    generation = memo.generation
+    pending = [r for r in rows if r.status is None]
+    with _phase("stage"):
+        _stage(session, pending, rules, memo)
+    with _phase("lookup"):
+        found = _lookup(session, partner, batch_id, from_line)
+    return Probe(head, generation, from_line, found)
+
+
+def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> int:
     """Count this chunk in the programme's head (the caller holds the programme's lock) and forget
     the memo if another chunk was recorded since this import's previous one."""
     args = {"p": programme_id}
@@ -410,13 +475,17 @@ def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> None:
     if memo.head != chunks - 1 or len(memo.members) > memo.limit:   # (never in the middle of a chunk)
         memo.clear()
     memo.head = chunks
+    return chunks
 
 
 def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
-                 memo: MemberMemo | None = None) -> ChunkResult:
+                 memo: MemberMemo | None = None, probe: Probe | None = None,
+                 before: Accepted | None = None) -> ChunkResult:
     """The use case that records one chunk of prepared rows (consecutive lines, in order) of an open
     batch: outcomes, points per row, the members' reduction records, counters, audit. The caller
-    commits; if the commit fails, it must `clear()` the `memo` it passed (see `MemberMemo`).
+    commits; if the commit fails, it must `clear()` the `memo` it passed (see `MemberMemo`). A `probe`
+    made ahead is used when still right (see `Probe`; `before` = what the chunk before accepted),
+    else the checks are made here; the result's `accepted` says what this chunk accepted.
     Lines already recorded (a concurrent or repeated import) are skipped; a chunk that would leave a
     gap after the recorded lines raises Conflict `batch_in_progress`."""
     if not rows:
@@ -440,19 +509,28 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
     if lo != batch.rows_done + 1:
         raise Conflict(f"batch {batch.id} has {batch.rows_done} lines recorded; line {lo} cannot come next "
                        "(another import of this batch is running)", field="batch_ref", code="batch_in_progress")
-    _count_chunk(session, partner.programme_id, memo)
+    chunks = _count_chunk(session, partner.programme_id, memo)
     pending = [r for r in rows if r.status is None]
     gained: dict[int, int] = {}
+    accepted = Accepted(lo, hi, set(), {})
     if pending:
-        with _phase("stage"):
-            _stage(session, pending, rules, memo)
-        with _phase("lookup"):
-            found = _lookup(session, partner)
+        left_out: Accepted | None = None
+        if (probe is not None and probe.generation == memo.generation and probe.head >= chunks - 2
+                and (probe.from_line == lo or (before is not None and probe.from_line == before.lo
+                                               and before.hi == lo - 1))):
+            found, left_out = probe.found, before if probe.from_line < lo else None
+            PROBES["ahead"] += 1
+        else:
+            PROBES["again"] += probe is not None
+            with _phase("stage"):
+                _stage(session, pending, rules, memo)
+            with _phase("lookup"):
+                found = _lookup(session, partner, batch.id, lo)
         with _phase("classify"):
-            gained = _classify(pending, found, rules, memo)
+            gained = _classify(pending, found, rules, memo, left_out, accepted)
     with _phase("insert_events"):
         _insert_events(session, batch, partner, rows)
-    result = ChunkResult(rows=len(rows))
+    result = ChunkResult(rows=len(rows), accepted_rows=accepted)
     for r in rows:
         if r.status == "accepted":
             result.accepted += 1
@@ -628,11 +706,33 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
             b = session.get(BehaviourBatch, batch_id)
             assert b is not None
             return batch_result(session, b, code, replayed=True)
-    # Pipelined: while one thread records chunk n, this one reads and prepares chunk n + 1 (the
-    # database works while Python parses). Chunks still commit one at a time, in order.
+    # Pipelined: while one thread records chunk n, another (PostgreSQL) makes the database checks of
+    # chunk n + 1 on a connection of its own and this one reads and prepares chunk n + 2 (the
+    # database works on two cores while Python parses). Chunks still commit one at a time, in order.
     recorder = _Recorder(factory, batch_id, rules, on_chunk)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-import") as pool:
+    with factory() as session:
+        probing = pipeline and _is_pg(session)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-record") as records, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-probe") as probes:
         pending: Future[None] | None = None
+        previous_lo: int | None = None
+
+        def submit(chunk: list[Row]) -> None:
+            nonlocal pending, previous_lo
+            if not chunk:
+                return
+            # The probe starts once the chunk before the previous one has committed (waited for
+            # below), and leaves out the previous one, committed or not (see `Probe`).
+            from_line = previous_lo if previous_lo is not None else chunk[0].line_no
+            probe = probes.submit(recorder.probe, chunk, from_line) if probing else None
+            if pending is not None:
+                pending.result()
+            if pipeline:
+                pending = records.submit(recorder.record, chunk, probe)
+            else:
+                recorder.record(chunk, probe)
+            previous_lo = chunk[0].line_no
+
         chunk: list[Row] = []
         for line_no, raw in enumerate(rows, start=1):
             if line_no <= done:
@@ -641,16 +741,11 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
             chunk.append(preparer.prepare(line_no, raw))
             PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
             if len(chunk) >= chunk_size:
-                if pending is not None:
-                    pending.result()
-                if pipeline:
-                    pending = pool.submit(recorder.record, chunk)
-                else:
-                    recorder.record(chunk)
+                submit(chunk)
                 chunk = []
+        submit(chunk)
         if pending is not None:
             pending.result()
-        recorder.record(chunk)
     with factory() as session, session.begin():
         b = session.get(BehaviourBatch, batch_id)
         assert b is not None
@@ -662,8 +757,8 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
 
 class _Recorder:
     """Records the chunks of one import in order (`ingest_chunk`, one transaction each) with the
-    import's `MemberMemo`, and counts the points earned per user on the way (up to `max_users`
-    users; beyond that `complete_batch` sums them from the events instead)."""
+    import's `MemberMemo` and the probes made ahead, and counts the points earned per user on the
+    way (up to `max_users` users; beyond that `complete_batch` sums them from the events instead)."""
 
     def __init__(self, factory: sessionmaker[Session], batch_id: int, rules: Rules,
                  on_chunk: Callable[[ChunkResult], None] | None, max_users: int = 1_000_000) -> None:
@@ -672,16 +767,27 @@ class _Recorder:
         self.max_users = max_users
         self.earned: dict[int, int] | None = {}
         self.rows = 0
+        self.last: Accepted | None = None     # what the last chunk recorded accepted
 
-    def record(self, chunk: list[Row]) -> None:
+    def probe(self, chunk: list[Row], from_line: int) -> Probe:
+        with self.factory() as session:
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            try:
+                return probe_chunk(session, self.batch_id, chunk, self.rules, self.memo, from_line)
+            finally:
+                session.rollback()
+
+    def record(self, chunk: list[Row], probe: Future[Probe] | None = None) -> None:
         if not chunk:
             return
+        ahead = probe.result() if probe is not None else None
         try:
             with self.factory() as session, session.begin():
-                result = ingest_chunk(session, self.batch_id, chunk, self.rules, self.memo)
+                result = ingest_chunk(session, self.batch_id, chunk, self.rules, self.memo, ahead, self.last)
         except BaseException:
             self.memo.clear()   # what the failed chunk taught it did not happen
             raise
+        self.last = result.accepted_rows
         self.rows += result.rows
         if self.earned is not None:
             for user_id, p in result.points_by_user.items():

@@ -85,6 +85,9 @@ _PURPOSE = {FootprintKind.EVENT: RetirementPurpose.EVENT_OFFSET,
 # Set by the card-payment module: refunder(session, order, amount) → the refund's reference.
 CardRefunder = Callable[[Session, OffsetOrder, int], str | None]
 _card_refunder: CardRefunder | None = None
+# Set by the card-payment module: canceller(session, order) stops the order's open card payment.
+CardCanceller = Callable[[Session, OffsetOrder], None]
+_card_canceller: CardCanceller | None = None
 
 
 def set_card_refunder(fn: CardRefunder | None) -> CardRefunder | None:
@@ -93,6 +96,16 @@ def set_card_refunder(fn: CardRefunder | None) -> CardRefunder | None:
     Returns the one it replaces (a test puts it back)."""
     global _card_refunder
     previous, _card_refunder = _card_refunder, fn
+    return previous
+
+
+def set_card_canceller(fn: CardCanceller | None) -> CardCanceller | None:
+    """Register how an order's open card payment is stopped when the order is cancelled or its
+    quote expires (e.g. cancel the Stripe PaymentIntent, so the browser can no longer pay it).
+    Called inside the cancellation's transaction; it must not raise for the provider (a payment
+    that still arrives is refunded by `mark_paid`). Returns the one it replaces."""
+    global _card_canceller
+    previous, _card_canceller = _card_canceller, fn
     return previous
 
 
@@ -374,6 +387,8 @@ def _end(session: Session, order: OffsetOrder, status: OffsetStatus, reason: str
     audit.record(session, actor, f"offset.{status.value}", "offset_order", order.id,
                  {"from": before.value, "reason": reason, "released_kg": released,
                   "refunded_amount": order.refunded_amount})
+    if status is OffsetStatus.CANCELLED and order.payment == "card" and _card_canceller is not None:
+        _card_canceller(session, order)
 
 
 def _expired(order: OffsetOrder, now: dt.datetime) -> bool:

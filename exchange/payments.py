@@ -74,6 +74,9 @@ class StripeGateway:
             params={"amount": amount, "currency": currency.lower(), "metadata": metadata},
             options={"idempotency_key": idempotency_key})
 
+    def cancel_payment_intent(self, payment_intent_id: str, idempotency_key: str) -> stripe.PaymentIntent:
+        return self.client.v1.payment_intents.cancel(payment_intent_id, options={"idempotency_key": idempotency_key})
+
     def create_refund(self, payment_intent_id: str, amount: int, metadata: dict[str, str],
                       idempotency_key: str) -> stripe.Refund:
         return self.client.v1.refunds.create(
@@ -281,6 +284,45 @@ def refund_external(session: Session, payment_id: int, amount: int, reason: str,
     if unfulfilled:
         p.fulfilment_error = reason.strip()
     return rec
+
+
+OPEN = (PaymentStatus.REQUIRES_PAYMENT, PaymentStatus.FAILED)
+
+
+def cancel_payment(session: Session, payment_id: int, reason: str, *,
+                   gateway: StripeGateway | None = None) -> Payment:
+    """The system cancels the PaymentIntent of a payment its purpose no longer wants (an offset
+    order that expired or was cancelled), with Stripe's idempotency key, so the browser can no
+    longer pay it: status canceled, `failure_reason` = `reason`. Does nothing to a payment that is
+    not open (requires_payment or failed). Never raises for Stripe: if Stripe refuses (the buyer
+    paid a moment ago: its payment_intent.succeeded is on its way, and the purpose refunds a payment
+    it no longer wants) or cannot be reached, the payment stays open, `attention` says why and an
+    audit record is left; the purpose's own change goes on, and a job may call this again. No
+    actor: call it only from the purpose's own use cases."""
+    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    if p is None:
+        raise NotFound(f"no payment {payment_id}", field="payment_id")
+    if p.status not in OPEN:
+        return p
+    try:
+        pi = _gw(gateway).cancel_payment_intent(p.stripe_payment_intent_id,
+                                                idempotency_key=f"tanhui-cancel-{p.id}")
+        status = pi.status
+    except (PaymentsUnavailable, stripe.StripeError) as err:
+        status = None
+        problem = f"the PaymentIntent could not be canceled: {getattr(err, 'user_message', None) or err}"
+    if status == "canceled":
+        p.status, p.failure_reason, p.attention = PaymentStatus.CANCELED, reason, None
+        audit.record(session, None, "payment.canceled", "payment", p.id,
+                     {"reason": reason, "payment_intent": p.stripe_payment_intent_id, "by": "tanhui"})
+        return p
+    if status is not None:
+        problem = f"Stripe did not cancel the PaymentIntent: it is {status}"
+    if p.attention != problem[:2000]:   # a job retrying every 30 s audits a new problem, not each try
+        p.attention = problem[:2000]
+        audit.record(session, None, "payment.cancel_failed", "payment", p.id,
+                     {"reason": reason, "problem": p.attention})
+    return p
 
 
 def find_payments(session: Session, purpose: str, reference: str) -> list[Payment]:

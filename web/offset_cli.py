@@ -26,12 +26,21 @@ def resume() -> None:
 
 @offsets_cli.command("expire")
 def expire() -> None:
-    """Cancel offset quotes past their time and release their reservations."""
-    from exchange import offsets
+    """Cancel offset quotes past their time and release their reservations; cancel the card
+    PaymentIntents of ended orders (retrying those Stripe did not take)."""
+    from flask import current_app
 
+    from exchange import offset_payments, offsets
+    from web.payments_setup import configure_payments
+
+    configure_payments(current_app)
     with db.session.begin():
         done = offsets.expire_due(db.session)
+    with db.session.begin():
+        canceled = offset_payments.cancel_abandoned(db.session)
     click.echo(f"expired {len(done)} quote(s): {done}")
+    if canceled:
+        click.echo(f"canceled {len(canceled)} card payment(s) of ended orders: {canceled}")
 
 
 @offsets_cli.command("check")

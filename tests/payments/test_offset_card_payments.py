@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+import stripe
 from sqlalchemy import func, select
 
 import matching
@@ -18,7 +19,7 @@ from exchange import offset_payments, offsets, orders, payments, wallets
 from exchange.models import Deposit, Withdrawal, WithdrawalStatus
 from exchange.offset_models import OffsetListing, OffsetOrder
 from exchange.orders import OrderRequest
-from exchange.payment_models import StripeEvent
+from exchange.payment_models import Payment, StripeEvent
 from registry import holders, invariants, projects
 from registry.db import utcnow
 from registry.models import AuditRecord, HolderKind, Retirement, User
@@ -208,22 +209,97 @@ def test_webhook_three_times_and_out_of_order_retires_once(client, session, m, g
     assert problems(session) == []
 
 
-def test_a_payment_after_the_quote_expired_goes_back_to_the_card(client, session, m, gw, localstripe):
+def intent_status(gw, pi: str) -> str:
+    return str(gw.client.v1.payment_intents.retrieve(pi).status)
+
+
+def audited(session, action: str, entity: str, entity_id: int) -> list[dict[str, Any]]:
+    return read(session, lambda: [json.loads(x) for x in session.scalars(select(AuditRecord.payload).where(
+        AuditRecord.action == action, AuditRecord.entity_type == entity, AuditRecord.entity_id == str(entity_id))
+        .order_by(AuditRecord.id))])
+
+
+def test_an_expired_order_cancels_its_payment_intent_so_the_card_cannot_pay(client, session, session_factory, m,
+                                                                            gw, localstripe):
     o = card_order(client, m)
-    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
-    listing_id = o["listing_id"]
-    # The expiry job runs after the card payment's time ran out.
+    oid, cp = o["id"], o["card_payment"]
+    pi = cp["stripe_payment_intent_id"]
+    assert intent_status(gw, pi) == "requires_payment_method"
     later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
     assert offsets.expire_due(session, later) == [oid]
     session.commit()
     got = order_of(client, m, oid)
     assert (got["status"], got["reason"]) == ("cancelled", "quote_expired")
+    assert intent_status(gw, pi) == "canceled"
+    why = f"offset order {oid} quote_expired"
+    p = got["card_payment"]
+    assert (p["status"], p["failure_reason"], p["attention"], p["client_secret"]) == ("canceled", why, None, None)
+    assert audited(session, "payment.canceled", "payment", cp["id"]) == [
+        {"reason": why, "payment_intent": pi, "by": "tanhui"}]
+    # The browser still has the client_secret: Stripe refuses it now.
+    with pytest.raises(stripe.InvalidRequestError):
+        browser_pays(gw, pi, VISA)
+    # Nothing is left for the expiry job to retry.
+    from exchange import offset_jobs
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert card_deposits(session) == []
+    assert problems(session) == []
+
+
+def test_a_cancelled_order_cancels_its_payment_intent(client, session, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    r = client.post(f"/api/v1/offsets/{oid}/cancel", headers=auth(m.buyer), json={"reason": "wrong event"})
+    assert r.status_code == 200 and r.json["status"] == "cancelled", r.json
+    assert intent_status(gw, pi) == "canceled"
+    p = order_of(client, m, oid)["card_payment"]
+    assert (p["status"], p["failure_reason"]) == ("canceled", f"offset order {oid} wrong event")
+    with pytest.raises(stripe.InvalidRequestError):
+        browser_pays(gw, pi, VISA)
+    assert problems(session) == []
+
+
+def test_stripe_unreachable_at_expiry_is_retried_by_the_job(client, session, session_factory, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, cp = o["id"], o["card_payment"]
+    pi = cp["stripe_payment_intent_id"]
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    payments.configure(None)     # Stripe not configured (or down): the quote expires all the same
+    assert offsets.expire_due(session, later) == [oid]
+    session.commit()
+    p = read(session, lambda: session.get(Payment, cp["id"]))
+    problem = "the PaymentIntent could not be canceled: card payments are not configured (STRIPE_API_KEY)"
+    assert (p.status.value, p.attention) == ("requires_payment", problem)
+    assert intent_status(gw, pi) == "requires_payment_method"
+    assert audited(session, "payment.cancel_failed", "payment", cp["id"]) == [
+        {"reason": f"offset order {oid} quote_expired", "problem": problem}]
+    assert read(session, lambda: session.get(OffsetOrder, oid).status.value) == "cancelled"
+    # The job runs again once Stripe answers: it cancels what the expiry could not.
+    from exchange import offset_jobs
+    payments.configure(gw)
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert intent_status(gw, pi) == "canceled"
+    p = read(session, lambda: session.get(Payment, cp["id"]))
+    assert (p.status.value, p.attention) == ("canceled", None)
+    assert problems(session) == []
+
+
+def test_a_payment_just_before_the_quote_expired_goes_back_to_the_card(client, session, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    listing_id = o["listing_id"]
+    # The buyer pays in the last second; Stripe's webhook is still on its way when the expiry job runs.
+    assert browser_pays(gw, pi, VISA) is None
+    (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    assert offsets.expire_due(session, later) == [oid]
+    session.commit()
+    got = order_of(client, m, oid)
+    assert (got["status"], got["reason"]) == ("cancelled", "quote_expired")
+    assert got["card_payment"]["attention"].startswith("the PaymentIntent could not be canceled: ")
     assert read(session, lambda: session.get(OffsetListing, listing_id).available_kg) == 100_000
     assert client.post(f"/api/v1/offsets/{oid}/confirm", headers=auth(m.buyer)).status_code == 409
 
-    # The browser had the client_secret and pays anyway.
-    assert browser_pays(gw, pi, VISA) is None
-    (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
     r = deliver(client, ok)
     assert r.json["outcome"] == "succeeded; fulfilment failed and was refunded", r.json
     got = order_of(client, m, oid)

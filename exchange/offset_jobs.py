@@ -49,7 +49,10 @@ def run_resume(session_factory: sessionmaker[Session], wake: Wake | None = None)
     with job_lock(session_factory, RESUME_LOCK) as got:
         if not got:
             return None
-        done = offsets.resume_paid(session_factory)
+        failures: dict[int, str] = {}
+        done = offsets.resume_paid(session_factory, failures=failures)
+    if failures:
+        log.warning("offset orders that could not be resumed: %s", failures)
     if done:
         log.info("offset orders resumed: %s", done)
         if wake is not None:

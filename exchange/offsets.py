@@ -24,6 +24,7 @@ register a refunder with `set_card_refunder` that returns money to the card.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,10 @@ from registry.models import (
     UserRole,
 )
 
+log = logging.getLogger(__name__)
+
 QUOTE_TTL = dt.timedelta(minutes=10)
+MAX_RESUME_ATTEMPTS = 5     # a paid order the resume job failed to finish this often is refunded
 CARD_PAYMENT_TTL = dt.timedelta(minutes=30)
 DEFAULT_FEE_BP = 50
 PAYMENTS = ("wallet", "card")
@@ -642,21 +646,60 @@ def fulfil(session: Session, order_id: int) -> OffsetOrder:
     return order
 
 
-def resume_paid(session_factory: Callable[[], Session], limit: int = 500) -> list[int]:
+def resume_paid(session_factory: Callable[[], Session], limit: int = 500, *,
+                failures: dict[int, str] | None = None) -> list[int]:
     """Finish every paid order not yet retired (after a crash between payment and retirement, or
-    an exchange fill the engine has answered). Each in its own transaction. Returns the order ids
-    that changed state."""
+    an exchange fill the engine has answered). Each in its own transaction: one that fails is
+    rolled back, its failure recorded (`_resume_failed`; into `failures` too, order id → why) and
+    the others go on. Returns the order ids that changed state."""
     with session_factory() as s:
         ids = list(s.scalars(select(OffsetOrder.id).where(
             OffsetOrder.status.in_([OffsetStatus.PAID, OffsetStatus.FILLED])).order_by(OffsetOrder.id).limit(limit)))
     done = []
     for oid in ids:
-        with session_factory() as s, s.begin():
-            before = s.scalar(select(OffsetOrder.status).where(OffsetOrder.id == oid))
-            after = fulfil(s, oid).status
+        try:
+            with session_factory() as s, s.begin():
+                before = s.scalar(select(OffsetOrder.status).where(OffsetOrder.id == oid))
+                order = fulfil(s, oid)
+                after = order.status
+                if after is not before:
+                    order.resume_error = None
+        except Exception as err:   # noqa: BLE001 - one order's failure must not stop the others
+            log.warning("offset order %s could not be resumed", oid, exc_info=True)
+            why = _resume_failed(session_factory, oid, err)
+            if failures is not None:
+                failures[oid] = why
+            continue
         if after is not before:
             done.append(oid)
     return done
+
+
+def _resume_failed(session_factory: Callable[[], Session], order_id: int, err: Exception) -> str:
+    """Record why resuming the order failed (`resume_error`, `resume_attempts`, an audit record) in a
+    transaction of its own. A failure that cannot go away by trying again (a domain error, not the
+    payment provider's 5xx) or the MAX_RESUME_ATTEMPTS-th failure gives up: a paid order that has not
+    bought anything is refunded with the reason (wallet, or to the card); one whose buy was placed
+    keeps what it bought and stays for an operator. Returns the reason."""
+    why = (f"{err.code}: {err.message}" if isinstance(err, RegistryError) else f"{type(err).__name__}: {err}")[:1000]
+    with session_factory() as s, s.begin():
+        order = _lock(s, order_id)
+        order.resume_attempts += 1
+        order.resume_error = why
+        give_up = (isinstance(err, RegistryError) and err.status < 500) or order.resume_attempts >= MAX_RESUME_ATTEMPTS
+        refundable = give_up and order.status is OffsetStatus.PAID and order.exchange_order_id is None
+        audit.record(s, None, "offset.resume_failed", "offset_order", order.id,
+                     {"attempt": order.resume_attempts, "error": why, "refund": refundable})
+        if refundable:
+            try:
+                with s.begin_nested():
+                    refund(s, order, f"the order could not be completed: {why}")
+            except Exception as again:   # noqa: BLE001 - the money stays held; the next run tries again
+                order = _lock(s, order_id)
+                order.resume_error = f"{why}; the refund failed too: {again}"[:2000]
+                audit.record(s, None, "offset.refund_failed", "offset_order", order.id,
+                             {"error": order.resume_error})
+    return why
 
 
 # ---- checks -----------------------------------------------------------------------------------

@@ -103,7 +103,10 @@ class OffsetStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self in (OffsetStatus.RETIRED, OffsetStatus.CANCELLED, OffsetStatus.REFUNDED)
+        """Nothing more will be bought or retired (a refund_failed order's money is the payment's
+        business: an operator resolves it)."""
+        return self in (OffsetStatus.RETIRED, OffsetStatus.CANCELLED, OffsetStatus.REFUNDED,
+                        OffsetStatus.REFUND_FAILED)
 
 
 class OffsetOrder(Base):

@@ -16,6 +16,10 @@ The money moves through the ledger once, and Stripe is asked once per movement:
   quote expired, what an exchange buy did not spend) it has already moved out of the wallet as a
   paid withdrawal; the card refunder registered here only asks Stripe for exactly that amount and
   records it on the Payment (`payments.refund_external`): no second wallet movement.
+- A refund Stripe reports failed (`charge.refund.updated`, status failed: an expired or lost card)
+  comes back held for the buyer (`payments`); the order no longer counts it as refunded (a
+  refunded order becomes refund_failed, the reason says why) until an operator retries it or
+  credits it to the wallet (`payments.resolve_failed_refund`).
 - A declined attempt (`payment_intent.payment_failed`) or a canceled PaymentIntent changes nothing:
   the order stays awaiting_payment until its time runs out, then the expiry job cancels it.
 - When the order is cancelled (by the buyer, or its time ran out) its open PaymentIntent is
@@ -37,7 +41,7 @@ from sqlalchemy.orm import Session
 from exchange import offsets, payments
 from exchange.models import Deposit, Withdrawal
 from exchange.offset_models import OffsetOrder, OffsetStatus
-from exchange.payment_models import Payment, PaymentStatus
+from exchange.payment_models import Payment, PaymentRefund, PaymentStatus
 from registry import audit
 from registry.actors import Actor
 from registry.errors import Conflict, InvalidInput
@@ -95,6 +99,21 @@ def _failed(session: Session, payment: Payment) -> None:
     audit.record(session, None, "offset.card_payment_failed", "offset_order", int(payment.reference),
                  {"payment_id": payment.id, "status": payment.status.value, "code": payment.failure_code,
                   "reason": payment.failure_reason})
+
+
+@payments.on_refund_failed(PURPOSE)
+def _refund_failed(session: Session, payment: Payment, rec: PaymentRefund, _: PaymentRefund | None) -> None:
+    order = session.get(OffsetOrder, int(payment.reference))
+    if order is not None and order.payment_ref == payment.stripe_payment_intent_id:
+        offsets.card_refund_failed(session, order.id, rec.amount, rec.failure_reason or "unknown")
+
+
+@payments.on_refund_resolved(PURPOSE)
+def _refund_resolved(session: Session, payment: Payment, rec: PaymentRefund, new: PaymentRefund | None) -> None:
+    order = session.get(OffsetOrder, int(payment.reference))
+    if order is not None and order.payment_ref == payment.stripe_payment_intent_id:
+        offsets.card_refund_resolved(session, order.id, rec.amount, rec.failure_reason or "unknown",
+                                     new.stripe_refund_id if new else None)
 
 
 # ---- refunds to the card ----------------------------------------------------------------------

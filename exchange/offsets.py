@@ -533,6 +533,52 @@ def refund_card(session: Session, order: OffsetOrder, amount: int) -> None:
         order.refund_ref = _card_refunder(session, order, amount)
 
 
+def _refund_failed_note(amount: int, why: str) -> str:
+    return (f"the refund of {amount} to the card failed ({why}); the money is held until an operator "
+            "retries it or credits it to the wallet")
+
+
+def card_refund_failed(session: Session, order_id: int, amount: int, why: str) -> OffsetOrder:
+    """Stripe reports that `amount` fen refunded to the order's card did not reach it (`why`: e.g.
+    expired_or_canceled_card); the card-payment module holds that money for the buyer. The order no
+    longer counts it as refunded, a refunded order becomes refund_failed, and its reason says so."""
+    order = _lock(session, order_id)
+    amount = min(amount, order.refunded_amount)
+    before = order.status
+    order.refunded_amount -= amount
+    if order.status is OffsetStatus.REFUNDED:
+        order.status = OffsetStatus.REFUND_FAILED
+    note = _refund_failed_note(amount, why)
+    order.reason, order.updated_at = (f"{order.reason}; {note}" if order.reason else note), utcnow()
+    audit.record(session, None, "offset.refund_failed", "offset_order", order.id,
+                 {"from": before.value, "amount": amount, "why": why, "refunded_amount": order.refunded_amount})
+    return order
+
+
+def card_refund_resolved(session: Session, order_id: int, amount: int, why: str,
+                         refund_ref: str | None) -> OffsetOrder:
+    """An operator resolved a failed card refund of the order: retried to the card (`refund_ref`,
+    the new refund) or credited to the buyer's wallet (None). The order counts it as refunded again
+    (refund_failed → refunded) and its reason says how."""
+    order = _lock(session, order_id)
+    amount = min(amount, order.paid_amount - order.refunded_amount)
+    order.refunded_amount += amount
+    if order.status is OffsetStatus.REFUND_FAILED:
+        order.status = OffsetStatus.REFUNDED
+    note = _refund_failed_note(amount, why)
+    done = (f"refunded {amount} to the card again" if refund_ref else
+            f"the card could not take {amount}: credited to the wallet instead")
+    reason = (order.reason or "").replace(f"; {note}", f"; {done}").replace(note, done)
+    order.reason = reason if done in reason else (f"{reason}; {done}" if reason else done)
+    if refund_ref:
+        order.refund_ref = refund_ref
+    order.updated_at = utcnow()
+    audit.record(session, None, "offset.refund_resolved", "offset_order", order.id,
+                 {"amount": amount, "to": "card" if refund_ref else "wallet", "refund_ref": refund_ref,
+                  "refunded_amount": order.refunded_amount})
+    return order
+
+
 # ---- the fill -------------------------------------------------------------------------------
 
 
@@ -709,8 +755,8 @@ def check(session: Session) -> list[str]:
     """Offsetting invariants; an empty list means they hold.
     1. every listing's LISTED blocks add up to its available kg plus its live reservations;
     2. a retired order has its retirement of exactly its filled kg and a settlement;
-    3. a refunded order gave back everything it was paid; an order in draft or awaiting payment
-       holds no money; a cancelled one holds none either."""
+    3. a refunded order gave back everything it was paid (a refund_failed one has not); an order in
+       draft or awaiting payment holds no money; a cancelled one holds none either."""
     problems: list[str] = []
     listed = dict(session.execute(select(Block.hold_ref, func.sum(Block.quantity)).where(
         Block.status == BlockStatus.LISTED, Block.hold_ref.like("listing:%")).group_by(Block.hold_ref)).tuples().all())
@@ -731,6 +777,8 @@ def check(session: Session) -> list[str]:
         if o.status in (OffsetStatus.REFUNDED, OffsetStatus.CANCELLED) and o.refunded_amount != o.paid_amount:
             problems.append(f"offset order {o.id} is {o.status.value}: paid {o.paid_amount}, "
                             f"refunded {o.refunded_amount}")
+        if o.status is OffsetStatus.REFUND_FAILED and o.refunded_amount >= o.paid_amount:
+            problems.append(f"offset order {o.id} is refund_failed but counts all it was paid as refunded")
         if o.status in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT) and o.paid_amount:
             problems.append(f"offset order {o.id} is {o.status.value} but holds {o.paid_amount}")
         if not o.status.is_final and o.status is not OffsetStatus.FILLED and o.source == "listing" \

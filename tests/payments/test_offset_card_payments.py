@@ -446,3 +446,45 @@ def test_the_app_configures_stripe_for_jobs_and_commands(app, session, localstri
     with pytest.raises(payments.PaymentsUnavailable):
         payments.start_payment(session, buyer.actor, purpose=payments.WALLET_TOPUP, reference="job",
                                holder_id=buyer.holder.id, amount=1, idempotency_key="no-stripe")
+
+
+def test_a_card_refund_that_fails_leaves_the_order_refund_failed_until_an_operator_credits_the_wallet(
+        client, session, m, gw, localstripe):
+    from tests.payments.test_card_payments import refund_event
+    op = party(session, HolderKind.OPERATOR, "运营方")
+    op.token = holders.create_token(session, session.get(User, op.actor.user_id))[1]
+    session.commit()
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    projects.set_project_suspension(session, m.w.operator.actor, m.project.id, True, "under review")
+    session.commit()
+    assert browser_pays(gw, pi, VISA) is None
+    deliver(client, localstripe.inbox.wait_for(pi, "payment_intent.succeeded")[0])
+    got = order_of(client, m, oid)
+    first_reason = got["reason"]
+    (ref,) = got["card_payment"]["refunds"]
+    assert (got["status"], got["refunded_amount"]) == ("refunded", TOTAL)
+
+    r = deliver(client, refund_event(gw, ref["stripe_refund_id"], pi, "evt_offset_refund_failed",
+                                     status="failed", failure_reason="expired_or_canceled_card"))
+    assert r.json["outcome"] == "refund failed; its money is held for the holder", r.json
+    got = order_of(client, m, oid)
+    note = (f"the refund of {TOTAL} to the card failed (expired_or_canceled_card); the money is held until an "
+            "operator retries it or credits it to the wallet")
+    assert (got["status"], got["paid_amount"], got["refunded_amount"], got["reason"]) == (
+        "refund_failed", TOTAL, 0, f"{first_reason}; {note}")
+    cp = got["card_payment"]
+    assert (cp["status"], cp["refunded_amount"], cp["refund_owed"]) == ("succeeded", 0, TOTAL)
+    assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH, TOTAL)
+    assert audited(session, "offset.refund_failed", "offset_order", oid) == [
+        {"from": "refunded", "amount": TOTAL, "why": "expired_or_canceled_card", "refunded_amount": 0}]
+    assert problems(session) == []
+
+    r = client.post(f"/api/v1/payments/refunds/{ref['id']}/resolve", headers=auth(op), json={"action": "wallet"})
+    assert r.status_code == 200 and r.json["resolution"] == "credited to the holder's wallet", r.json
+    got = order_of(client, m, oid)
+    assert (got["status"], got["refunded_amount"], got["reason"]) == (
+        "refunded", TOTAL, f"{first_reason}; the card could not take {TOTAL}: credited to the wallet instead")
+    assert got["card_payment"]["refund_owed"] == 0
+    assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH + TOTAL, 0)
+    assert problems(session) == []

@@ -488,3 +488,23 @@ def test_a_card_refund_that_fails_leaves_the_order_refund_failed_until_an_operat
     assert got["card_payment"]["refund_owed"] == 0
     assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH + TOTAL, 0)
     assert problems(session) == []
+
+
+def test_the_expiry_job_leaves_wallet_topups_payable(client, session, session_factory, m, gw, localstripe):
+    """A top-up holds nothing and has no quote to expire: the job that cancels ended orders'
+    PaymentIntents leaves it open, and a success that comes late credits the wallet once."""
+    from exchange import offset_jobs
+    from tests.payments.test_card_payments import topup
+    t = topup(client, m.buyer, 7_000)
+    o = card_order(client, m)
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    assert offsets.expire_due(session, later) == [o["id"]]
+    session.commit()
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert intent_status(gw, o["card_payment"]["stripe_payment_intent_id"]) == "canceled"
+    assert intent_status(gw, t["stripe_payment_intent_id"]) == "requires_payment_method"
+    assert browser_pays(gw, t["stripe_payment_intent_id"], VISA) is None
+    ok = localstripe.inbox.wait_for(t["stripe_payment_intent_id"], "payment_intent.succeeded")[0]
+    assert [deliver(client, ok).json["outcome"] for _ in range(2)] == ["succeeded", "succeeded"]
+    assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH + 7_000, 0)
+    assert problems(session) == []

@@ -712,7 +712,11 @@ def resume_paid(session_factory: Callable[[], Session], limit: int = 500, *,
                     order.resume_error = None
         except Exception as err:   # noqa: BLE001 - one order's failure must not stop the others
             log.warning("offset order %s could not be resumed", oid, exc_info=True)
-            why = _resume_failed(session_factory, oid, err)
+            try:
+                why = _resume_failed(session_factory, oid, err)
+            except Exception:   # noqa: BLE001 - e.g. the database is gone; the next run tries again
+                log.exception("the resume failure of offset order %s could not be recorded", oid)
+                why = f"{type(err).__name__}: {err}"[:1000]
             if failures is not None:
                 failures[oid] = why
             continue

@@ -253,14 +253,19 @@ def refund(session: Session, actor: Actor, payment_id: int, amount: int | None, 
     """Operator refunds `amount` fen (None: all that is left) of a succeeded payment to the card,
     with Stripe's idempotency key. If the money went into the holder's wallet it is taken back out
     of the available balance first: InsufficientFunds (field "amount") if it is no longer all there.
-    Raises Conflict (wrong_status) before success, InvalidInput above the refundable amount,
-    PaymentProviderError if Stripe refuses; nothing changes then."""
+    Raises Conflict (wrong_status) before success, InvalidInput above the refundable amount, Conflict
+    (failed_refund_pending) for the money of failed refunds still held (`resolve_failed_refund`
+    gives it back), PaymentProviderError if Stripe refuses; nothing changes then."""
     actor.require_kind(HolderKind.OPERATOR)
     if not (reason and reason.strip()):
         raise InvalidInput("a refund needs a reason", field="reason")
     p = session.get(Payment, payment_id, with_for_update={"key_share": True})
     if p is None:
         raise NotFound(f"no payment {payment_id}", field="payment_id")
+    left = p.refundable - p.refund_owed    # failed refunds' money is resolved by resolve_failed_refund
+    if p.refund_owed and (amount is None or amount > left):
+        raise Conflict(f"{p.refund_owed} fen of this payment's failed refunds are held: resolve those "
+                       f"(at most {left} fen can be refunded here)", field="amount", code="failed_refund_pending")
     return _refund(session, actor, p, p.refundable if amount is None else amount, reason.strip(), _gw(gateway))
 
 
@@ -318,10 +323,18 @@ def cancel_payment(session: Session, payment_id: int, reason: str, *,
     paid a moment ago: its payment_intent.succeeded is on its way, and the purpose refunds a payment
     it no longer wants) or cannot be reached, the payment stays open, `attention` says why and an
     audit record is left; the purpose's own change goes on, and a job may call this again. No
-    actor: call it only from the purpose's own use cases."""
-    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    actor: call it only from the purpose's own use cases.
+
+    The purpose holds its own row's lock here, and a webhook locks the payment before the purpose's
+    row: so a payment locked by a webhook being applied is skipped (SKIP LOCKED, no deadlock), for
+    the job's retry to look at again."""
+    p = session.scalar(select(Payment).where(Payment.id == payment_id)
+                       .with_for_update(key_share=True, skip_locked=True))
     if p is None:
-        raise NotFound(f"no payment {payment_id}", field="payment_id")
+        busy = session.get(Payment, payment_id)
+        if busy is None:
+            raise NotFound(f"no payment {payment_id}", field="payment_id")
+        return busy
     if p.status not in OPEN:
         return p
     try:

@@ -480,6 +480,12 @@ def test_a_refund_that_fails_in_stripe_is_held_for_the_holder_until_an_operator_
         "succeeded", 0, 5_000, "failed")
     assert balance(session, buyer.holder.id) == wallets.Balance(15_000, 5_000)
 
+    # Its money is not refunded a second way while it is held.
+    r = client.post(f"/api/v1/payments/{pid}/refund", headers=auth(op), json={"reason": "all of it"})
+    assert r.status_code == 409 and r.json["error"]["code"] == "failed_refund_pending", r.json
+    r = client.post(f"/api/v1/payments/{pid}/refund", headers=auth(op), json={"amount": 15_001, "reason": "x"})
+    assert r.status_code == 409 and r.json["error"]["field"] == "amount", r.json
+
     # The operator sees it and retries it to the card.
     assert client.get("/api/v1/payments/refund-failures", headers=auth(buyer)).status_code == 403
     listed = client.get("/api/v1/payments/refund-failures", headers=auth(op)).json

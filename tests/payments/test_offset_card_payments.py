@@ -508,3 +508,25 @@ def test_the_expiry_job_leaves_wallet_topups_payable(client, session, session_fa
     assert [deliver(client, ok).json["outcome"] for _ in range(2)] == ["succeeded", "succeeded"]
     assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH + 7_000, 0)
     assert problems(session) == []
+
+
+@pytest.mark.postgres
+def test_expiry_skips_a_payment_a_webhook_is_applying_and_the_job_cancels_it_later(client, session, session_factory,
+                                                                                  m, gw, localstripe):
+    """A webhook locks the payment, then the order; expiry locks the order, then the payment. So the
+    expiry does not wait for a payment row that is locked (no deadlock): it leaves it to the job."""
+    o = card_order(client, m)
+    oid, cp = o["id"], o["card_payment"]
+    pi = cp["stripe_payment_intent_id"]
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    with session_factory() as webhook, webhook.begin():
+        webhook.execute(select(Payment).where(Payment.id == cp["id"]).with_for_update(key_share=True))
+        with session_factory() as expiry, expiry.begin():
+            assert offsets.expire_due(expiry, later) == [oid]   # does not block on the locked payment
+    assert read(session, lambda: session.get(Payment, cp["id"]).status.value) == "requires_payment"
+    assert intent_status(gw, pi) == "requires_payment_method"
+    from exchange import offset_jobs
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert intent_status(gw, pi) == "canceled"
+    assert read(session, lambda: session.get(Payment, cp["id"]).status.value) == "canceled"
+    assert problems(session) == []

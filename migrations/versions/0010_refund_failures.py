@@ -9,9 +9,8 @@ deposit that brought its money back, how an operator resolved it) and on the pay
 an offset order whose refund failed is `refund_failed`. The resume job records why it could not
 finish a paid offset order (resume_attempts, resume_error).
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = '0010_refund_failures'

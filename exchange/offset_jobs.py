@@ -1,7 +1,9 @@
 """Scheduled offset jobs (APScheduler), added to the exchange scheduler by `jobs.build_scheduler`.
 
 - Every 30 s: cancel quotes past their time and give their reservation back to the listing
-  (`offsets.expire_due`; reading an order also does it lazily).
+  (`offsets.expire_due`; reading an order also does it lazily); their open card PaymentIntents are
+  canceled in Stripe, and those Stripe did not take the first time are tried again
+  (`offset_payments.cancel_abandoned`).
 - Every 30 s: finish paid orders not yet retired (`offsets.resume_paid`): a fill interrupted by a
   crash between payment and retirement, or an exchange buy the engine has answered since.
 
@@ -17,7 +19,7 @@ from apscheduler.schedulers.base import BaseScheduler  # type: ignore[import-unt
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 from sqlalchemy.orm import Session, sessionmaker
 
-from exchange import offsets
+from exchange import offset_payments, offsets
 from exchange.jobs import Wake, job_lock
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ def run_offset_expiry(session_factory: sessionmaker[Session]) -> list[int] | Non
             return None
         with session_factory() as s, s.begin():
             done = offsets.expire_due(s)
+        with session_factory() as s, s.begin():
+            canceled = offset_payments.cancel_abandoned(s)
+    if canceled:
+        log.info("card payments of ended offset orders canceled on retry: %s", canceled)
     if done:
         log.info("offset quotes expired: %s", done)
     return done
@@ -43,7 +49,10 @@ def run_resume(session_factory: sessionmaker[Session], wake: Wake | None = None)
     with job_lock(session_factory, RESUME_LOCK) as got:
         if not got:
             return None
-        done = offsets.resume_paid(session_factory)
+        failures: dict[int, str] = {}
+        done = offsets.resume_paid(session_factory, failures=failures)
+    if failures:
+        log.warning("offset orders that could not be resumed: %s", failures)
     if done:
         log.info("offset orders resumed: %s", done)
         if wake is not None:

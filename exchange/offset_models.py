@@ -99,10 +99,14 @@ class OffsetStatus(enum.StrEnum):
     RETIRED = "retired"                    # retired to the beneficiary, certificate issued
     CANCELLED = "cancelled"
     REFUNDED = "refunded"
+    REFUND_FAILED = "refund_failed"        # the refund to the card failed; held until an operator acts
 
     @property
     def is_final(self) -> bool:
-        return self in (OffsetStatus.RETIRED, OffsetStatus.CANCELLED, OffsetStatus.REFUNDED)
+        """Nothing more will be bought or retired (a refund_failed order's money is the payment's
+        business: an operator resolves it)."""
+        return self in (OffsetStatus.RETIRED, OffsetStatus.CANCELLED, OffsetStatus.REFUNDED,
+                        OffsetStatus.REFUND_FAILED)
 
 
 class OffsetOrder(Base):
@@ -155,6 +159,9 @@ class OffsetOrder(Base):
     exchange_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
     retirement_id: Mapped[int | None] = mapped_column(ForeignKey("retirements.id"), unique=True)
     certificate_number: Mapped[str | None] = mapped_column(String(40))
+    # Why the resume job last failed to finish this paid order, and how often it failed.
+    resume_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resume_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     paid_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -16,8 +16,16 @@ The money moves through the ledger once, and Stripe is asked once per movement:
   quote expired, what an exchange buy did not spend) it has already moved out of the wallet as a
   paid withdrawal; the card refunder registered here only asks Stripe for exactly that amount and
   records it on the Payment (`payments.refund_external`): no second wallet movement.
+- A refund Stripe reports failed (`charge.refund.updated`, status failed: an expired or lost card)
+  comes back held for the buyer (`payments`); the order no longer counts it as refunded (a
+  refunded order becomes refund_failed, the reason says why) until an operator retries it or
+  credits it to the wallet (`payments.resolve_failed_refund`).
 - A declined attempt (`payment_intent.payment_failed`) or a canceled PaymentIntent changes nothing:
   the order stays awaiting_payment until its time runs out, then the expiry job cancels it.
+- When the order is cancelled (by the buyer, or its time ran out) its open PaymentIntent is
+  canceled in Stripe (`cancel_open_payments`), so the browser can no longer pay it; if Stripe
+  refuses because the buyer paid a moment before, the late `payment_intent.succeeded` is refunded
+  to the card at once (`offsets.mark_paid`) and the order says why.
 
 Refunds outside a web request (the resume job) use `payments`' default gateway: the app configures
 it from its STRIPE_* settings at start-up (`web.payments_setup`). Without one the refund raises
@@ -33,7 +41,7 @@ from sqlalchemy.orm import Session
 from exchange import offsets, payments
 from exchange.models import Deposit, Withdrawal
 from exchange.offset_models import OffsetOrder, OffsetStatus
-from exchange.payment_models import Payment
+from exchange.payment_models import Payment, PaymentRefund, PaymentStatus
 from registry import audit
 from registry.actors import Actor
 from registry.errors import Conflict, InvalidInput
@@ -93,6 +101,21 @@ def _failed(session: Session, payment: Payment) -> None:
                   "reason": payment.failure_reason})
 
 
+@payments.on_refund_failed(PURPOSE)
+def _refund_failed(session: Session, payment: Payment, rec: PaymentRefund, _: PaymentRefund | None) -> None:
+    order = session.get(OffsetOrder, int(payment.reference))
+    if order is not None and order.payment_ref == payment.stripe_payment_intent_id:
+        offsets.card_refund_failed(session, order.id, rec.amount, rec.failure_reason or "unknown")
+
+
+@payments.on_refund_resolved(PURPOSE)
+def _refund_resolved(session: Session, payment: Payment, rec: PaymentRefund, new: PaymentRefund | None) -> None:
+    order = session.get(OffsetOrder, int(payment.reference))
+    if order is not None and order.payment_ref == payment.stripe_payment_intent_id:
+        offsets.card_refund_resolved(session, order.id, rec.amount, rec.failure_reason or "unknown",
+                                     new.stripe_refund_id if new else None)
+
+
 # ---- refunds to the card ----------------------------------------------------------------------
 
 
@@ -123,9 +146,42 @@ def refund_to_card(session: Session, order: OffsetOrder, amount: int) -> str:
     return rec.stripe_refund_id
 
 
+# ---- stopping the payment of an order that ended -----------------------------------------------
+
+
+def cancel_open_payments(session: Session, order: OffsetOrder) -> None:
+    """The card canceller of offset orders (`offsets.set_card_canceller`): the order was cancelled
+    or its quote expired, so its PaymentIntents still open are canceled in Stripe
+    (`payments.cancel_payment`, idempotency key per payment) and the browser can no longer pay.
+    If Stripe refuses (paid a moment ago) or is not reachable, the payment says so (`attention`)
+    and `cancel_abandoned` tries again; a payment that still succeeds is refunded by `offsets.mark_paid`."""
+    why = f"offset order {order.id} {order.reason or order.status.value}"
+    for p in payments.find_payments(session, PURPOSE, str(order.id)):
+        if p.status in payments.OPEN:
+            payments.cancel_payment(session, p.id, why[:500])
+
+
+def cancel_abandoned(session: Session, limit: int = 100) -> list[int]:
+    """The expiry job's retry: cancel the open payments of orders that are no longer waiting for
+    one (a cancellation that Stripe did not take the first time). Returns the payments canceled.
+    The caller commits."""
+    open_payments = list(session.scalars(select(Payment).where(
+        Payment.purpose == PURPOSE, Payment.status.in_(payments.OPEN)).order_by(Payment.id).limit(limit)))
+    done = []
+    for p in open_payments:
+        order = session.get(OffsetOrder, int(p.reference))
+        if order is not None and order.status not in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT):
+            if payments.cancel_payment(session, p.id, f"offset order {order.id} {order.reason or order.status.value}"
+                                       [:500]).status is PaymentStatus.CANCELED:
+                done.append(p.id)
+    return done
+
+
 def install() -> None:
-    """Register the card refunder with offsets (done on import; tests that swap it call this after)."""
+    """Register the card refunder and canceller with offsets (done on import; tests that swap them
+    call this after)."""
     offsets.set_card_refunder(refund_to_card)
+    offsets.set_card_canceller(cancel_open_payments)
 
 
 install()

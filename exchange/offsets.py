@@ -24,6 +24,7 @@ register a refunder with `set_card_refunder` that returns money to the card.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,10 @@ from registry.models import (
     UserRole,
 )
 
+log = logging.getLogger(__name__)
+
 QUOTE_TTL = dt.timedelta(minutes=10)
+MAX_RESUME_ATTEMPTS = 5     # a paid order the resume job failed to finish this often is refunded
 CARD_PAYMENT_TTL = dt.timedelta(minutes=30)
 DEFAULT_FEE_BP = 50
 PAYMENTS = ("wallet", "card")
@@ -85,6 +89,9 @@ _PURPOSE = {FootprintKind.EVENT: RetirementPurpose.EVENT_OFFSET,
 # Set by the card-payment module: refunder(session, order, amount) → the refund's reference.
 CardRefunder = Callable[[Session, OffsetOrder, int], str | None]
 _card_refunder: CardRefunder | None = None
+# Set by the card-payment module: canceller(session, order) stops the order's open card payment.
+CardCanceller = Callable[[Session, OffsetOrder], None]
+_card_canceller: CardCanceller | None = None
 
 
 def set_card_refunder(fn: CardRefunder | None) -> CardRefunder | None:
@@ -93,6 +100,16 @@ def set_card_refunder(fn: CardRefunder | None) -> CardRefunder | None:
     Returns the one it replaces (a test puts it back)."""
     global _card_refunder
     previous, _card_refunder = _card_refunder, fn
+    return previous
+
+
+def set_card_canceller(fn: CardCanceller | None) -> CardCanceller | None:
+    """Register how an order's open card payment is stopped when the order is cancelled or its
+    quote expires (e.g. cancel the Stripe PaymentIntent, so the browser can no longer pay it).
+    Called inside the cancellation's transaction; it must not raise for the provider (a payment
+    that still arrives is refunded by `mark_paid`). Returns the one it replaces."""
+    global _card_canceller
+    previous, _card_canceller = _card_canceller, fn
     return previous
 
 
@@ -374,6 +391,8 @@ def _end(session: Session, order: OffsetOrder, status: OffsetStatus, reason: str
     audit.record(session, actor, f"offset.{status.value}", "offset_order", order.id,
                  {"from": before.value, "reason": reason, "released_kg": released,
                   "refunded_amount": order.refunded_amount})
+    if status is OffsetStatus.CANCELLED and order.payment == "card" and _card_canceller is not None:
+        _card_canceller(session, order)
 
 
 def _expired(order: OffsetOrder, now: dt.datetime) -> bool:
@@ -514,6 +533,52 @@ def refund_card(session: Session, order: OffsetOrder, amount: int) -> None:
         order.refund_ref = _card_refunder(session, order, amount)
 
 
+def _refund_failed_note(amount: int, why: str) -> str:
+    return (f"the refund of {amount} to the card failed ({why}); the money is held until an operator "
+            "retries it or credits it to the wallet")
+
+
+def card_refund_failed(session: Session, order_id: int, amount: int, why: str) -> OffsetOrder:
+    """Stripe reports that `amount` fen refunded to the order's card did not reach it (`why`: e.g.
+    expired_or_canceled_card); the card-payment module holds that money for the buyer. The order no
+    longer counts it as refunded, a refunded order becomes refund_failed, and its reason says so."""
+    order = _lock(session, order_id)
+    amount = min(amount, order.refunded_amount)
+    before = order.status
+    order.refunded_amount -= amount
+    if order.status is OffsetStatus.REFUNDED:
+        order.status = OffsetStatus.REFUND_FAILED
+    note = _refund_failed_note(amount, why)
+    order.reason, order.updated_at = (f"{order.reason}; {note}" if order.reason else note), utcnow()
+    audit.record(session, None, "offset.refund_failed", "offset_order", order.id,
+                 {"from": before.value, "amount": amount, "why": why, "refunded_amount": order.refunded_amount})
+    return order
+
+
+def card_refund_resolved(session: Session, order_id: int, amount: int, why: str,
+                         refund_ref: str | None) -> OffsetOrder:
+    """An operator resolved a failed card refund of the order: retried to the card (`refund_ref`,
+    the new refund) or credited to the buyer's wallet (None). The order counts it as refunded again
+    (refund_failed → refunded) and its reason says how."""
+    order = _lock(session, order_id)
+    amount = min(amount, order.paid_amount - order.refunded_amount)
+    order.refunded_amount += amount
+    if order.status is OffsetStatus.REFUND_FAILED:
+        order.status = OffsetStatus.REFUNDED
+    note = _refund_failed_note(amount, why)
+    done = (f"refunded {amount} to the card again" if refund_ref else
+            f"the card could not take {amount}: credited to the wallet instead")
+    reason = (order.reason or "").replace(f"; {note}", f"; {done}").replace(note, done)
+    order.reason = reason if done in reason else (f"{reason}; {done}" if reason else done)
+    if refund_ref:
+        order.refund_ref = refund_ref
+    order.updated_at = utcnow()
+    audit.record(session, None, "offset.refund_resolved", "offset_order", order.id,
+                 {"amount": amount, "to": "card" if refund_ref else "wallet", "refund_ref": refund_ref,
+                  "refunded_amount": order.refunded_amount})
+    return order
+
+
 # ---- the fill -------------------------------------------------------------------------------
 
 
@@ -627,21 +692,64 @@ def fulfil(session: Session, order_id: int) -> OffsetOrder:
     return order
 
 
-def resume_paid(session_factory: Callable[[], Session], limit: int = 500) -> list[int]:
+def resume_paid(session_factory: Callable[[], Session], limit: int = 500, *,
+                failures: dict[int, str] | None = None) -> list[int]:
     """Finish every paid order not yet retired (after a crash between payment and retirement, or
-    an exchange fill the engine has answered). Each in its own transaction. Returns the order ids
-    that changed state."""
+    an exchange fill the engine has answered). Each in its own transaction: one that fails is
+    rolled back, its failure recorded (`_resume_failed`; into `failures` too, order id → why) and
+    the others go on. Returns the order ids that changed state."""
     with session_factory() as s:
         ids = list(s.scalars(select(OffsetOrder.id).where(
             OffsetOrder.status.in_([OffsetStatus.PAID, OffsetStatus.FILLED])).order_by(OffsetOrder.id).limit(limit)))
     done = []
     for oid in ids:
-        with session_factory() as s, s.begin():
-            before = s.scalar(select(OffsetOrder.status).where(OffsetOrder.id == oid))
-            after = fulfil(s, oid).status
+        try:
+            with session_factory() as s, s.begin():
+                before = s.scalar(select(OffsetOrder.status).where(OffsetOrder.id == oid))
+                order = fulfil(s, oid)
+                after = order.status
+                if after is not before:
+                    order.resume_error = None
+        except Exception as err:   # noqa: BLE001 - one order's failure must not stop the others
+            log.warning("offset order %s could not be resumed", oid, exc_info=True)
+            try:
+                why = _resume_failed(session_factory, oid, err)
+            except Exception:   # noqa: BLE001 - e.g. the database is gone; the next run tries again
+                log.exception("the resume failure of offset order %s could not be recorded", oid)
+                why = f"{type(err).__name__}: {err}"[:1000]
+            if failures is not None:
+                failures[oid] = why
+            continue
         if after is not before:
             done.append(oid)
     return done
+
+
+def _resume_failed(session_factory: Callable[[], Session], order_id: int, err: Exception) -> str:
+    """Record why resuming the order failed (`resume_error`, `resume_attempts`, an audit record) in a
+    transaction of its own. A failure that cannot go away by trying again (a domain error, not the
+    payment provider's 5xx) or the MAX_RESUME_ATTEMPTS-th failure gives up: a paid order that has not
+    bought anything is refunded with the reason (wallet, or to the card); one whose buy was placed
+    keeps what it bought and stays for an operator. Returns the reason."""
+    why = (f"{err.code}: {err.message}" if isinstance(err, RegistryError) else f"{type(err).__name__}: {err}")[:1000]
+    with session_factory() as s, s.begin():
+        order = _lock(s, order_id)
+        order.resume_attempts += 1
+        order.resume_error = why
+        give_up = (isinstance(err, RegistryError) and err.status < 500) or order.resume_attempts >= MAX_RESUME_ATTEMPTS
+        refundable = give_up and order.status is OffsetStatus.PAID and order.exchange_order_id is None
+        audit.record(s, None, "offset.resume_failed", "offset_order", order.id,
+                     {"attempt": order.resume_attempts, "error": why, "refund": refundable})
+        if refundable:
+            try:
+                with s.begin_nested():
+                    refund(s, order, f"the order could not be completed: {why}")
+            except Exception as again:   # noqa: BLE001 - the money stays held; the next run tries again
+                order = _lock(s, order_id)
+                order.resume_error = f"{why}; the refund failed too: {again}"[:2000]
+                audit.record(s, None, "offset.refund_failed", "offset_order", order.id,
+                             {"error": order.resume_error})
+    return why
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -651,8 +759,8 @@ def check(session: Session) -> list[str]:
     """Offsetting invariants; an empty list means they hold.
     1. every listing's LISTED blocks add up to its available kg plus its live reservations;
     2. a retired order has its retirement of exactly its filled kg and a settlement;
-    3. a refunded order gave back everything it was paid; an order in draft or awaiting payment
-       holds no money; a cancelled one holds none either."""
+    3. a refunded order gave back everything it was paid (a refund_failed one has not); an order in
+       draft or awaiting payment holds no money; a cancelled one holds none either."""
     problems: list[str] = []
     listed = dict(session.execute(select(Block.hold_ref, func.sum(Block.quantity)).where(
         Block.status == BlockStatus.LISTED, Block.hold_ref.like("listing:%")).group_by(Block.hold_ref)).tuples().all())
@@ -673,6 +781,8 @@ def check(session: Session) -> list[str]:
         if o.status in (OffsetStatus.REFUNDED, OffsetStatus.CANCELLED) and o.refunded_amount != o.paid_amount:
             problems.append(f"offset order {o.id} is {o.status.value}: paid {o.paid_amount}, "
                             f"refunded {o.refunded_amount}")
+        if o.status is OffsetStatus.REFUND_FAILED and o.refunded_amount >= o.paid_amount:
+            problems.append(f"offset order {o.id} is refund_failed but counts all it was paid as refunded")
         if o.status in (OffsetStatus.DRAFT, OffsetStatus.AWAITING_PAYMENT) and o.paid_amount:
             problems.append(f"offset order {o.id} is {o.status.value} but holds {o.paid_amount}")
         if not o.status.is_final and o.status is not OffsetStatus.FILLED and o.source == "listing" \

@@ -50,6 +50,7 @@ class Payment(Base):
                         "(refunded_amount = amount AND status = 'refunded') OR "
                         "(refunded_amount > 0 AND refunded_amount < amount AND status = 'partially_refunded')",
                         name="refund_status"),
+        CheckConstraint("refund_owed >= 0", name="refund_owed_nonnegative"),
         Index("ix_payments_holder", "holder_id", "id"),
         Index("ix_payments_purpose_reference", "purpose", "reference"),
     )
@@ -74,6 +75,9 @@ class Payment(Base):
     fulfilled_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     fulfilment_error: Mapped[str | None] = mapped_column(Text)   # why the purpose could not be fulfilled
     attention: Mapped[str | None] = mapped_column(Text)          # a discrepancy with Stripe for an operator
+    # What refunds that failed in Stripe returned: held in the holder's wallet until an operator
+    # retries the refund or credits it to the wallet (`payments.resolve_failed_refund`).
+    refund_owed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     succeeded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
@@ -100,6 +104,13 @@ class PaymentRefund(Base):
     status: Mapped[str] = mapped_column(String(32))          # Stripe's: pending | succeeded | failed | canceled
     origin: Mapped[str] = mapped_column(String(16), default="tanhui")
     withdrawal_id: Mapped[int | None] = mapped_column(ForeignKey("withdrawals.id"))   # the wallet payout
+    # A refund Stripe reports failed (e.g. expired_or_canceled_card): why, and the deposit that
+    # brought its money back into the ledger (held for the holder); then how an operator resolved it.
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    returned_deposit_id: Mapped[int | None] = mapped_column(ForeignKey("deposits.id"))
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    resolution: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 

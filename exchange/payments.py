@@ -74,6 +74,9 @@ class StripeGateway:
             params={"amount": amount, "currency": currency.lower(), "metadata": metadata},
             options={"idempotency_key": idempotency_key})
 
+    def cancel_payment_intent(self, payment_intent_id: str, idempotency_key: str) -> stripe.PaymentIntent:
+        return self.client.v1.payment_intents.cancel(payment_intent_id, options={"idempotency_key": idempotency_key})
+
     def create_refund(self, payment_intent_id: str, amount: int, metadata: dict[str, str],
                       idempotency_key: str) -> stripe.Refund:
         return self.client.v1.refunds.create(
@@ -111,6 +114,8 @@ def _gw(gateway: StripeGateway | None) -> StripeGateway:
 # ---- what a paid purpose does -----------------------------------------------------------------
 
 Handler = Callable[[Session, Payment], None]
+# (session, payment, the failed refund, the refund that retried it or None: credited to the wallet)
+RefundHandler = Callable[[Session, Payment, PaymentRefund, PaymentRefund | None], None]
 
 
 @dataclass
@@ -118,10 +123,14 @@ class PurposeRegistry:
     """Handlers by purpose. A succeeded handler runs in the webhook's transaction, inside a savepoint,
     once per payment: it raises a domain error (RegistryError) to refuse, and the payment is then
     refunded. A failed handler runs when an attempt is declined or the PaymentIntent is canceled
-    (possibly more than once: the browser may retry a declined card)."""
+    (possibly more than once: the browser may retry a declined card). A refund_failed handler runs
+    once when Stripe reports one of the payment's refunds failed (its fourth argument is None), a
+    refund_resolved handler when an operator resolved that failure (`resolve_failed_refund`)."""
 
     succeeded: dict[str, Handler] = field(default_factory=dict)
     failed: dict[str, Handler] = field(default_factory=dict)
+    refund_failed: dict[str, RefundHandler] = field(default_factory=dict)
+    refund_resolved: dict[str, RefundHandler] = field(default_factory=dict)
 
 
 purposes = PurposeRegistry()
@@ -137,6 +146,20 @@ def on_succeeded(purpose: str) -> Callable[[Handler], Handler]:
 def on_failed(purpose: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         purposes.failed[purpose] = fn
+        return fn
+    return register
+
+
+def on_refund_failed(purpose: str) -> Callable[[RefundHandler], RefundHandler]:
+    def register(fn: RefundHandler) -> RefundHandler:
+        purposes.refund_failed[purpose] = fn
+        return fn
+    return register
+
+
+def on_refund_resolved(purpose: str) -> Callable[[RefundHandler], RefundHandler]:
+    def register(fn: RefundHandler) -> RefundHandler:
+        purposes.refund_resolved[purpose] = fn
         return fn
     return register
 
@@ -230,14 +253,19 @@ def refund(session: Session, actor: Actor, payment_id: int, amount: int | None, 
     """Operator refunds `amount` fen (None: all that is left) of a succeeded payment to the card,
     with Stripe's idempotency key. If the money went into the holder's wallet it is taken back out
     of the available balance first: InsufficientFunds (field "amount") if it is no longer all there.
-    Raises Conflict (wrong_status) before success, InvalidInput above the refundable amount,
-    PaymentProviderError if Stripe refuses; nothing changes then."""
+    Raises Conflict (wrong_status) before success, InvalidInput above the refundable amount, Conflict
+    (failed_refund_pending) for the money of failed refunds still held (`resolve_failed_refund`
+    gives it back), PaymentProviderError if Stripe refuses; nothing changes then."""
     actor.require_kind(HolderKind.OPERATOR)
     if not (reason and reason.strip()):
         raise InvalidInput("a refund needs a reason", field="reason")
     p = session.get(Payment, payment_id, with_for_update={"key_share": True})
     if p is None:
         raise NotFound(f"no payment {payment_id}", field="payment_id")
+    left = p.refundable - p.refund_owed    # failed refunds' money is resolved by resolve_failed_refund
+    if p.refund_owed and (amount is None or amount > left):
+        raise Conflict(f"{p.refund_owed} fen of this payment's failed refunds are held: resolve those "
+                       f"(at most {left} fen can be refunded here)", field="amount", code="failed_refund_pending")
     return _refund(session, actor, p, p.refundable if amount is None else amount, reason.strip(), _gw(gateway))
 
 
@@ -283,6 +311,53 @@ def refund_external(session: Session, payment_id: int, amount: int, reason: str,
     return rec
 
 
+OPEN = (PaymentStatus.REQUIRES_PAYMENT, PaymentStatus.FAILED)
+
+
+def cancel_payment(session: Session, payment_id: int, reason: str, *,
+                   gateway: StripeGateway | None = None) -> Payment:
+    """The system cancels the PaymentIntent of a payment its purpose no longer wants (an offset
+    order that expired or was cancelled), with Stripe's idempotency key, so the browser can no
+    longer pay it: status canceled, `failure_reason` = `reason`. Does nothing to a payment that is
+    not open (requires_payment or failed). Never raises for Stripe: if Stripe refuses (the buyer
+    paid a moment ago: its payment_intent.succeeded is on its way, and the purpose refunds a payment
+    it no longer wants) or cannot be reached, the payment stays open, `attention` says why and an
+    audit record is left; the purpose's own change goes on, and a job may call this again. No
+    actor: call it only from the purpose's own use cases.
+
+    The purpose holds its own row's lock here, and a webhook locks the payment before the purpose's
+    row: so a payment locked by a webhook being applied is skipped (SKIP LOCKED, no deadlock), for
+    the job's retry to look at again."""
+    p = session.scalar(select(Payment).where(Payment.id == payment_id)
+                       .with_for_update(key_share=True, skip_locked=True))
+    if p is None:
+        busy = session.get(Payment, payment_id)
+        if busy is None:
+            raise NotFound(f"no payment {payment_id}", field="payment_id")
+        return busy
+    if p.status not in OPEN:
+        return p
+    try:
+        pi = _gw(gateway).cancel_payment_intent(p.stripe_payment_intent_id,
+                                                idempotency_key=f"tanhui-cancel-{p.id}")
+        status = pi.status
+    except (PaymentsUnavailable, stripe.StripeError) as err:
+        status = None
+        problem = f"the PaymentIntent could not be canceled: {getattr(err, 'user_message', None) or err}"
+    if status == "canceled":
+        p.status, p.failure_reason, p.attention = PaymentStatus.CANCELED, reason, None
+        audit.record(session, None, "payment.canceled", "payment", p.id,
+                     {"reason": reason, "payment_intent": p.stripe_payment_intent_id, "by": "tanhui"})
+        return p
+    if status is not None:
+        problem = f"Stripe did not cancel the PaymentIntent: it is {status}"
+    if p.attention != problem[:2000]:   # a job retrying every 30 s audits a new problem, not each try
+        p.attention = problem[:2000]
+        audit.record(session, None, "payment.cancel_failed", "payment", p.id,
+                     {"reason": reason, "problem": p.attention})
+    return p
+
+
 def find_payments(session: Session, purpose: str, reference: str) -> list[Payment]:
     """The payments started for one purpose's object, oldest first."""
     return list(session.scalars(select(Payment).where(Payment.purpose == purpose, Payment.reference == reference)
@@ -290,14 +365,15 @@ def find_payments(session: Session, purpose: str, reference: str) -> list[Paymen
 
 
 def _refund(session: Session, actor: Actor | None, p: Payment, amount: int, reason: str,
-            gw: StripeGateway, *, pay_out: bool = True, withdrawal_id: int | None = None) -> PaymentRefund:
+            gw: StripeGateway, *, pay_out: bool = True, withdrawal_id: int | None = None,
+            from_wallet: bool = False) -> PaymentRefund:
     if not p.status.has_succeeded:
         raise Conflict(f"payment is {p.status.value}: only a succeeded payment can be refunded",
                        field="payment_id", code="wrong_status")
     amount = _positive(amount)
     if amount > p.refundable:
         raise InvalidInput(f"at most {p.refundable} fen of this payment can still be refunded", field="amount")
-    if pay_out and p.deposit_id is not None:
+    if pay_out and (p.deposit_id is not None or from_wallet):
         withdrawal_id = wallets.pay_out(session, actor, p.holder_id, amount, ref=f"payment:{p.id}",
                                         bank_reference=f"card refund {p.stripe_payment_intent_id}",
                                         reason=reason).id
@@ -315,12 +391,113 @@ def _refund(session: Session, actor: Actor | None, p: Payment, amount: int, reas
     session.add(rec)
     p.refunds.append(rec)
     p.refunded_amount += amount
-    p.status = PaymentStatus.REFUNDED if p.refunded_amount == p.amount else PaymentStatus.PARTIALLY_REFUNDED
+    p.status = _refund_status(p)
     session.flush()
     audit.record(session, actor, "payment.refunded", "payment", p.id,
                  {"amount": amount, "reason": reason, "refund": r.id, "from_wallet": withdrawal_id is not None,
                   "refunded_amount": p.refunded_amount})
     return rec
+
+
+def _refund_status(p: Payment) -> PaymentStatus:
+    if p.refunded_amount == 0:
+        return PaymentStatus.SUCCEEDED
+    return PaymentStatus.REFUNDED if p.refunded_amount == p.amount else PaymentStatus.PARTIALLY_REFUNDED
+
+
+# ---- refunds that failed ----------------------------------------------------------------------
+#
+# Stripe reports a refund that could not reach the card (expired_or_canceled_card,
+# lost_or_stolen_card, unknown) with the refund's status "failed" in `charge.refund.updated` (and
+# `refund.updated` / `refund.failed`, `charge.refunded`'s list); the money is back in the platform's
+# Stripe balance. It comes back into the ledger as a deposit held for the holder (ref
+# "payment:<id>"), the payment owes it (`refund_owed`) until an operator retries the refund or
+# credits it to the wallet, and the purpose is told (an offset order becomes refund_failed).
+
+RESOLUTIONS = ("retry", "wallet")
+
+
+def _record_refund_failure(session: Session, p: Payment, rec: PaymentRefund, reason: str) -> str:
+    if rec.status == "failed":
+        return "stale: refund already failed"
+    rec.status, rec.failure_reason, rec.failed_at = "failed", reason[:500], utcnow()
+    p.refunded_amount -= rec.amount
+    p.status = _refund_status(p)
+    if rec.origin != "tanhui":   # made in Stripe's dashboard: it never took money out of the ledger
+        p.attention = (f"a refund of {rec.amount} fen made in Stripe ({rec.stripe_refund_id}) failed: "
+                       f"{rec.failure_reason}; reconcile")
+        audit.record(session, None, "payment.refund_failed", "payment", p.id,
+                     {"refund_id": rec.id, "stripe_refund": rec.stripe_refund_id, "amount": rec.amount,
+                      "failure_reason": rec.failure_reason, "origin": rec.origin})
+        return "refund made in Stripe failed"
+    d = wallets.record_deposit(session, None, p.holder_id, rec.amount,
+                               external_ref=f"refund-failed:{rec.stripe_refund_id}"[:100],
+                               memo=f"refund {rec.id} of card payment {p.id} failed: {rec.failure_reason}"[:200])
+    wallets.hold(session, p.holder_id, rec.amount, ref=f"payment:{p.id}")
+    rec.returned_deposit_id = d.id
+    p.refund_owed += rec.amount
+    p.attention = (f"{p.refund_owed} fen of failed refunds are held for the holder: retry the refund "
+                   "or credit it to the wallet")
+    session.flush()
+    audit.record(session, None, "payment.refund_failed", "payment", p.id,
+                 {"refund_id": rec.id, "stripe_refund": rec.stripe_refund_id, "amount": rec.amount,
+                  "failure_reason": rec.failure_reason, "deposit_id": d.id, "refund_owed": p.refund_owed})
+    handler = purposes.refund_failed.get(p.purpose)
+    if handler is not None:
+        handler(session, p, rec, None)
+    return "refund failed; its money is held for the holder"
+
+
+def failed_refunds(session: Session, actor: Actor, limit: int = 200) -> list[PaymentRefund]:
+    """Operators: refunds that failed in Stripe and wait for a decision, oldest first."""
+    actor.require_kind(HolderKind.OPERATOR)
+    return list(session.scalars(select(PaymentRefund).where(
+        PaymentRefund.status == "failed", PaymentRefund.resolved_at.is_(None),
+        PaymentRefund.returned_deposit_id.is_not(None)).order_by(PaymentRefund.id).limit(limit)))
+
+
+def resolve_failed_refund(session: Session, actor: Actor, refund_id: int, action: str, *,
+                          gateway: StripeGateway | None = None) -> PaymentRefund:
+    """An operator resolves a refund that failed in Stripe: "retry" asks Stripe again for the same
+    amount (the money leaves the wallet again as a paid withdrawal; a new refund, its own
+    idempotency key), "wallet" releases the held money to the holder's available balance (the card
+    cannot take it: an expired or lost card). Returns the new refund (retry) or the failed one
+    (wallet). Raises NotFound, Conflict (not a failed refund, or already resolved), InvalidInput
+    (action), PaymentProviderError (nothing changes then)."""
+    actor.require_kind(HolderKind.OPERATOR)
+    if action not in RESOLUTIONS:
+        raise InvalidInput("action must be retry or wallet", field="action")
+    rec = session.get(PaymentRefund, refund_id)
+    if rec is None:
+        raise NotFound(f"no refund {refund_id}", field="refund_id")
+    p = session.get(Payment, rec.payment_id, with_for_update={"key_share": True}, populate_existing=True)
+    assert p is not None
+    session.refresh(rec)
+    if rec.status != "failed" or rec.returned_deposit_id is None:
+        raise Conflict(f"refund {refund_id} is {rec.status}: only a failed refund held here can be resolved",
+                       field="refund_id", code="wrong_status")
+    if rec.resolved_at is not None:
+        raise Conflict(f"refund {refund_id} was already resolved: {rec.resolution}", field="refund_id",
+                       code="already_resolved")
+    wallets.release(session, p.holder_id, rec.amount, ref=f"payment:{p.id}")
+    p.refund_owed -= rec.amount
+    new = None
+    if action == "retry":
+        new = _refund(session, actor, p, rec.amount, f"retry of refund {rec.id}: {rec.reason}"[:1000], _gw(gateway),
+                      from_wallet=True)
+        rec.resolution = f"retried as refund {new.id} ({new.stripe_refund_id})"
+    else:
+        rec.resolution = "credited to the holder's wallet"
+    rec.resolved_at = utcnow()
+    if p.refund_owed == 0:
+        p.attention = None
+    audit.record(session, actor, "payment.refund_failure_resolved", "payment", p.id,
+                 {"refund_id": rec.id, "action": action, "amount": rec.amount,
+                  "new_refund": new.stripe_refund_id if new else None, "refund_owed": p.refund_owed})
+    handler = purposes.refund_resolved.get(p.purpose)
+    if handler is not None:
+        handler(session, p, rec, new)
+    return new or rec
 
 
 # ---- the webhook ------------------------------------------------------------------------------
@@ -436,9 +613,14 @@ def _charge_refunded(session: Session, p: Payment, obj: dict[str, Any], gw: Stri
     listed = ((obj.get("refunds") or {}).get("data")) or []
     known = {r.stripe_refund_id: r for r in p.refunds}
     outside = 0
+    failed = []
     for r in listed:
         if r["id"] in known:
-            known[r["id"]].status = r.get("status") or known[r["id"]].status
+            if r.get("status") == "failed":
+                failed.append(_record_refund_failure(session, p, known[r["id"]], str(r.get("failure_reason") or
+                                                                                     "unknown")))
+            elif known[r["id"]].status not in ("failed", "canceled"):
+                known[r["id"]].status = r.get("status") or known[r["id"]].status
         else:
             rec = PaymentRefund(payment_id=p.id, amount=int(r["amount"]), reason="refunded in Stripe",
                                 stripe_refund_id=r["id"], status=r.get("status") or "succeeded", origin="stripe")
@@ -446,9 +628,11 @@ def _charge_refunded(session: Session, p: Payment, obj: dict[str, Any], gw: Stri
             p.refunds.append(rec)
             outside += rec.amount
     stripe_total = int(obj.get("amount_refunded") or 0)
-    total = max(p.refunded_amount + outside, min(stripe_total, p.amount))
+    # An event older than a refund's failure still counts it in Stripe's total.
+    failed_before = sum(r.amount for r in p.refunds if r.status == "failed" and r.origin == "tanhui")
+    total = max(p.refunded_amount + outside, min(stripe_total - failed_before, p.amount))
     if total == p.refunded_amount:
-        return "refunds confirmed"
+        return "; ".join(failed) or "refunds confirmed"
     p.refunded_amount = total
     p.status = PaymentStatus.REFUNDED if total == p.amount else PaymentStatus.PARTIALLY_REFUNDED
     p.attention = (f"Stripe reports {stripe_total} fen refunded, some of it outside Tanhui: "
@@ -458,10 +642,32 @@ def _charge_refunded(session: Session, p: Payment, obj: dict[str, Any], gw: Stri
     return "refund outside Tanhui recorded"
 
 
+def _refund_updated(session: Session, p: Payment, obj: dict[str, Any], gw: StripeGateway) -> str:
+    """A refund's status changed. "failed" is final (Stripe never moves a failed refund on), so a
+    "succeeded" or "pending" that arrives after it changes nothing."""
+    if obj.get("object") != "refund":
+        return "ignored: not a refund"
+    rec = next((r for r in p.refunds if r.stripe_refund_id == obj.get("id")), None)
+    if rec is None:
+        return "ignored: a refund Tanhui does not know (charge.refunded records those)"
+    status = str(obj.get("status") or "")
+    if status == "failed":
+        return _record_refund_failure(session, p, rec, str(obj.get("failure_reason") or "unknown"))
+    if rec.status in ("failed", "canceled"):
+        return f"stale: refund is already {rec.status}"
+    if status and status != rec.status:
+        rec.status = status
+        return f"refund {status}"
+    return "refund unchanged"
+
+
 _APPLY: dict[str, Callable[[Session, Payment, dict[str, Any], StripeGateway], str]] = {
     "payment_intent.succeeded": _succeeded,
     "payment_intent.payment_failed": _failed,
     "payment_intent.canceled": _canceled,
     "charge.refunded": _charge_refunded,
+    "charge.refund.updated": _refund_updated,
+    "refund.updated": _refund_updated,
+    "refund.failed": _refund_updated,
 }
 

@@ -252,6 +252,8 @@ def scheduler_run(close_time: str, tz: str) -> None:
 def register_cli(app: Flask) -> None:
     from web.offset_cli import offsets_cli
     app.cli.add_command(offsets_cli)
+    from web.payment_cli import payments_cli
+    app.cli.add_command(payments_cli)
     from web.behaviour_cli import COMMANDS as behaviour_commands
     for command in behaviour_commands:
         registry_cli.add_command(command)

@@ -289,3 +289,99 @@ def test_crash_inside_the_fill_leaves_nothing_half_done(session, session_factory
     assert offsets.get_offset(session, m.buyer.actor, oid).status is OffsetStatus.RETIRED
     assert session.scalar(select(func.count()).select_from(Retirement)) == 1
     assert _problems(session) == []
+
+
+def _stuck(session, m, *quantities: int) -> list[int]:
+    """Paid wallet orders whose fill never ran (the process died after the payment's commit)."""
+    ids = []
+    for qty in quantities:
+        order = offsets.create_offset(session, m.buyer.actor, quantity_kg=qty, beneficiary=f"stuck {qty}")
+        offsets.confirm_offset(session, m.buyer.actor, order.id)
+        ids.append(order.id)
+    session.commit()
+    return ids
+
+
+def _resume_failures(session, oid: int) -> list[dict]:
+    import json
+
+    from registry.models import AuditRecord
+    return [json.loads(x) for x in session.scalars(select(AuditRecord.payload).where(
+        AuditRecord.action == "offset.resume_failed", AuditRecord.entity_id == str(oid)).order_by(AuditRecord.id))]
+
+
+def test_resume_goes_on_past_an_order_that_fails_and_refunds_it_after_the_last_attempt(
+        session, session_factory, market, monkeypatch) -> None:
+    m = market
+    _listing(session, m)
+    # A: 3,000 kg at ¥60/t = 18,000 + 90 fee (50 bp) = 18,090; B: 2,000 kg = 12,000 + 60 = 12,060.
+    a, b = _stuck(session, m, 3_000, 2_000)
+    fill = offsets._fill_from_listing
+
+    def flaky(s, order):
+        if order.id == a:
+            raise RuntimeError("disk on fire")
+        return fill(s, order)
+    monkeypatch.setattr(offsets, "_fill_from_listing", flaky)
+    failures: dict[int, str] = {}
+    assert offsets.resume_paid(session_factory, failures=failures) == [b]
+    assert failures == {a: "RuntimeError: disk on fire"}
+    session.expire_all()
+    first = offsets.get_offset(session, m.buyer.actor, a)
+    assert (first.status, first.resume_attempts, first.resume_error) == (
+        OffsetStatus.PAID, 1, "RuntimeError: disk on fire")
+    assert offsets.get_offset(session, m.buyer.actor, b).status is OffsetStatus.RETIRED
+    assert _resume_failures(session, a) == [{"attempt": 1, "error": "RuntimeError: disk on fire", "refund": False}]
+    assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH - 18_090 - 12_060, 18_090)
+    session.rollback()
+
+    # It may be passing (a lock, a restart): the job tries again, and gives up on the fifth failure.
+    for _ in range(offsets.MAX_RESUME_ATTEMPTS - 2):
+        assert offsets.resume_paid(session_factory) == []
+    session.expire_all()
+    assert offsets.get_offset(session, m.buyer.actor, a).status is OffsetStatus.PAID
+    session.rollback()
+    assert offsets.resume_paid(session_factory) == []
+    session.expire_all()
+    gone = offsets.get_offset(session, m.buyer.actor, a)
+    assert (gone.status, gone.resume_attempts, gone.refunded_amount, gone.reason) == (
+        OffsetStatus.REFUNDED, 5, 18_090, "the order could not be completed: RuntimeError: disk on fire")
+    assert [x["refund"] for x in _resume_failures(session, a)] == [False] * 4 + [True]
+    assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH - 12_060, 0)
+    assert _listing_available(session, m) == 100_000 - 2_000
+    assert session.scalar(select(func.count()).select_from(Retirement)) == 1
+    session.rollback()
+    monkeypatch.undo()
+    assert offsets.resume_paid(session_factory) == []
+    assert _problems(session) == []
+
+
+def _listing_available(session, m) -> int:
+    return session.scalar(select(OffsetListing.available_kg).where(OffsetListing.seller_id == m.seller.holder.id))
+
+
+def test_resume_refunds_at_once_an_order_that_can_never_complete(session, session_factory, market,
+                                                                 monkeypatch) -> None:
+    m = market
+    _listing(session, m)
+    a, b = _stuck(session, m, 3_000, 2_000)
+    fulfil = offsets.fulfil
+
+    def broken(s, oid):
+        if oid == a:
+            raise Conflict("the order's holder has no registry account", code="no_account")
+        return fulfil(s, oid)
+    monkeypatch.setattr(offsets, "fulfil", broken)
+    failures: dict[int, str] = {}
+    assert offsets.resume_paid(session_factory, failures=failures) == [b]
+    why = "no_account: the order's holder has no registry account"
+    assert failures == {a: why}
+    session.expire_all()
+    gone = offsets.get_offset(session, m.buyer.actor, a)
+    assert (gone.status, gone.resume_attempts, gone.resume_error, gone.refunded_amount, gone.reason) == (
+        OffsetStatus.REFUNDED, 1, why, 18_090, f"the order could not be completed: {why}")
+    assert offsets.get_offset(session, m.buyer.actor, b).status is OffsetStatus.RETIRED
+    assert _resume_failures(session, a) == [{"attempt": 1, "error": why, "refund": True}]
+    assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH - 12_060, 0)
+    session.rollback()
+    assert _problems(session) == []

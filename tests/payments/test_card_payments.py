@@ -403,3 +403,128 @@ def test_what_stripe_says_that_tanhui_did_not_do_is_flagged(client, session, peo
     assert [(x["stripe_refund_id"], x["origin"], x["from_wallet"]) for x in got["refunds"]] == [
         (outside.id, "stripe", False)]
     assert available(session, buyer.holder.id) == 9_000
+
+
+def refund_event(gw, refund_id: str, payment_intent: str, event_id: str, event_type: str = "charge.refund.updated",
+                 **changes: Any) -> Delivery:
+    """A signed event about one of our refunds as Stripe sends it when the refund's status changes
+    (localstripe never fails a refund): the refund object as localstripe returns it, with `changes`."""
+    refund = gw.client.v1.refunds.retrieve(refund_id).to_dict()
+    refund.setdefault("payment_intent", payment_intent)   # Stripe's refunds name their PaymentIntent
+    refund.update(changes)
+    return signed({"id": event_id, "object": "event", "type": event_type, "created": int(time.time()),
+                   "data": {"object": refund}})
+
+
+def audit_payloads(session, action: str, payment_id: int) -> list[dict[str, Any]]:
+    from registry.models import AuditRecord
+    session.rollback()
+    try:
+        return [json.loads(x) for x in session.scalars(select(AuditRecord.payload).where(
+            AuditRecord.action == action, AuditRecord.entity_type == "payment",
+            AuditRecord.entity_id == str(payment_id)).order_by(AuditRecord.id))]
+    finally:
+        session.rollback()
+
+
+def balance(session, holder_id: int) -> wallets.Balance:
+    session.rollback()
+    try:
+        return wallets.balance(session, holder_id)
+    finally:
+        session.rollback()
+
+
+def test_a_refund_that_fails_in_stripe_is_held_for_the_holder_until_an_operator_resolves_it(
+        client, runner, session, people, gw, localstripe):
+    buyer, op = people
+    p = topup(client, buyer, 20_000)
+    pid, pi = p["id"], p["stripe_payment_intent_id"]
+    assert browser_pays(gw, pi, VISA) is None
+    deliver(client, localstripe.inbox.wait_for(pi, "payment_intent.succeeded")[0])
+    r = client.post(f"/api/v1/payments/{pid}/refund", headers=auth(op), json={"amount": 5_000, "reason": "too much"})
+    assert r.status_code == 200 and r.json["status"] == "partially_refunded", r.json
+    (first,) = r.json["refunds"]
+    assert balance(session, buyer.holder.id) == wallets.Balance(15_000, 0)
+
+    # Stripe: the card was cancelled, the refund failed and its money is back in the Stripe balance.
+    failed = refund_event(gw, first["stripe_refund_id"], pi, "evt_refund_failed_1", status="failed",
+                          failure_reason="expired_or_canceled_card")
+    outcome = deliver(client, failed).json
+    assert outcome["outcome"] == "refund failed; its money is held for the holder", outcome
+    got = client.get(f"/api/v1/payments/{pid}", headers=auth(op)).json
+    assert (got["status"], got["refunded_amount"], got["refundable"], got["refund_owed"]) == (
+        "succeeded", 0, 20_000, 5_000)
+    assert got["attention"] == "5000 fen of failed refunds are held for the holder: retry the refund or credit it " \
+                               "to the wallet"
+    (ref,) = got["refunds"]
+    assert (ref["status"], ref["failure_reason"], ref["resolution"]) == ("failed", "expired_or_canceled_card", None)
+    assert balance(session, buyer.holder.id) == wallets.Balance(15_000, 5_000)   # back in, held
+    (rec,) = audit_payloads(session, "payment.refund_failed", pid)
+    assert (rec["refund_id"], rec["amount"], rec["failure_reason"], rec["refund_owed"]) == (
+        first["id"], 5_000, "expired_or_canceled_card", 5_000)
+
+    # Again, out of order and stale: nothing moves twice.
+    stale_ok = refund_event(gw, first["stripe_refund_id"], pi, "evt_refund_updated_earlier", "refund.updated",
+                            status="succeeded")
+    latest = gw.client.v1.payment_intents.retrieve(pi).latest_charge
+    charge = gw.client.v1.charges.retrieve(latest if isinstance(latest, str) else latest.id)
+    stale_charge = signed({"id": "evt_charge_refunded_before_failure", "object": "event", "type": "charge.refunded",
+                           "created": int(time.time()), "data": {"object": charge.to_dict()}})
+    outcomes = [deliver(client, d).json for d in (failed, stale_ok, stale_charge)]
+    assert [(o["outcome"], o["duplicate"]) for o in outcomes] == [
+        ("refund failed; its money is held for the holder", True), ("stale: refund is already failed", False),
+        ("refunds confirmed", False)]
+    got = client.get(f"/api/v1/payments/{pid}", headers=auth(op)).json
+    assert (got["status"], got["refunded_amount"], got["refund_owed"], got["refunds"][0]["status"]) == (
+        "succeeded", 0, 5_000, "failed")
+    assert balance(session, buyer.holder.id) == wallets.Balance(15_000, 5_000)
+
+    # Its money is not refunded a second way while it is held.
+    r = client.post(f"/api/v1/payments/{pid}/refund", headers=auth(op), json={"reason": "all of it"})
+    assert r.status_code == 409 and r.json["error"]["code"] == "failed_refund_pending", r.json
+    r = client.post(f"/api/v1/payments/{pid}/refund", headers=auth(op), json={"amount": 15_001, "reason": "x"})
+    assert r.status_code == 409 and r.json["error"]["field"] == "amount", r.json
+
+    # The operator sees it and retries it to the card.
+    assert client.get("/api/v1/payments/refund-failures", headers=auth(buyer)).status_code == 403
+    listed = client.get("/api/v1/payments/refund-failures", headers=auth(op)).json
+    assert [(x["id"], x["payment_id"], x["amount"], x["failure_reason"]) for x in listed] == [
+        (first["id"], pid, 5_000, "expired_or_canceled_card")]
+    r = client.post(f"/api/v1/payments/refunds/{first['id']}/resolve", headers=auth(op), json={"action": "resend"})
+    assert r.status_code == 422 and r.json["error"]["field"] == "action"
+    r = client.post(f"/api/v1/payments/refunds/{first['id']}/resolve", headers=auth(op), json={"action": "retry"})
+    assert r.status_code == 200, r.json
+    second = r.json
+    assert (second["amount"], second["status"], second["reason"]) == (5_000, "succeeded",
+                                                                       f"retry of refund {first['id']}: too much")
+    assert [x.amount for x in gw.client.v1.refunds.list(params={"payment_intent": pi}).data] == [5_000, 5_000]
+    got = client.get(f"/api/v1/payments/{pid}", headers=auth(op)).json
+    assert (got["status"], got["refunded_amount"], got["refund_owed"], got["attention"]) == (
+        "partially_refunded", 5_000, 0, None)
+    assert got["refunds"][0]["resolution"] == f"retried as refund {second['id']} ({second['stripe_refund_id']})"
+    assert balance(session, buyer.holder.id) == wallets.Balance(15_000, 0)
+    again = client.post(f"/api/v1/payments/refunds/{first['id']}/resolve", headers=auth(op), json={"action": "retry"})
+    assert again.status_code == 409 and again.json["error"]["code"] == "already_resolved"
+    assert client.get("/api/v1/payments/refund-failures", headers=auth(op)).json == []
+
+    # The retry fails too (the card is gone): the operator credits it to the wallet from the CLI.
+    deliver(client, refund_event(gw, second["stripe_refund_id"], pi, "evt_refund_failed_2", status="failed",
+                                 failure_reason="lost_or_stolen_card"))
+    assert balance(session, buyer.holder.id) == wallets.Balance(15_000, 5_000)
+    email = scalar(session, select(User.email).where(User.id == op.actor.user_id))
+    out = runner.invoke(args=["payments", "refund-failures", "--operator", email])
+    assert out.exit_code == 0 and out.output.splitlines()[-1] == "1 failed refund(s) to resolve", out.output
+    assert out.output.startswith(f"refund {second['id']}: payment {pid}, 5000 fen, failed ")
+    out = runner.invoke(args=["payments", "resolve-refund", str(second["id"]), "--action", "wallet",
+                              "--operator", email])
+    assert out.exit_code == 0 and out.output == f"refund {second['id']}: 5000 fen credited to the holder's wallet\n", \
+        out.output
+    assert balance(session, buyer.holder.id) == wallets.Balance(20_000, 0)
+    got = client.get(f"/api/v1/payments/{pid}", headers=auth(op)).json
+    assert (got["status"], got["refunded_amount"], got["refundable"], got["refund_owed"]) == (
+        "succeeded", 0, 20_000, 0)
+    assert [(x["status"], x["resolution"]) for x in got["refunds"]] == [
+        ("failed", f"retried as refund {second['id']} ({second['stripe_refund_id']})"),
+        ("failed", "credited to the holder's wallet")]
+    assert [x["action"] for x in audit_payloads(session, "payment.refund_failure_resolved", pid)] == ["retry", "wallet"]

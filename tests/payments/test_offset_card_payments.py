@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+import stripe
 from sqlalchemy import func, select
 
 import matching
@@ -18,7 +19,7 @@ from exchange import offset_payments, offsets, orders, payments, wallets
 from exchange.models import Deposit, Withdrawal, WithdrawalStatus
 from exchange.offset_models import OffsetListing, OffsetOrder
 from exchange.orders import OrderRequest
-from exchange.payment_models import StripeEvent
+from exchange.payment_models import Payment, StripeEvent
 from registry import holders, invariants, projects
 from registry.db import utcnow
 from registry.models import AuditRecord, HolderKind, Retirement, User
@@ -208,22 +209,97 @@ def test_webhook_three_times_and_out_of_order_retires_once(client, session, m, g
     assert problems(session) == []
 
 
-def test_a_payment_after_the_quote_expired_goes_back_to_the_card(client, session, m, gw, localstripe):
+def intent_status(gw, pi: str) -> str:
+    return str(gw.client.v1.payment_intents.retrieve(pi).status)
+
+
+def audited(session, action: str, entity: str, entity_id: int) -> list[dict[str, Any]]:
+    return read(session, lambda: [json.loads(x) for x in session.scalars(select(AuditRecord.payload).where(
+        AuditRecord.action == action, AuditRecord.entity_type == entity, AuditRecord.entity_id == str(entity_id))
+        .order_by(AuditRecord.id))])
+
+
+def test_an_expired_order_cancels_its_payment_intent_so_the_card_cannot_pay(client, session, session_factory, m,
+                                                                            gw, localstripe):
     o = card_order(client, m)
-    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
-    listing_id = o["listing_id"]
-    # The expiry job runs after the card payment's time ran out.
+    oid, cp = o["id"], o["card_payment"]
+    pi = cp["stripe_payment_intent_id"]
+    assert intent_status(gw, pi) == "requires_payment_method"
     later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
     assert offsets.expire_due(session, later) == [oid]
     session.commit()
     got = order_of(client, m, oid)
     assert (got["status"], got["reason"]) == ("cancelled", "quote_expired")
+    assert intent_status(gw, pi) == "canceled"
+    why = f"offset order {oid} quote_expired"
+    p = got["card_payment"]
+    assert (p["status"], p["failure_reason"], p["attention"], p["client_secret"]) == ("canceled", why, None, None)
+    assert audited(session, "payment.canceled", "payment", cp["id"]) == [
+        {"reason": why, "payment_intent": pi, "by": "tanhui"}]
+    # The browser still has the client_secret: Stripe refuses it now.
+    with pytest.raises(stripe.InvalidRequestError):
+        browser_pays(gw, pi, VISA)
+    # Nothing is left for the expiry job to retry.
+    from exchange import offset_jobs
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert card_deposits(session) == []
+    assert problems(session) == []
+
+
+def test_a_cancelled_order_cancels_its_payment_intent(client, session, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    r = client.post(f"/api/v1/offsets/{oid}/cancel", headers=auth(m.buyer), json={"reason": "wrong event"})
+    assert r.status_code == 200 and r.json["status"] == "cancelled", r.json
+    assert intent_status(gw, pi) == "canceled"
+    p = order_of(client, m, oid)["card_payment"]
+    assert (p["status"], p["failure_reason"]) == ("canceled", f"offset order {oid} wrong event")
+    with pytest.raises(stripe.InvalidRequestError):
+        browser_pays(gw, pi, VISA)
+    assert problems(session) == []
+
+
+def test_stripe_unreachable_at_expiry_is_retried_by_the_job(client, session, session_factory, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, cp = o["id"], o["card_payment"]
+    pi = cp["stripe_payment_intent_id"]
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    payments.configure(None)     # Stripe not configured (or down): the quote expires all the same
+    assert offsets.expire_due(session, later) == [oid]
+    session.commit()
+    p = read(session, lambda: session.get(Payment, cp["id"]))
+    problem = "the PaymentIntent could not be canceled: card payments are not configured (STRIPE_API_KEY)"
+    assert (p.status.value, p.attention) == ("requires_payment", problem)
+    assert intent_status(gw, pi) == "requires_payment_method"
+    assert audited(session, "payment.cancel_failed", "payment", cp["id"]) == [
+        {"reason": f"offset order {oid} quote_expired", "problem": problem}]
+    assert read(session, lambda: session.get(OffsetOrder, oid).status.value) == "cancelled"
+    # The job runs again once Stripe answers: it cancels what the expiry could not.
+    from exchange import offset_jobs
+    payments.configure(gw)
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert intent_status(gw, pi) == "canceled"
+    p = read(session, lambda: session.get(Payment, cp["id"]))
+    assert (p.status.value, p.attention) == ("canceled", None)
+    assert problems(session) == []
+
+
+def test_a_payment_just_before_the_quote_expired_goes_back_to_the_card(client, session, m, gw, localstripe):
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    listing_id = o["listing_id"]
+    # The buyer pays in the last second; Stripe's webhook is still on its way when the expiry job runs.
+    assert browser_pays(gw, pi, VISA) is None
+    (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    assert offsets.expire_due(session, later) == [oid]
+    session.commit()
+    got = order_of(client, m, oid)
+    assert (got["status"], got["reason"]) == ("cancelled", "quote_expired")
+    assert got["card_payment"]["attention"].startswith("the PaymentIntent could not be canceled: ")
     assert read(session, lambda: session.get(OffsetListing, listing_id).available_kg) == 100_000
     assert client.post(f"/api/v1/offsets/{oid}/confirm", headers=auth(m.buyer)).status_code == 409
 
-    # The browser had the client_secret and pays anyway.
-    assert browser_pays(gw, pi, VISA) is None
-    (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
     r = deliver(client, ok)
     assert r.json["outcome"] == "succeeded; fulfilment failed and was refunded", r.json
     got = order_of(client, m, oid)
@@ -303,14 +379,18 @@ def test_a_partial_exchange_fill_refunds_the_rest_to_the_card(client, runner, se
 
     # The resume job needs a Stripe gateway to refund the card: without one nothing changes.
     payments.configure(None)
-    with pytest.raises(payments.PaymentsUnavailable):
-        offsets.resume_paid(session_factory)
-    assert order_of(client, m, oid)["status"] == "paid"
+    failures: dict[int, str] = {}
+    assert offsets.resume_paid(session_factory, failures=failures) == []
+    why = "payments_unavailable: card payments are not configured (STRIPE_API_KEY)"
+    assert failures == {oid: why}       # a 503: tried again next time, not refunded
+    stuck = read(session, lambda: session.get(OffsetOrder, oid))
+    assert (stuck.status.value, stuck.resume_attempts, stuck.resume_error) == ("paid", 1, why)
     assert stripe_refunds(gw, pi) == [] and paid_withdrawals(session) == []
     payments.configure(None)
     res = runner.invoke(args=["offsets", "resume"])      # configures it from the app's STRIPE_* settings
     assert res.exit_code == 0 and res.output == f"resumed 1 offset order(s): [{oid}]\n", res.output
 
+    assert read(session, lambda: session.get(OffsetOrder, oid).resume_error) is None
     got = order_of(client, m, oid)
     why = f"partly filled: 2000 of 8000 kg; {left} refunded"
     assert (got["status"], got["filled_kg"], got["refunded_amount"], got["reason"]) == ("retired", 2_000, left, why)
@@ -366,3 +446,87 @@ def test_the_app_configures_stripe_for_jobs_and_commands(app, session, localstri
     with pytest.raises(payments.PaymentsUnavailable):
         payments.start_payment(session, buyer.actor, purpose=payments.WALLET_TOPUP, reference="job",
                                holder_id=buyer.holder.id, amount=1, idempotency_key="no-stripe")
+
+
+def test_a_card_refund_that_fails_leaves_the_order_refund_failed_until_an_operator_credits_the_wallet(
+        client, session, m, gw, localstripe):
+    from tests.payments.test_card_payments import refund_event
+    op = party(session, HolderKind.OPERATOR, "运营方")
+    op.token = holders.create_token(session, session.get(User, op.actor.user_id))[1]
+    session.commit()
+    o = card_order(client, m)
+    oid, pi = o["id"], o["card_payment"]["stripe_payment_intent_id"]
+    projects.set_project_suspension(session, m.w.operator.actor, m.project.id, True, "under review")
+    session.commit()
+    assert browser_pays(gw, pi, VISA) is None
+    deliver(client, localstripe.inbox.wait_for(pi, "payment_intent.succeeded")[0])
+    got = order_of(client, m, oid)
+    first_reason = got["reason"]
+    (ref,) = got["card_payment"]["refunds"]
+    assert (got["status"], got["refunded_amount"]) == ("refunded", TOTAL)
+
+    r = deliver(client, refund_event(gw, ref["stripe_refund_id"], pi, "evt_offset_refund_failed",
+                                     status="failed", failure_reason="expired_or_canceled_card"))
+    assert r.json["outcome"] == "refund failed; its money is held for the holder", r.json
+    got = order_of(client, m, oid)
+    note = (f"the refund of {TOTAL} to the card failed (expired_or_canceled_card); the money is held until an "
+            "operator retries it or credits it to the wallet")
+    assert (got["status"], got["paid_amount"], got["refunded_amount"], got["reason"]) == (
+        "refund_failed", TOTAL, 0, f"{first_reason}; {note}")
+    cp = got["card_payment"]
+    assert (cp["status"], cp["refunded_amount"], cp["refund_owed"]) == ("succeeded", 0, TOTAL)
+    assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH, TOTAL)
+    assert audited(session, "offset.refund_failed", "offset_order", oid) == [
+        {"from": "refunded", "amount": TOTAL, "why": "expired_or_canceled_card", "refunded_amount": 0}]
+    assert problems(session) == []
+
+    r = client.post(f"/api/v1/payments/refunds/{ref['id']}/resolve", headers=auth(op), json={"action": "wallet"})
+    assert r.status_code == 200 and r.json["resolution"] == "credited to the holder's wallet", r.json
+    got = order_of(client, m, oid)
+    assert (got["status"], got["refunded_amount"], got["reason"]) == (
+        "refunded", TOTAL, f"{first_reason}; the card could not take {TOTAL}: credited to the wallet instead")
+    assert got["card_payment"]["refund_owed"] == 0
+    assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH + TOTAL, 0)
+    assert problems(session) == []
+
+
+def test_the_expiry_job_leaves_wallet_topups_payable(client, session, session_factory, m, gw, localstripe):
+    """A top-up holds nothing and has no quote to expire: the job that cancels ended orders'
+    PaymentIntents leaves it open, and a success that comes late credits the wallet once."""
+    from exchange import offset_jobs
+    from tests.payments.test_card_payments import topup
+    t = topup(client, m.buyer, 7_000)
+    o = card_order(client, m)
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    assert offsets.expire_due(session, later) == [o["id"]]
+    session.commit()
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert intent_status(gw, o["card_payment"]["stripe_payment_intent_id"]) == "canceled"
+    assert intent_status(gw, t["stripe_payment_intent_id"]) == "requires_payment_method"
+    assert browser_pays(gw, t["stripe_payment_intent_id"], VISA) is None
+    ok = localstripe.inbox.wait_for(t["stripe_payment_intent_id"], "payment_intent.succeeded")[0]
+    assert [deliver(client, ok).json["outcome"] for _ in range(2)] == ["succeeded", "succeeded"]
+    assert read(session, lambda: wallets.balance(session, m.buyer.holder.id)) == wallets.Balance(CASH + 7_000, 0)
+    assert problems(session) == []
+
+
+@pytest.mark.postgres
+def test_expiry_skips_a_payment_a_webhook_is_applying_and_the_job_cancels_it_later(client, session, session_factory,
+                                                                                  m, gw, localstripe):
+    """A webhook locks the payment, then the order; expiry locks the order, then the payment. So the
+    expiry does not wait for a payment row that is locked (no deadlock): it leaves it to the job."""
+    o = card_order(client, m)
+    oid, cp = o["id"], o["card_payment"]
+    pi = cp["stripe_payment_intent_id"]
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    with session_factory() as webhook, webhook.begin():
+        webhook.execute(select(Payment).where(Payment.id == cp["id"]).with_for_update(key_share=True))
+        with session_factory() as expiry, expiry.begin():
+            assert offsets.expire_due(expiry, later) == [oid]   # does not block on the locked payment
+    assert read(session, lambda: session.get(Payment, cp["id"]).status.value) == "requires_payment"
+    assert intent_status(gw, pi) == "requires_payment_method"
+    from exchange import offset_jobs
+    assert offset_jobs.run_offset_expiry(session_factory) == []
+    assert intent_status(gw, pi) == "canceled"
+    assert read(session, lambda: session.get(Payment, cp["id"]).status.value) == "canceled"
+    assert problems(session) == []

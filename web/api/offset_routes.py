@@ -84,7 +84,7 @@ def offset_view(session: Session, order: OffsetOrder, actor: Actor | None = None
         "id", "reason", "quantity_kg", "footprint_id", "beneficiary", "message", "jurisdiction", "purpose",
         "preference", "payment", "source", "listing_id", "expires_at", "paid_amount", "refunded_amount",
         "filled_kg", "exchange_order_id", "certificate_number", "created_at", "paid_at", "filled_at",
-        "retired_at")}
+        "retired_at", "resume_attempts", "resume_error")}
     out["status"] = order.status.value
     out["instrument"] = inst.symbol if inst else None
     out["quote"] = {"price_per_t": order.price, "notional": order.notional, "fee": order.fee, "total": order.total,

@@ -95,6 +95,8 @@ class OffsetOut(Schema):
     id = fields.Integer()
     status = fields.String()
     reason = fields.String(allow_none=True)
+    resume_attempts = fields.Integer(metadata={"description": "how often the resume job failed to finish it"})
+    resume_error = fields.String(allow_none=True, metadata={"description": "why the resume job last failed"})
     quantity_kg = fields.Integer()
     footprint_id = fields.Integer(allow_none=True)
     beneficiary = fields.String()

@@ -11,7 +11,7 @@ from flask import current_app, request
 from sqlalchemy.orm import Session
 
 from exchange import payments
-from exchange.payment_models import Payment, PaymentStatus
+from exchange.payment_models import Payment, PaymentRefund, PaymentStatus
 from registry.actors import Actor
 from web.api import payment_schemas as ps
 from web.api.blueprint import bp
@@ -41,16 +41,20 @@ def _configure_payments() -> None:
     payments.configure(stripe_gateway())
 
 
+def refund_view(r: PaymentRefund) -> dict[str, Any]:
+    return {c: getattr(r, c) for c in (
+        "id", "payment_id", "amount", "reason", "status", "origin", "stripe_refund_id", "created_at",
+        "failure_reason", "failed_at", "resolution", "resolved_at")} | {"from_wallet": r.withdrawal_id is not None}
+
+
 def payment_view(p: Payment, actor: Actor) -> dict[str, Any]:
     payable = p.status in (PaymentStatus.REQUIRES_PAYMENT, PaymentStatus.FAILED) and actor.holder_id == p.holder_id
     gw = stripe_gateway()
-    refunds = [{"id": r.id, "amount": r.amount, "reason": r.reason, "status": r.status, "origin": r.origin,
-                "stripe_refund_id": r.stripe_refund_id, "from_wallet": r.withdrawal_id is not None,
-                "created_at": r.created_at} for r in p.refunds]
+    refunds = [refund_view(r) for r in p.refunds]
     return {c: getattr(p, c) for c in (
         "id", "purpose", "reference", "holder_id", "amount", "currency", "stripe_payment_intent_id",
         "failure_code", "failure_reason", "refunded_amount", "refundable", "fulfilled_at", "fulfilment_error",
-        "attention", "created_at", "succeeded_at")} | {
+        "attention", "refund_owed", "created_at", "succeeded_at")} | {
         "status": p.status.value, "client_secret": p.client_secret if payable else None,
         "publishable_key": gw.publishable_key if gw and payable else None,
         "credited_to_wallet": p.deposit_id is not None, "refunds": refunds}
@@ -80,6 +84,21 @@ def get_payment(session: Session, actor: Actor, payment_id: int) -> Any:
 def refund_payment(session: Session, actor: Actor, payment_id: int, *, body: dict[str, Any]) -> Any:
     payments.refund(session, actor, payment_id, body.get("amount"), body["reason"], gateway=stripe_gateway())
     return payment_view(payments.get_payment(session, actor, payment_id), actor)
+
+
+@endpoint(bp, "/payments/refund-failures", summary="Operators: card refunds that failed in Stripe (an expired or "
+          "lost card), their money held for the holder until resolved", tags=("operator",), auth=True,
+          response=ps.RefundOut, many=True)
+def list_refund_failures(session: Session, actor: Actor) -> Any:
+    return [refund_view(r) for r in payments.failed_refunds(session, actor)]
+
+
+@endpoint(bp, "/payments/refunds/<int:refund_id>/resolve", "POST", summary="Operator resolves a failed card "
+          "refund: retry it to the card, or credit the held money to the holder's wallet", tags=("operator",),
+          auth=True, body=ps.RefundResolve, response=ps.RefundOut)
+def resolve_refund(session: Session, actor: Actor, refund_id: int, *, body: dict[str, Any]) -> Any:
+    return refund_view(payments.resolve_failed_refund(session, actor, refund_id, body["action"],
+                                                      gateway=stripe_gateway()))
 
 
 @endpoint(bp, "/payments/stripe/webhook", "POST", summary="Stripe's webhook (signed with the endpoint secret); "

@@ -18,15 +18,26 @@ class RefundCreate(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
 
 
+class RefundResolve(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(["retry", "wallet"]), metadata={
+        "description": "retry: refund to the card again; wallet: credit the held money to the holder's wallet"})
+
+
 class RefundOut(Schema):
     id = fields.Integer()
+    payment_id = fields.Integer()
     amount = fields.Integer()
     reason = fields.String()
-    status = fields.String()
+    status = fields.String(metadata={"description": "Stripe's: pending, succeeded, failed or canceled"})
     origin = fields.String()
     stripe_refund_id = fields.String()
     from_wallet = fields.Boolean()
     created_at = UtcDateTime()
+    failure_reason = fields.String(allow_none=True, metadata={
+        "description": "why Stripe could not refund: expired_or_canceled_card, lost_or_stolen_card, unknown"})
+    failed_at = UtcDateTime(allow_none=True)
+    resolution = fields.String(allow_none=True)
+    resolved_at = UtcDateTime(allow_none=True)
 
 
 class PaymentOut(Schema):
@@ -49,6 +60,7 @@ class PaymentOut(Schema):
     fulfilled_at = UtcDateTime(allow_none=True)
     fulfilment_error = fields.String(allow_none=True)
     attention = fields.String(allow_none=True)
+    refund_owed = fields.Integer(metadata={"description": "fen of failed refunds held for the holder"})
     refunds = fields.List(fields.Nested(RefundOut))
     created_at = UtcDateTime()
     succeeded_at = UtcDateTime(allow_none=True)

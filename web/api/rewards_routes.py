@@ -12,7 +12,7 @@ from exchange import programme_issuance, rewards_pool
 from registry import programme_periods, recognition, rewards
 from registry.actors import Actor
 from registry.errors import NotFound
-from registry.models import HolderKind, Project, ProjectKind
+from registry.models import HolderKind, MonitoringReport, Project, ProjectKind
 from web.api.blueprint import bp
 from web.api.core import endpoint
 
@@ -107,7 +107,16 @@ class PeriodOut(Schema):
     kg = fields.Integer()
     carried_out_g = fields.Integer()
     report_id = fields.Integer(allow_none=True)
+    report_status = fields.String(allow_none=True, metadata={
+        "description": "the status of the period's live report: submitted, verified, rejected, issued"})
+    reports = fields.List(fields.Dict(), metadata={
+        "description": "every report submitted for the period, rejected ones included (resubmission only)"})
     closed_at = fields.DateTime()
+
+
+class ResubmitPeriod(Schema):
+    note = fields.String(validate=validate.Length(max=2000), metadata={"description": "what was corrected"})
+    documents = fields.List(fields.Dict(), metadata={"description": "{name, kind, sha256, url, size}"})
 
 
 # -- the mall ----------------------------------------------------------------------------------
@@ -224,7 +233,7 @@ def programme_periods_list(session: Session, actor: Actor | None, programme_id: 
     p = session.get(Project, programme_id)
     if p is None or p.kind is not ProjectKind.PROGRAMME:
         raise NotFound(f"no programme {programme_id}", field="programme_id")
-    return programme_periods.periods_of(session, programme_id)
+    return [_period_out(session, p) for p in programme_periods.periods_of(session, programme_id)]
 
 
 @endpoint(bp, "/programmes/<int:programme_id>/periods", "POST",
@@ -232,7 +241,31 @@ def programme_periods_list(session: Session, actor: Actor | None, programme_id: 
           tags=("projects",), auth=True, body=ClosePeriod, response=PeriodOut, status=201)
 def close_programme_period(session: Session, actor: Actor, programme_id: int, *, body: dict[str, Any]) -> Any:
     row, _ = programme_periods.close_period(session, actor, programme_id, body["period"])
-    return row
+    return _period_out(session, row)
+
+
+def _period_out(session: Session, row: programme_periods.ProgrammePeriod, *,
+                history: bool = False) -> dict[str, Any]:
+    report = session.get(MonitoringReport, row.report_id) if row.report_id is not None else None
+    out = {c: getattr(row, c) for c in ("id", "programme_id", "period", "period_start", "period_end", "counted_g",
+                                        "carried_in_g", "kg", "carried_out_g", "report_id", "closed_at")}
+    out["report_status"] = report.status.value if report is not None else None
+    if history:
+        out["reports"] = [{"id": r.id, "status": r.status.value, "claimed_kg": r.claimed_kg,
+                           "approved_kg": r.approved_kg, "reason": r.status_reason, "external_ref": r.external_ref}
+                          for r in programme_periods.report_history(session, row.programme_id, row.period)]
+    return out
+
+
+@endpoint(bp, "/programmes/<int:programme_id>/periods/<period>/resubmit", "POST",
+          summary="Resubmit a closed period whose report was rejected: a corrected report, same period and kg "
+                  "(operator or owner)", tags=("projects",), auth=True, body=ResubmitPeriod, response=PeriodOut,
+          status=201)
+def resubmit_programme_period(session: Session, actor: Actor, programme_id: int, period: str, *,
+                              body: dict[str, Any]) -> Any:
+    row = programme_periods.resubmit_period(session, actor, programme_id, period, note=body.get("note"),
+                                            documents=body.get("documents"))
+    return _period_out(session, row, history=True)
 
 
 @endpoint(bp, "/programmes/<int:programme_id>/periods/<period>/offer", "POST",

@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from exchange import programme_issuance, rewards_pool
-from registry import programme_periods, recognition, rewards
+from registry import holders, programme_periods, recognition, rewards
 from registry.actors import Actor
 from registry.errors import NotFound
-from registry.models import HolderKind, MonitoringReport, Project, ProjectKind
+from registry.models import Holder, HolderKind, MonitoringReport, Project, ProjectKind
 from web.api.blueprint import bp
 from web.api.core import endpoint
 
@@ -52,6 +52,9 @@ class RewardOut(Schema):
     valid_from = fields.Date()
     valid_until = fields.Date()
     active = fields.Boolean()
+    available = fields.Boolean(metadata={"description": "redeemable today (one reward's page only)"})
+    unavailable_reason = fields.String(allow_none=True, metadata={
+        "description": "inactive, not_yet_valid, expired, merchant_suspended or out_of_stock"})
 
 
 class RewardsQuery(Schema):
@@ -129,6 +132,34 @@ def create_merchant(session: Session, actor: Actor, *, body: dict[str, Any]) -> 
     return {"id": m.id, "name": m.name, "kind": m.kind.value, "city": m.city}
 
 
+class MerchantSuspend(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+def _merchant_status(session: Session, actor: Actor, merchant_id: int, suspended: bool, reason: str) -> Any:
+    actor.require_kind(HolderKind.OPERATOR)
+    holder = session.get(Holder, merchant_id)
+    if holder is None or holder.kind is not HolderKind.MERCHANT:
+        raise NotFound(f"no merchant {merchant_id}", field="merchant_id")
+    m = holders.set_holder_suspension(session, actor, merchant_id, suspended, reason)
+    return {"id": m.id, "name": m.name, "suspended": m.suspended, "suspension_reason": m.suspension_reason}
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/suspend", "POST",
+          summary="Operator suspends a merchant: its rewards leave the mall and cannot be redeemed; codes "
+                  "already issued stay valid, their payments wait", tags=("operator",), auth=True,
+          body=MerchantSuspend)
+def suspend_merchant(session: Session, actor: Actor, merchant_id: int, *, body: dict[str, Any]) -> Any:
+    return _merchant_status(session, actor, merchant_id, True, body["reason"])
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/reinstate", "POST",
+          summary="Operator lifts a merchant's suspension (its held payments are paid by the next settlement)",
+          tags=("operator",), auth=True, body=MerchantSuspend)
+def reinstate_merchant(session: Session, actor: Actor, merchant_id: int, *, body: dict[str, Any]) -> Any:
+    return _merchant_status(session, actor, merchant_id, False, body["reason"])
+
+
 @endpoint(bp, "/rewards", summary="Rewards on offer today (public)", tags=("rewards",), query=RewardsQuery,
           response=RewardOut, many=True)
 def list_rewards(session: Session, actor: Actor | None, *, query: dict[str, Any]) -> Any:
@@ -137,7 +168,10 @@ def list_rewards(session: Session, actor: Actor | None, *, query: dict[str, Any]
 
 @endpoint(bp, "/rewards/<int:reward_id>", summary="One reward (public)", tags=("rewards",), response=RewardOut)
 def get_reward(session: Session, actor: Actor | None, reward_id: int) -> Any:
-    return rewards.get_reward(session, reward_id)
+    reward = rewards.get_reward(session, reward_id)
+    why = rewards.unavailable_because(session, reward)
+    return {c.key: getattr(reward, c.key) for c in rewards.Reward.__table__.columns} | {
+        "available": why is None, "unavailable_reason": why}
 
 
 @endpoint(bp, "/rewards", "POST", summary="Operator creates a reward", tags=("operator",), auth=True,

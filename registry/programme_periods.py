@@ -56,6 +56,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql import ColumnElement, Select
 
 from registry import audit, behaviour, projects
 from registry.actors import Actor
@@ -258,7 +259,7 @@ PROGRAMME_DAY_INDEX = Index(
 
 # A literal, not a bound parameter: PostgreSQL proves a partial index's predicate only from constants
 # (a prepared statement's generic plan would not use the index).
-_ACCEPTED = literal_column("'accepted'")
+_ACCEPTED: ColumnElement[str] = literal_column("'accepted'", String)
 
 
 def accepted_grams(session: Session, programme_id: int) -> int:
@@ -271,7 +272,7 @@ def accepted_grams(session: Session, programme_id: int) -> int:
         .where(Partner.programme_id == programme_id)) or 0)
 
 
-def accepted_grams_after_stmt(programme_id: int, day: dt.date):  # type: ignore[no-untyped-def]
+def accepted_grams_after_stmt(programme_id: int, day: dt.date) -> Select[tuple[int]]:
     return (select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0))
             .where(BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == _ACCEPTED,
                    BehaviourEvent.day > day))

@@ -22,7 +22,7 @@ The grams through end(P) are read without visiting the programme's history: all 
 accepted grams (the sum of its batches' counters, kept with the events in each chunk's transaction)
 minus the accepted grams of days after end(P), an index range over
 `ix_behaviour_events_programme_day` (programme, day; accepted rows) that covers only the days since
-the period ended.
+the period ended. Both sums are read under the programme's import lock, so they see the same chunks.
 
 A verifier (or the operator) may reject a period's monitoring report. Its grams are not dropped and
 not moved into another period: as in Verra's and Gold Standard's flow, the report is corrected and
@@ -162,7 +162,7 @@ def close_period(session: Session, actor: Actor | None, programme_id: int, perio
     if last is not None and end <= last.period_end:
         raise Conflict(f"period {period} is before the last closed period {last.period}", field="period",
                        code="before_last_closed")
-    accepted = (BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == "accepted")
+    accepted = (BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == _ACCEPTED)
     through = accepted_grams(session, programme_id) - accepted_grams_after(session, programme_id, end)
     before = int(session.scalar(select(func.coalesce(func.sum(ProgrammePeriod.counted_g), 0))
                                 .where(ProgrammePeriod.programme_id == programme_id)) or 0)

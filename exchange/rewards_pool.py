@@ -17,7 +17,8 @@ them) and then moves money with `wallets.post`:
 - **Outflow** (`use_code`, `pay_waiting`): a used code creates a merchant payment of the reward's
   cash value; payments are made first-come first-served while the pool can afford them. One it
   cannot afford stays `waiting` (as do the ones after it) until an inflow arrives: the pool never
-  goes negative (the ledger's CHECK also refuses it).
+  goes negative (the ledger's CHECK also refuses it). A suspended merchant's payments are held,
+  `waiting`, without holding up the others, and paid in turn once the suspension is lifted.
 Operators may also deposit into the pool holder (a foundation's or sponsor's grant) with the
 ordinary `wallets.deposit`; the statement lists those deposits as inflows too.
 """
@@ -177,11 +178,15 @@ def use_code(session: Session, actor: Actor, code: str, *, now: dt.datetime | No
 
 def pay_waiting(session: Session, actor: Actor | None = None) -> list[MerchantPayment]:
     """Pay waiting merchant payments in the order they fell due while the pool can afford them;
-    stops at the first it cannot (nobody is overtaken). Returns the payments made. Idempotent."""
+    stops at the first it cannot (nobody is overtaken). A suspended merchant's payments are held
+    (skipped, not blocking the others) until the suspension is lifted. Returns the payments made.
+    Idempotent."""
     pool = _lock_pool(session)
     paid = []
-    for p in session.scalars(select(MerchantPayment).where(MerchantPayment.status == "waiting")
-                             .order_by(MerchantPayment.id).with_for_update()):
+    for p in session.scalars(select(MerchantPayment).where(
+            MerchantPayment.status == "waiting",
+            MerchantPayment.merchant_id.in_(select(Holder.id).where(Holder.suspended.is_(False))))
+            .order_by(MerchantPayment.id).with_for_update()):
         if pool.balance < p.amount:
             break
         available, _ = wallets.holder_accounts(session, p.merchant_id)

@@ -256,3 +256,56 @@ class SignatureCheck:
         if not hmac.compare_digest(self.mac.hexdigest(), self.given.lower()):
             raise Unauthenticated("signature does not match the body", field="X-Tanhui-Signature",
                                   code="bad_signature")
+
+
+# -- deactivation --------------------------------------------------------------------------------
+
+
+def get_partner(session: Session, partner_id: int, *, lock: bool = False) -> Partner:
+    partner = session.get(Partner, partner_id, with_for_update=lock or None)
+    if partner is None:
+        raise NotFound(f"no partner {partner_id}", field="partner_id")
+    return partner
+
+
+def deactivate_partner(session: Session, actor: Actor, partner_id: int, reason: str) -> Partner:
+    """Operator only, with a reason: the partner's batches are refused from now on, whatever their
+    signature (the API answers 403 `partner_inactive`; a CSV import is refused); its rows already
+    recorded stay. A batch already being imported finishes. Raises NotFound (partner_id), InvalidInput
+    (reason), Conflict `no_change` (field partner_id) if it is inactive already. The caller commits."""
+    actor.require_kind(HolderKind.OPERATOR)
+    if not reason or not reason.strip():
+        raise InvalidInput("a reason is required", field="reason")
+    partner = get_partner(session, partner_id, lock=True)
+    if not partner.active:
+        raise Conflict(f"partner {partner.code} is already inactive", field="partner_id", code="no_change")
+    partner.active = False
+    audit.record(session, actor, "behaviour.partner_deactivated", "behaviour_partner", partner.id,
+                 {"code": partner.code, "reason": reason.strip()})
+    return partner
+
+
+def reactivate_partner(session: Session, actor: Actor, partner_id: int, *, rotate: bool = False,
+                       reason: str | None = None) -> tuple[Partner, str | None]:
+    """Operator only: the partner's batches are accepted again. With `rotate` its secret is replaced
+    in the same transaction (returned, shown only now; the old one never verifies again), which is
+    what to do after a leaked secret; else (partner, None). Raises NotFound (partner_id), Conflict
+    `no_change` if it is active. The caller commits."""
+    actor.require_kind(HolderKind.OPERATOR)
+    partner = get_partner(session, partner_id, lock=True)
+    if partner.active:
+        raise Conflict(f"partner {partner.code} is already active", field="partner_id", code="no_change")
+    partner.active = True
+    secret = None
+    if rotate:
+        partner.secret = secret = secrets.token_hex(32)
+    audit.record(session, actor, "behaviour.partner_reactivated", "behaviour_partner", partner.id,
+                 {"code": partner.code, "secret_rotated": rotate, "reason": (reason or "").strip() or None})
+    return partner, secret
+
+
+def list_partners(session: Session, programme_id: int | None = None) -> list[Partner]:
+    stmt = select(Partner).order_by(Partner.id)
+    if programme_id is not None:
+        stmt = stmt.where(Partner.programme_id == programme_id)
+    return list(session.scalars(stmt))

@@ -18,6 +18,18 @@ When kg > 0 a monitoring report of kg is submitted for the owner through the reg
 (`registry.projects.submit_report`, period from the day after the previous closed period, so
 reports never overlap); a verifier verifies it and the operator issues it as for any project.
 
+The grams through end(P) are read without visiting the programme's history: all the programme's
+accepted grams (the sum of its batches' counters, kept with the events in each chunk's transaction)
+minus the accepted grams of days after end(P), an index range over
+`ix_behaviour_events_programme_day` (programme, day; accepted rows) that covers only the days since
+the period ended. Both sums are read under the programme's import lock, so they see the same chunks.
+
+A verifier (or the operator) may reject a period's monitoring report. Its grams are not dropped and
+not moved into another period: as in Verra's and Gold Standard's flow, the report is corrected and
+resubmitted for the same monitoring period (`resubmit_period`: a new report of the period's kg, the
+period now names it; the rejected one stays, rejected, in the record). The carry chain does not
+change, so a period's grams reach exactly one approved issuance, however often it is rejected.
+
 Periods close in order (a period before the last closed one is refused) and only once they have
 ended; closing a closed period returns it unchanged. Closing takes the programme's import lock
 (PostgreSQL advisory lock, as `registry.behaviour` does per chunk), so no chunk commits half-seen.
@@ -35,20 +47,32 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     String,
     UniqueConstraint,
     func,
+    literal_column,
     select,
     text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql import ColumnElement, Select
 
 from registry import audit, behaviour, projects
 from registry.actors import Actor
-from registry.behaviour import BehaviourEvent
+from registry.behaviour import BehaviourBatch, BehaviourEvent
 from registry.db import Base, utcnow
 from registry.errors import Conflict, Forbidden, InvalidInput, NotFound
-from registry.models import Holder, MonitoringReport, Project, ProjectKind, ProjectStatus, UserRole
+from registry.models import (
+    Holder,
+    MonitoringReport,
+    Project,
+    ProjectKind,
+    ProjectStatus,
+    ReportStatus,
+    UserRole,
+)
+from registry.partners import Partner
 
 GRAMS_PER_KG = 1000
 _PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -138,9 +162,8 @@ def close_period(session: Session, actor: Actor | None, programme_id: int, perio
     if last is not None and end <= last.period_end:
         raise Conflict(f"period {period} is before the last closed period {last.period}", field="period",
                        code="before_last_closed")
-    accepted = (BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == "accepted")
-    through = int(session.scalar(select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0))
-                                 .where(*accepted, BehaviourEvent.day <= end)) or 0)
+    accepted = (BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == _ACCEPTED)
+    through = accepted_grams(session, programme_id) - accepted_grams_after(session, programme_id, end)
     before = int(session.scalar(select(func.coalesce(func.sum(ProgrammePeriod.counted_g), 0))
                                 .where(ProgrammePeriod.programme_id == programme_id)) or 0)
     counted = through - before
@@ -222,3 +245,91 @@ def check(session: Session) -> list[str]:
             .where(MonitoringReport.claimed_kg != ProgrammePeriod.kg)):
         found.append(f"programme {programme_id} {period}: {kg} kg closed but its report claims {claimed} kg")
     return found
+
+
+# -- reading the accepted grams by index range ----------------------------------------------------
+
+# The close reads the programme's accepted grams of a range of days through this index (partial:
+# accepted rows only; on PostgreSQL it carries reduction_g, so the sum is an index-only scan). It is
+# declared here, beside the queries that use it, and not in `registry.behaviour`'s import core.
+PROGRAMME_DAY_INDEX = Index(
+    "ix_behaviour_events_programme_day", BehaviourEvent.programme_id, BehaviourEvent.day,
+    postgresql_include=["reduction_g"],
+    postgresql_where=text("status = 'accepted'"), sqlite_where=text("status = 'accepted'"))
+
+# A literal, not a bound parameter: PostgreSQL proves a partial index's predicate only from constants
+# (a prepared statement's generic plan would not use the index).
+_ACCEPTED: ColumnElement[str] = literal_column("'accepted'", String)
+
+
+def accepted_grams(session: Session, programme_id: int) -> int:
+    """All the programme's accepted grams: the sum of its partners' batch counters (one row per batch;
+    `registry.behaviour.ingest_chunk` adds to them in the transaction that records the events, and
+    `check_ledger` proves them against the events)."""
+    return int(session.scalar(
+        select(func.coalesce(func.sum(BehaviourBatch.reduction_g), 0))
+        .join(Partner, Partner.id == BehaviourBatch.partner_id)
+        .where(Partner.programme_id == programme_id)) or 0)
+
+
+def accepted_grams_after_stmt(programme_id: int, day: dt.date) -> Select[tuple[int]]:
+    return (select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0))
+            .where(BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == _ACCEPTED,
+                   BehaviourEvent.day > day))
+
+
+def accepted_grams_after(session: Session, programme_id: int, day: dt.date) -> int:
+    """The programme's accepted grams of days after `day`: one range of the programme-day index."""
+    return int(session.scalar(accepted_grams_after_stmt(programme_id, day)) or 0)
+
+
+# -- a rejected report, corrected and resubmitted --------------------------------------------------
+
+
+def resubmit_period(session: Session, actor: Actor | None, programme_id: int, period: str, *,
+                    note: str | None = None, documents: list[dict[str, str]] | None = None) -> ProgrammePeriod:
+    """Resubmit a closed period whose monitoring report was rejected: a new report for the same
+    monitoring period and the period's kg (its grams and carry are unchanged), `note` saying what
+    was corrected; the period then names the new report. `actor`: the operator or the programme's
+    owner, or None for the owner through the CLI. Raises NotFound (period), Forbidden `not_owner`, Conflict `not_rejected` (field period:
+    the period has no report or its report is not rejected). The caller commits."""
+    parse_period(period)
+    programme = projects.get_project(session, programme_id, lock=True)
+    if programme.kind is not ProjectKind.PROGRAMME:
+        raise NotFound(f"no programme {programme_id}", field="programme_id")
+    if actor is not None and not actor.is_operator and actor.holder_id != programme.owner_id:
+        raise Forbidden("only the operator or the programme's owner resubmits its reports", code="not_owner")
+    row = session.scalar(select(ProgrammePeriod).where(ProgrammePeriod.programme_id == programme_id,
+                                                       ProgrammePeriod.period == period).with_for_update())
+    if row is None:
+        raise NotFound(f"programme {programme_id} has no closed period {period}", field="period")
+    rejected = session.get(MonitoringReport, row.report_id) if row.report_id is not None else None
+    if rejected is None or rejected.status is not ReportStatus.REJECTED:
+        state = "no report" if rejected is None else f"report {rejected.id} {rejected.status.value}"
+        raise Conflict(f"period {period} has {state}; only a rejected report is resubmitted",
+                       field="period", code="not_rejected")
+    note = (note or "").strip() or None
+    attempt = 1 + int(session.scalar(select(func.count()).select_from(MonitoringReport).where(
+        MonitoringReport.project_id == programme_id,
+        MonitoringReport.external_ref.like(f"programme:{programme_id}:{period}%"))) or 0)
+    report = projects.submit_report(
+        session, owner_actor(session, programme.owner_id), programme_id, period_start=row.period_start,
+        period_end=row.period_end, claimed_kg=row.kg, external_ref=f"programme:{programme_id}:{period}:{attempt}",
+        documents=[{"name": f"accepted behaviour reductions {row.period_start}..{row.period_end}",
+                    "kind": "aggregate"},
+                   {"name": f"resubmission {attempt} of report {rejected.id}, rejected: {rejected.status_reason}"
+                            + (f"; corrected: {note}" if note else ""), "kind": "correction"},
+                   *(documents or [])])
+    row.report_id = report.id
+    session.flush()
+    audit.record(session, actor, "programme.period_resubmitted", "project", programme_id,
+                 {"period": period, "rejected_report_id": rejected.id, "report_id": report.id, "kg": row.kg,
+                  "attempt": attempt, "note": note})
+    return row
+
+
+def report_history(session: Session, programme_id: int, period: str) -> list[MonitoringReport]:
+    """Every monitoring report submitted for the period, first to last (rejected ones included)."""
+    return list(session.scalars(select(MonitoringReport).where(
+        MonitoringReport.project_id == programme_id,
+        MonitoringReport.external_ref.like(f"programme:{programme_id}:{period}%")).order_by(MonitoringReport.id)))

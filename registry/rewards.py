@@ -173,12 +173,14 @@ def restock(session: Session, actor: Actor, reward_id: int, quantity: int) -> Re
 
 def list_rewards(session: Session, *, today: dt.date | None = None, city: str | None = None,
                  kind: str | None = None, include_unavailable: bool = False) -> list[Reward]:
-    """Rewards on offer today (active, within validity; with stock unless `include_unavailable`)."""
+    """Rewards on offer today (active, within validity, with stock, and of a merchant that is not
+    suspended; all of them with `include_unavailable`)."""
     today = today or china_today()
     stmt = select(Reward).order_by(Reward.points_price, Reward.id)
     if not include_unavailable:
         stmt = stmt.where(Reward.active.is_(True), Reward.valid_from <= today, Reward.valid_until >= today,
-                          Reward.stock > 0)
+                          Reward.stock > 0,
+                          Reward.merchant_id.in_(select(Holder.id).where(Holder.suspended.is_(False))))
     if city:
         stmt = stmt.where(Reward.city == city)
     if kind:
@@ -203,8 +205,7 @@ def redeem(session: Session, actor: Actor, reward_id: int, *, now: dt.datetime |
     today = china_today(now)
     if not reward.active or not reward.valid_from <= today <= reward.valid_until:
         raise Conflict(f"reward {reward_id} is not on offer today", field="reward_id", code="not_available")
-    merchant = session.get(Holder, reward.merchant_id)
-    if merchant is None or merchant.suspended:
+    if unavailable_because(session, reward, today) == "merchant_suspended":
         raise Conflict(f"reward {reward_id}'s merchant is suspended", field="reward_id", code="not_available")
     # The ledger's reference is not the code: the ledger and the audit log never show a usable code.
     entry = points.redeem_points(session, actor, actor.user_id, reward.points_price,
@@ -262,3 +263,25 @@ def check(session: Session) -> list[str]:
     for rid, stock in session.execute(select(Reward.id, Reward.stock).where(Reward.stock < 0)):
         found.append(f"reward {rid} has negative stock {stock}")
     return found
+
+
+def unavailable_because(session: Session, reward: Reward, today: dt.date | None = None) -> str | None:
+    """Why the reward cannot be redeemed today (`inactive`, `not_yet_valid`, `expired`,
+    `merchant_suspended`, `out_of_stock`), or None when it can.
+
+    A suspended merchant's rewards leave the mall and cannot be redeemed. The codes it issued before
+    stay valid (the residents paid for them in points): the merchant may still mark them used, and
+    the pool's payment for them waits until the suspension is lifted (`exchange.rewards_pool`)."""
+    today = today or china_today()
+    if not reward.active:
+        return "inactive"
+    if today < reward.valid_from:
+        return "not_yet_valid"
+    if today > reward.valid_until:
+        return "expired"
+    merchant = session.get(Holder, reward.merchant_id)
+    if merchant is None or merchant.suspended:
+        return "merchant_suspended"
+    if reward.stock <= 0:
+        return "out_of_stock"
+    return None

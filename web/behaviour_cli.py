@@ -1,19 +1,23 @@
-"""`flask registry` commands of public behaviour: CSV import, points expiry, the ledger check."""
+"""`flask registry` commands of public behaviour: CSV import, points expiry, the ledger check, partners."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import sys
+from collections.abc import Callable
 
 import click
 from flask import current_app
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from registry import behaviour, points
+from registry import behaviour, partners, points
+from registry.actors import Actor
 from registry.behaviour_io import import_csv
 from registry.behaviour_rules import Rules
 from registry.errors import RegistryError
+from registry.models import User
 from web.extensions import db
 
 
@@ -64,4 +68,59 @@ def check_points() -> None:
         sys.exit(1)
 
 
-COMMANDS = (import_behaviour, expire_points, check_points)
+def _operator(session: Session, email: str) -> Actor:
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        raise click.ClickException(f"no user {email}")
+    return Actor.of(user)
+
+
+def _partner_command(action: Callable[[Session, Actor, partners.Partner], str]) -> None:
+    """Run `action` as the operator named by --operator on the partner CODE, in one transaction."""
+    ctx = click.get_current_context()
+    try:
+        with db.session.begin():
+            actor = _operator(db.session, ctx.params["operator"])
+            partner = partners.partner_by_code(db.session, ctx.params["code"])
+            click.echo(action(db.session, actor, partner))
+    except RegistryError as e:
+        raise click.ClickException(f"{e.field}: {e.message}" if e.field else e.message) from None
+
+
+_OPERATOR = click.option("--operator", required=True, help="The email of the operator's user acting (audited).")
+
+
+@click.command("partner-deactivate")
+@click.argument("code")
+@click.option("--reason", required=True)
+@_OPERATOR
+def partner_deactivate(code: str, reason: str, operator: str) -> None:
+    """Deactivate partner CODE: its batches (API and CSV) are refused until it is reactivated."""
+    _partner_command(lambda s, actor, p: (
+        f"partner {partners.deactivate_partner(s, actor, p.id, reason).code} deactivated"))
+
+
+@click.command("partner-reactivate")
+@click.argument("code")
+@click.option("--rotate-secret", is_flag=True, help="Replace its HMAC secret too (printed once).")
+@click.option("--reason", default=None)
+@_OPERATOR
+def partner_reactivate(code: str, rotate_secret: bool, reason: str | None, operator: str) -> None:
+    """Reactivate partner CODE (with --rotate-secret after a leaked secret)."""
+    def act(s: Session, actor: Actor, p: partners.Partner) -> str:
+        _, secret = partners.reactivate_partner(s, actor, p.id, rotate=rotate_secret, reason=reason)
+        return f"partner {p.code} reactivated" + (f"; new secret (shown once): {secret}" if secret else "")
+    _partner_command(act)
+
+
+@click.command("partner-rotate-secret")
+@click.argument("code")
+@_OPERATOR
+def partner_rotate_secret(code: str, operator: str) -> None:
+    """Replace partner CODE's HMAC secret; the new one is printed once, the old one stops at once."""
+    _partner_command(lambda s, actor, p: (
+        f"partner {p.code} new secret (shown once): {partners.rotate_secret(s, actor, p.id)}"))
+
+
+COMMANDS = (import_behaviour, expire_points, check_points, partner_deactivate, partner_reactivate,
+            partner_rotate_secret)

@@ -26,6 +26,8 @@ class Config:
     STRIPE_PUBLISHABLE_KEY: str | None = None   # pk_... handed to Stripe.js with a payment's client_secret
     STRIPE_API_BASE: str | None = None          # default Stripe's own; e.g. a localstripe URL in tests
     STRIPE_WEBHOOK_SECRET: str | None = None    # whsec_... of the webhook endpoint
+    BEHAVIOUR_MAX_BATCH_ROWS = 50_000           # rows of one signed batch (POST /behaviour/batches); else 413
+    BEHAVIOUR_MAX_BATCH_BYTES = 32 * 1024 * 1024  # bytes of its body; the CSV command has no limit
 
 
 class TestConfig(Config):
@@ -48,6 +50,8 @@ ENV_KEYS = {
     "STRIPE_PUBLISHABLE_KEY": "STRIPE_PUBLISHABLE_KEY",
     "STRIPE_API_BASE": "STRIPE_API_BASE",
     "STRIPE_WEBHOOK_SECRET": "STRIPE_WEBHOOK_SECRET",
+    "BEHAVIOUR_MAX_BATCH_ROWS": "BEHAVIOUR_MAX_BATCH_ROWS",
+    "BEHAVIOUR_MAX_BATCH_BYTES": "BEHAVIOUR_MAX_BATCH_BYTES",
 }
 
 
@@ -60,6 +64,8 @@ def from_environment() -> dict[str, Any]:
                 value = float(value)
             elif key == "EMBEDDED_SEQUENCER":
                 value = value.lower() in ("1", "true", "yes", "on")
+            elif key in ("BEHAVIOUR_MAX_BATCH_ROWS", "BEHAVIOUR_MAX_BATCH_BYTES"):
+                value = int(value.replace("_", "").replace(",", ""))
             out[key] = value
     return out
 

@@ -32,6 +32,22 @@ def close_period(programme: int, period: str) -> None:
         raise click.ClickException(f"{e.field}: {e.message}" if e.field else e.message) from None
 
 
+@click.command("resubmit-period")
+@click.argument("programme", type=int)
+@click.option("--period", required=True, help="The closed month whose report was rejected, YYYY-MM.")
+@click.option("--note", default=None, help="What was corrected (kept in the report's documents).")
+def resubmit_period(programme: int, period: str, note: str | None) -> None:
+    """Resubmit PROGRAMME's closed period whose monitoring report was rejected, for the owner: a
+    corrected report for the same monitoring period and kg (the grams are never dropped)."""
+    factory = sessionmaker(bind=db.engine)
+    try:
+        with factory() as s, s.begin():
+            row = programme_periods.resubmit_period(s, None, programme, period, note=note)
+            click.echo(f"programme {programme} period {period} resubmitted as report {row.report_id}: {row.kg} kg")
+    except RegistryError as e:
+        raise click.ClickException(f"{e.field}: {e.message}" if e.field else e.message) from None
+
+
 @click.command("award-badges")
 def award_badges() -> None:
     """Take in the new complete behaviour batches: year totals and badges (each batch once)."""
@@ -76,5 +92,5 @@ def check_rewards() -> None:
         sys.exit(1)
 
 
-REGISTRY_COMMANDS = [close_period, award_badges, check_rewards]
+REGISTRY_COMMANDS = [close_period, award_badges, check_rewards, resubmit_period]
 EXCHANGE_COMMANDS = [rewards_settle, programme_issuance_run]

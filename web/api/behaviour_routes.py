@@ -17,7 +17,8 @@ from registry import behaviour, partners, points
 from registry.actors import Actor
 from registry.behaviour_io import json_rows
 from registry.behaviour_rules import BEHAVIOUR_TYPES, Rules
-from registry.errors import NotFound, RegistryError, Unauthenticated
+from registry.errors import Forbidden, NotFound, RegistryError, Unauthenticated
+from registry.models import HolderKind
 from web.api.blueprint import bp
 from web.api.core import OPERATIONS, Operation, endpoint, error_response
 from web.extensions import db
@@ -48,6 +49,21 @@ class PartnerOut(Schema):
     region = fields.String()
     behaviour_types = fields.List(fields.String())
     secret = fields.String(metadata={"description": "the HMAC secret, shown only in this response"})
+    active = fields.Boolean()
+
+
+class PartnerDeactivate(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class PartnerReactivate(Schema):
+    rotate_secret = fields.Boolean(load_default=False, metadata={
+        "description": "replace the HMAC secret too (the new one is shown only in this response)"})
+    reason = fields.String(validate=validate.Length(max=1000))
+
+
+class PartnersQuery(Schema):
+    programme_id = fields.Integer()
 
 
 class MemberCreate(Schema):
@@ -98,13 +114,42 @@ def create_partner(session: Session, actor: Actor, *, body: dict[str, Any]) -> A
     partner, secret = partners.register_partner(session, actor, **body)
     return {"id": partner.id, "code": partner.code, "name": partner.name, "kind": partner.kind,
             "programme_id": partner.programme_id, "region": partner.region,
-            "behaviour_types": sorted(body["behaviour_types"]), "secret": secret}
+            "behaviour_types": sorted(body["behaviour_types"]), "secret": secret, "active": partner.active}
 
 
 @endpoint(bp, "/behaviour/partners/<int:partner_id>/rotate-secret", "POST",
           summary="Operator replaces a partner's HMAC secret (shown once)", tags=("operator",), auth=True)
 def rotate_partner_secret(session: Session, actor: Actor, partner_id: int) -> Any:
     return {"partner_id": partner_id, "secret": partners.rotate_secret(session, actor, partner_id)}
+
+
+def _partner_out(session: Session, p: partners.Partner, secret: str | None = None) -> dict[str, Any]:
+    out = {"id": p.id, "code": p.code, "name": p.name, "kind": p.kind, "programme_id": p.programme_id,
+           "region": p.region, "behaviour_types": sorted(partners.allowed_types(session, p.id)), "active": p.active}
+    return out | ({"secret": secret} if secret else {})
+
+
+@endpoint(bp, "/behaviour/partners", summary="Operator lists the behaviour partners (never their secrets)",
+          tags=("operator",), auth=True, query=PartnersQuery, response=PartnerOut, many=True)
+def list_partners(session: Session, actor: Actor, *, query: dict[str, Any]) -> Any:
+    actor.require_kind(HolderKind.OPERATOR)
+    return [_partner_out(session, p) for p in partners.list_partners(session, query.get("programme_id"))]
+
+
+@endpoint(bp, "/behaviour/partners/<int:partner_id>/deactivate", "POST",
+          summary="Operator deactivates a partner: its batches are refused (403 partner_inactive)",
+          tags=("operator",), auth=True, body=PartnerDeactivate, response=PartnerOut)
+def deactivate_partner(session: Session, actor: Actor, partner_id: int, *, body: dict[str, Any]) -> Any:
+    return _partner_out(session, partners.deactivate_partner(session, actor, partner_id, body["reason"]))
+
+
+@endpoint(bp, "/behaviour/partners/<int:partner_id>/reactivate", "POST",
+          summary="Operator reactivates a partner, optionally with a new secret (shown once)",
+          tags=("operator",), auth=True, body=PartnerReactivate, response=PartnerOut)
+def reactivate_partner(session: Session, actor: Actor, partner_id: int, *, body: dict[str, Any]) -> Any:
+    p, secret = partners.reactivate_partner(session, actor, partner_id, rotate=body["rotate_secret"],
+                                            reason=body.get("reason"))
+    return _partner_out(session, p, secret)
 
 
 @endpoint(bp, "/behaviour/members", "POST", summary="Enrol a resident in a programme",
@@ -140,17 +185,50 @@ def adjust(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
             "balance": points.balance(session, e.user_id)}
 
 
-def _spool(check: partners.SignatureCheck) -> tuple[Any, str]:
-    """Copy the request body into a spooled file while computing its MAC and SHA-256."""
+def _spool(check: partners.SignatureCheck, max_bytes: int) -> tuple[Any, str]:
+    """Copy the request body into a spooled file while computing its MAC and SHA-256; a body longer
+    than `max_bytes` (sent without a Content-Length) is refused as soon as it passes the limit."""
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
     digest = hashlib.sha256()
+    size = 0
     while piece := request.stream.read(64 * 1024):
+        size += len(piece)
+        if size > max_bytes:
+            spool.close()
+            raise BatchTooLarge("bytes", max_bytes)
         check.update(piece)
         digest.update(piece)
         spool.write(piece)
     check.verify()
     spool.seek(0)
     return spool, behaviour.body_ref(digest)
+
+
+# The signed batch API's limits (the CSV command streams any size). Config keys, environment too.
+MAX_BATCH_ROWS = 50_000
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+
+
+class BatchTooLarge(Exception):
+    def __init__(self, unit: str, limit: int) -> None:
+        self.unit, self.limit = unit, limit
+
+    def response(self) -> Response:
+        key = "BEHAVIOUR_MAX_BATCH_ROWS" if self.unit == "rows" else "BEHAVIOUR_MAX_BATCH_BYTES"
+        field = "rows" if self.unit == "rows" else "_body"
+        message = (f"a batch has at most {self.limit:,} rows: split it, or import a CSV file" if self.unit == "rows"
+                   else f"a batch body has at most {self.limit:,} bytes: split it, or import a CSV file")
+        resp = error_response(413, "batch_too_large", message, field)
+        body = resp.get_json()
+        body["error"]["limit"] = {"name": key, "unit": self.unit, "max": self.limit}
+        resp.set_data(json.dumps(body, ensure_ascii=False))
+        return resp
+
+
+def _limits() -> tuple[int, int]:
+    cfg = current_app.config
+    return (int(cfg.get("BEHAVIOUR_MAX_BATCH_ROWS") or MAX_BATCH_ROWS),
+            int(cfg.get("BEHAVIOUR_MAX_BATCH_BYTES") or MAX_BATCH_BYTES))
 
 
 def _answer(factory: sessionmaker[Session], result: behaviour.BatchResult) -> Iterator[str]:
@@ -168,22 +246,35 @@ def post_batch() -> Response:
     t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>` (±300 s). The body streams to a
     spool file while its MAC is checked, is then read once to check its shape and once to import it,
     chunk by chunk. The answer (streamed) has the batch summary and every row's outcome in order; the
-    same body again (its SHA-256 is the batch reference) answers the stored outcomes, changing nothing."""
+    same body again (its SHA-256 is the batch reference) answers the stored outcomes, changing nothing.
+    A deactivated partner is refused (403 `partner_inactive`) before its body is read; a body over
+    BEHAVIOUR_MAX_BATCH_BYTES (by its Content-Length at once, else when the stream passes it) or
+    with more than BEHAVIOUR_MAX_BATCH_ROWS rows answers 413 `batch_too_large` naming the limit,
+    and nothing is recorded."""
     factory = sessionmaker(bind=db.engine)
+    max_rows, max_bytes = _limits()
     try:
         with factory() as session:
             try:
                 partner = partners.partner_by_code(session, request.headers.get("X-Tanhui-Partner", ""))
             except NotFound:
                 raise Unauthenticated("unknown partner", field="X-Tanhui-Partner", code="bad_signature") from None
-            code, secret = partner.code, partner.secret
+            code, secret, active = partner.code, partner.secret, partner.active
+        if not active:
+            raise Forbidden(f"partner {code} is deactivated: its batches are refused", field="X-Tanhui-Partner",
+                            code="partner_inactive")
+        if request.content_length is not None and request.content_length > max_bytes:
+            raise BatchTooLarge("bytes", max_bytes)
         check = partners.SignatureCheck(secret, request.headers.get("X-Tanhui-Signature"), time.time())
-        spool, ref = _spool(check)
+        spool, ref = _spool(check, max_bytes)
         with spool:
-            for _ in json_rows(spool):
-                pass
+            for n, _ in enumerate(json_rows(spool), start=1):
+                if n > max_rows:
+                    raise BatchTooLarge("rows", max_rows)
             spool.seek(0)
             result = behaviour.import_rows(factory, code, ref, "api", json_rows(spool), rules=rules())
+    except BatchTooLarge as err:
+        return err.response()
     except RegistryError as err:
         return error_response(err.status, err.code, err.message, err.field)
     return Response(_answer(factory, result), status=200 if result.replayed else 201,

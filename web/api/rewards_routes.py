@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from exchange import programme_issuance, rewards_pool
-from registry import programme_periods, recognition, rewards
+from registry import holders, programme_periods, recognition, rewards
 from registry.actors import Actor
 from registry.errors import NotFound
-from registry.models import HolderKind, Project, ProjectKind
+from registry.models import Holder, HolderKind, MonitoringReport, Project, ProjectKind
 from web.api.blueprint import bp
 from web.api.core import endpoint
 
@@ -52,6 +52,9 @@ class RewardOut(Schema):
     valid_from = fields.Date()
     valid_until = fields.Date()
     active = fields.Boolean()
+    available = fields.Boolean(metadata={"description": "redeemable today (one reward's page only)"})
+    unavailable_reason = fields.String(allow_none=True, metadata={
+        "description": "inactive, not_yet_valid, expired, merchant_suspended or out_of_stock"})
 
 
 class RewardsQuery(Schema):
@@ -107,7 +110,16 @@ class PeriodOut(Schema):
     kg = fields.Integer()
     carried_out_g = fields.Integer()
     report_id = fields.Integer(allow_none=True)
+    report_status = fields.String(allow_none=True, metadata={
+        "description": "the status of the period's live report: submitted, verified, rejected, issued"})
+    reports = fields.List(fields.Dict(), metadata={
+        "description": "every report submitted for the period, rejected ones included (resubmission only)"})
     closed_at = fields.DateTime()
+
+
+class ResubmitPeriod(Schema):
+    note = fields.String(validate=validate.Length(max=2000), metadata={"description": "what was corrected"})
+    documents = fields.List(fields.Dict(), metadata={"description": "{name, kind, sha256, url, size}"})
 
 
 # -- the mall ----------------------------------------------------------------------------------
@@ -120,6 +132,34 @@ def create_merchant(session: Session, actor: Actor, *, body: dict[str, Any]) -> 
     return {"id": m.id, "name": m.name, "kind": m.kind.value, "city": m.city}
 
 
+class MerchantSuspend(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+def _merchant_status(session: Session, actor: Actor, merchant_id: int, suspended: bool, reason: str) -> Any:
+    actor.require_kind(HolderKind.OPERATOR)
+    holder = session.get(Holder, merchant_id)
+    if holder is None or holder.kind is not HolderKind.MERCHANT:
+        raise NotFound(f"no merchant {merchant_id}", field="merchant_id")
+    m = holders.set_holder_suspension(session, actor, merchant_id, suspended, reason)
+    return {"id": m.id, "name": m.name, "suspended": m.suspended, "suspension_reason": m.suspension_reason}
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/suspend", "POST",
+          summary="Operator suspends a merchant: its rewards leave the mall and cannot be redeemed; codes "
+                  "already issued stay valid, their payments wait", tags=("operator",), auth=True,
+          body=MerchantSuspend)
+def suspend_merchant(session: Session, actor: Actor, merchant_id: int, *, body: dict[str, Any]) -> Any:
+    return _merchant_status(session, actor, merchant_id, True, body["reason"])
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/reinstate", "POST",
+          summary="Operator lifts a merchant's suspension (its held payments are paid by the next settlement)",
+          tags=("operator",), auth=True, body=MerchantSuspend)
+def reinstate_merchant(session: Session, actor: Actor, merchant_id: int, *, body: dict[str, Any]) -> Any:
+    return _merchant_status(session, actor, merchant_id, False, body["reason"])
+
+
 @endpoint(bp, "/rewards", summary="Rewards on offer today (public)", tags=("rewards",), query=RewardsQuery,
           response=RewardOut, many=True)
 def list_rewards(session: Session, actor: Actor | None, *, query: dict[str, Any]) -> Any:
@@ -128,7 +168,10 @@ def list_rewards(session: Session, actor: Actor | None, *, query: dict[str, Any]
 
 @endpoint(bp, "/rewards/<int:reward_id>", summary="One reward (public)", tags=("rewards",), response=RewardOut)
 def get_reward(session: Session, actor: Actor | None, reward_id: int) -> Any:
-    return rewards.get_reward(session, reward_id)
+    reward = rewards.get_reward(session, reward_id)
+    why = rewards.unavailable_because(session, reward)
+    return {c.key: getattr(reward, c.key) for c in rewards.Reward.__table__.columns} | {
+        "available": why is None, "unavailable_reason": why}
 
 
 @endpoint(bp, "/rewards", "POST", summary="Operator creates a reward", tags=("operator",), auth=True,
@@ -224,7 +267,7 @@ def programme_periods_list(session: Session, actor: Actor | None, programme_id: 
     p = session.get(Project, programme_id)
     if p is None or p.kind is not ProjectKind.PROGRAMME:
         raise NotFound(f"no programme {programme_id}", field="programme_id")
-    return programme_periods.periods_of(session, programme_id)
+    return [_period_out(session, p) for p in programme_periods.periods_of(session, programme_id)]
 
 
 @endpoint(bp, "/programmes/<int:programme_id>/periods", "POST",
@@ -232,7 +275,31 @@ def programme_periods_list(session: Session, actor: Actor | None, programme_id: 
           tags=("projects",), auth=True, body=ClosePeriod, response=PeriodOut, status=201)
 def close_programme_period(session: Session, actor: Actor, programme_id: int, *, body: dict[str, Any]) -> Any:
     row, _ = programme_periods.close_period(session, actor, programme_id, body["period"])
-    return row
+    return _period_out(session, row)
+
+
+def _period_out(session: Session, row: programme_periods.ProgrammePeriod, *,
+                history: bool = False) -> dict[str, Any]:
+    report = session.get(MonitoringReport, row.report_id) if row.report_id is not None else None
+    out = {c: getattr(row, c) for c in ("id", "programme_id", "period", "period_start", "period_end", "counted_g",
+                                        "carried_in_g", "kg", "carried_out_g", "report_id", "closed_at")}
+    out["report_status"] = report.status.value if report is not None else None
+    if history:
+        out["reports"] = [{"id": r.id, "status": r.status.value, "claimed_kg": r.claimed_kg,
+                           "approved_kg": r.approved_kg, "reason": r.status_reason, "external_ref": r.external_ref}
+                          for r in programme_periods.report_history(session, row.programme_id, row.period)]
+    return out
+
+
+@endpoint(bp, "/programmes/<int:programme_id>/periods/<period>/resubmit", "POST",
+          summary="Resubmit a closed period whose report was rejected: a corrected report, same period and kg "
+                  "(operator or owner)", tags=("projects",), auth=True, body=ResubmitPeriod, response=PeriodOut,
+          status=201)
+def resubmit_programme_period(session: Session, actor: Actor, programme_id: int, period: str, *,
+                              body: dict[str, Any]) -> Any:
+    row = programme_periods.resubmit_period(session, actor, programme_id, period, note=body.get("note"),
+                                            documents=body.get("documents"))
+    return _period_out(session, row, history=True)
 
 
 @endpoint(bp, "/programmes/<int:programme_id>/periods/<period>/offer", "POST",

@@ -163,6 +163,19 @@ class ProgrammeHead(Base):
     chunks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class ProgrammeDay(Base):
+    """The accepted grams of a programme's calendar day (the events' `day`), kept by `ingest_chunk`
+    in the transaction that records the events (a few rows a chunk: a feed spans a few days). Closing
+    a period reads a range of these instead of the events (`registry.programme_periods`);
+    `check_ledger` proves them against the events."""
+
+    __tablename__ = "behaviour_programme_days"
+
+    programme_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    reduction_g: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 EVENT_COLUMNS = ("batch_id", "line_no", "partner_id", "programme_id", "event_id", "user_ref", "user_id",
                  "code", "started_at", "ended_at", "day", "variant", "quantity", "reduction_g", "points",
                  "factors", "status", "reason", "detail")
@@ -545,6 +558,7 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
             result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
     with _phase("apply_members"):
         _add_to_members(session, gained)
+        _add_to_days(session, partner.programme_id, rows)
     batch.rows_done = hi
     batch.accepted += result.accepted
     batch.rejected += result.rejected
@@ -582,6 +596,22 @@ def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
         assert raw is not None
         raw.executemany("UPDATE behaviour_members SET reduction_g = reduction_g + ? WHERE id = ?",
                         [(g, member_id) for member_id, g in sorted(gained.items())])
+
+
+def _add_to_days(session: Session, programme_id: int, rows: list[Row]) -> None:
+    """Add the accepted grams of each day of the chunk to the programme's day totals (an upsert per
+    day, on either database)."""
+    days: dict[dt.date, int] = {}
+    for r in rows:
+        if r.status == "accepted" and r.reduction_g:
+            assert r.day is not None
+            days[r.day] = days.get(r.day, 0) + r.reduction_g
+    if days:
+        session.execute(text(
+            "INSERT INTO behaviour_programme_days (programme_id, day, reduction_g) VALUES (:p, :day, :g) "
+            "ON CONFLICT (programme_id, day) DO UPDATE "
+            "SET reduction_g = behaviour_programme_days.reduction_g + excluded.reduction_g"),
+            [{"p": programme_id, "day": d, "g": g} for d, g in sorted(days.items())])
 
 
 def complete_batch(session: Session, batch_id: int, rules: Rules,
@@ -858,7 +888,8 @@ def personal_summary(session: Session, user_id: int, period: str = "month") -> d
 
 def check_ledger(session: Session) -> list[str]:
     """The behaviour and points ledger checks; returns the violations found (empty when sound):
-    1. every member's reduction record equals the sum of its accepted events;
+    1. every member's reduction record equals the sum of its accepted events, and every programme
+       day's total the sum of the day's;
     2. every event belongs to a batch of its partner (the event table has no foreign key: see it);
     3. every complete batch's earned points equal, per user, the points of its accepted events;
     4. every batch's counters equal its events, whose lines are 1..rows_done without a gap;
@@ -871,6 +902,11 @@ def check_ledger(session: Session) -> list[str]:
             "SELECT programme_id, user_id, SUM(reduction_g) FROM behaviour_events WHERE status = 'accepted' "
             "GROUP BY programme_id, user_id HAVING SUM(reduction_g) <> 0"):
         found.append(f"member of programme {programme_id} user {user_id}: {side} {g} g")
+    for side, programme_id, day, g in _differ(
+            session, "SELECT programme_id, day, reduction_g FROM behaviour_programme_days WHERE reduction_g <> 0",
+            "SELECT programme_id, day, SUM(reduction_g) FROM behaviour_events WHERE status = 'accepted' "
+            "GROUP BY programme_id, day HAVING SUM(reduction_g) <> 0"):
+        found.append(f"programme {programme_id} day {day}: {side} {g} g")
     for batch_id, n in session.execute(text(
             "SELECT e.batch_id, COUNT(*) FROM behaviour_events e LEFT JOIN behaviour_batches b "
             "ON b.id = e.batch_id AND b.partner_id = e.partner_id WHERE b.id IS NULL GROUP BY e.batch_id")):

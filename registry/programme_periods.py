@@ -20,9 +20,9 @@ reports never overlap); a verifier verifies it and the operator issues it as for
 
 The grams through end(P) are read without visiting the programme's history: all the programme's
 accepted grams (the sum of its batches' counters, kept with the events in each chunk's transaction)
-minus the accepted grams of days after end(P), an index range over
-`ix_behaviour_events_programme_day` (programme, day; accepted rows) that covers only the days since
-the period ended. Both sums are read under the programme's import lock, so they see the same chunks.
+minus the accepted grams of days after end(P), a range of the programme's day totals
+(`registry.behaviour.ProgrammeDay`, one row a day, kept by the import in each chunk's transaction)
+that covers only the days since the period ended. Both sums are read under the programme's import lock, so they see the same chunks.
 
 A verifier (or the operator) may reject a period's monitoring report. Its grams are not dropped and
 not moved into another period: as in Verra's and Gold Standard's flow, the report is corrected and
@@ -47,20 +47,18 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
-    Index,
     String,
     UniqueConstraint,
     func,
-    literal_column,
     select,
     text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
-from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql import Select
 
 from registry import audit, behaviour, projects
 from registry.actors import Actor
-from registry.behaviour import BehaviourBatch, BehaviourEvent
+from registry.behaviour import BehaviourBatch, BehaviourEvent, ProgrammeDay
 from registry.db import Base, utcnow
 from registry.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry.models import (
@@ -162,7 +160,6 @@ def close_period(session: Session, actor: Actor | None, programme_id: int, perio
     if last is not None and end <= last.period_end:
         raise Conflict(f"period {period} is before the last closed period {last.period}", field="period",
                        code="before_last_closed")
-    accepted = (BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == _ACCEPTED)
     through = accepted_grams(session, programme_id) - accepted_grams_after(session, programme_id, end)
     before = int(session.scalar(select(func.coalesce(func.sum(ProgrammePeriod.counted_g), 0))
                                 .where(ProgrammePeriod.programme_id == programme_id)) or 0)
@@ -172,7 +169,7 @@ def close_period(session: Session, actor: Actor | None, programme_id: int, perio
     if last is not None:
         report_start = last.period_end + dt.timedelta(days=1)
     else:
-        first_day = session.scalar(select(func.min(BehaviourEvent.day)).where(*accepted))
+        first_day = session.scalar(select(func.min(ProgrammeDay.day)).where(ProgrammeDay.programme_id == programme_id))
         report_start = min(start, first_day) if isinstance(first_day, dt.date) else start
     row = ProgrammePeriod(programme_id=programme_id, period=period, period_start=report_start, period_end=end,
                           counted_g=counted, carried_in_g=carried_in, kg=kg, carried_out_g=carried_out,
@@ -249,19 +246,6 @@ def check(session: Session) -> list[str]:
 
 # -- reading the accepted grams by index range ----------------------------------------------------
 
-# The close reads the programme's accepted grams of a range of days through this index (partial:
-# accepted rows only; on PostgreSQL it carries reduction_g, so the sum is an index-only scan). It is
-# declared here, beside the queries that use it, and not in `registry.behaviour`'s import core.
-PROGRAMME_DAY_INDEX = Index(
-    "ix_behaviour_events_programme_day", BehaviourEvent.programme_id, BehaviourEvent.day,
-    postgresql_include=["reduction_g"],
-    postgresql_where=text("status = 'accepted'"), sqlite_where=text("status = 'accepted'"))
-
-# A literal, not a bound parameter: PostgreSQL proves a partial index's predicate only from constants
-# (a prepared statement's generic plan would not use the index).
-_ACCEPTED: ColumnElement[str] = literal_column("'accepted'", String)
-
-
 def accepted_grams(session: Session, programme_id: int) -> int:
     """All the programme's accepted grams: the sum of its partners' batch counters (one row per batch;
     `registry.behaviour.ingest_chunk` adds to them in the transaction that records the events, and
@@ -273,13 +257,13 @@ def accepted_grams(session: Session, programme_id: int) -> int:
 
 
 def accepted_grams_after_stmt(programme_id: int, day: dt.date) -> Select[tuple[int]]:
-    return (select(func.coalesce(func.sum(BehaviourEvent.reduction_g), 0))
-            .where(BehaviourEvent.programme_id == programme_id, BehaviourEvent.status == _ACCEPTED,
-                   BehaviourEvent.day > day))
+    return (select(func.coalesce(func.sum(ProgrammeDay.reduction_g), 0))
+            .where(ProgrammeDay.programme_id == programme_id, ProgrammeDay.day > day))
 
 
 def accepted_grams_after(session: Session, programme_id: int, day: dt.date) -> int:
-    """The programme's accepted grams of days after `day`: one range of the programme-day index."""
+    """The programme's accepted grams of days after `day`: a range of its day totals (one row a day,
+    kept by the import with the events), whatever the number of events."""
     return int(session.scalar(accepted_grams_after_stmt(programme_id, day)) or 0)
 
 

@@ -1,6 +1,6 @@
 """refund failures and resume failures
 
-Revision ID: 0010_refund_failures
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-11-23 16:30:00
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0010_refund_failures'
+revision = '0010'
 down_revision = '0009'
 branch_labels = None
 depends_on = None

@@ -14,7 +14,6 @@ Grams by hand (the feeds of test_programme_issuance): August 1,340 + 467 = 1,807
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from registry import issuance, programme_periods, projects
 from registry.errors import Conflict, Forbidden, NotFound
 from registry.models import Batch, HolderKind, MonitoringReport, ReportStatus
 from tests.behaviour.test_behaviour_api import bearer
-from tests.conftest import ON_PG
 from tests.factories import party
 from tests.rewards.test_programme_issuance import close, feed, registered, shape
 
@@ -149,51 +147,29 @@ def test_a_period_counts_late_rows_and_leaves_the_days_after_it(
     assert shape(sep)[:5] == ("2026-09", 900, 736, 1, 636)
 
 
-def _fill_events(session: Session) -> None:
-    """40,000 accepted events of 4 programmes over 100 days, 100 a day each (straight into the table: the plan, not
-    the import, is under test; the test removes them)."""
-    if ON_PG:
-        session.execute(text(
-            "INSERT INTO behaviour_events (batch_id, line_no, partner_id, programme_id, event_id, user_id, code, "
-            "started_at, ended_at, day, reduction_g, points, status) "
-            "SELECT 900000 + g / 10000, g, 1, 1 + (g / 100) % 4, 'e' || g, 1, 'CI-BIKE', "
-            "TIMESTAMP '2026-01-01' + (g % 100) * INTERVAL '1 day', TIMESTAMP '2026-01-01' + (g % 100) * INTERVAL '1 day', "
-            "DATE '2026-01-01' + (g % 100), 10, 1, 'accepted' FROM generate_series(0, 39999) g"))
-        session.execute(text("ANALYZE behaviour_events"))
-    else:
-        session.execute(text(
-            "WITH RECURSIVE s(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM s WHERE g < 39999) "
-            "INSERT INTO behaviour_events (batch_id, line_no, partner_id, programme_id, event_id, user_id, code, "
-            "started_at, ended_at, day, reduction_g, points, status) "
-            "SELECT 900000 + g / 10000, g, 1, 1 + (g / 100) % 4, 'e' || g, 1, 'CI-BIKE', '2026-01-01 00:00:00.000000', "
-            "'2026-01-01 00:00:00.000000', date('2026-01-01', '+' || (g % 100) || ' days'), 10, 1, 'accepted' FROM s"))
-        session.execute(text("ANALYZE"))
+def test_closing_reads_the_day_totals_not_the_events(
+        session: Session, session_factory: sessionmaker[Session]) -> None:
+    """The grams after a period's end come from the programme's day totals (one row a day, kept by the
+    import with the events), never from the events; the ledger check proves the totals against the
+    events and names a day that differs."""
+    from registry import behaviour
+    from registry.behaviour import ProgrammeDay
 
-
-def test_closing_reads_an_index_range_not_every_event(session: Session) -> None:
-    _fill_events(session)
-    stmt = programme_periods.accepted_grams_after_stmt(2, dt.date(2026, 4, 1))
-    sql = str(stmt.compile(session.get_bind(), compile_kwargs={"literal_binds": True}))
-    # days 0..99 from 1 January: 2..9 April are the 9 days after 1 April (day 90); 100 rows of 10 g a
-    # day for each programme → 9,000 g of programme 2
-    assert programme_periods.accepted_grams_after(session, 2, dt.date(2026, 4, 1)) == 9 * 100 * 10
-    if ON_PG:
-        plan = session.execute(text("EXPLAIN (FORMAT JSON) " + sql)).scalar_one()
-        plan = plan if isinstance(plan, list) else json.loads(plan)
-
-        def nodes(n: dict[str, Any]) -> list[dict[str, Any]]:
-            return [n] + [m for c in n.get("Plans", []) for m in nodes(c)]
-        found = nodes(plan[0]["Plan"])
-        # an index-only scan once vacuumed, a bitmap scan of the index before: a range either way
-        assert not [n for n in found if n["Node Type"] == "Seq Scan"], found
-        indexed = [(n["Node Type"], n["Index Name"], n["Index Cond"]) for n in found if "Index Name" in n]
-        assert len(indexed) == 1 and indexed[0][0] in ("Index Only Scan", "Bitmap Index Scan"), found
-        assert indexed[0][1] == "ix_behaviour_events_programme_day"
-        assert "programme_id = 2" in indexed[0][2] and "day >" in indexed[0][2], indexed
-    else:
-        detail = " | ".join(r[-1] for r in session.execute(text("EXPLAIN QUERY PLAN " + sql)))
-        # SQLite has no INCLUDE: the index range, then each row's reduction_g from the table
-        assert detail == ("SEARCH behaviour_events USING INDEX ix_behaviour_events_programme_day "
-                          "(programme_id=? AND day>?)"), detail
-    session.execute(text("DELETE FROM behaviour_events WHERE batch_id >= 900000"))
-    session.commit()
+    bw, _ = registered(session)
+    feed(session_factory, bw, 8)
+    feed(session_factory, bw, 9)
+    days = {d: g for d, g in session.execute(select(ProgrammeDay.day, ProgrammeDay.reduction_g)
+                                                 .where(ProgrammeDay.programme_id == bw.programme_id))}
+    assert sum(days.values()) == 1_807 + 829 and all(g > 0 for g in days.values())
+    after = sum(g for d, g in days.items() if d > dt.date(2026, 8, 31))
+    assert after == 736 == programme_periods.accepted_grams_after(session, bw.programme_id, dt.date(2026, 8, 31))
+    sql = str(programme_periods.accepted_grams_after_stmt(bw.programme_id, dt.date(2026, 8, 31))
+              .compile(session.get_bind()))
+    assert "behaviour_programme_days" in sql and "behaviour_events" not in sql
+    assert behaviour.check_ledger(session) == []
+    first = min(days)
+    session.execute(text("UPDATE behaviour_programme_days SET reduction_g = reduction_g + 5 WHERE day = :d"),
+                    {"d": first})
+    found = behaviour.check_ledger(session)
+    assert f"programme {bw.programme_id} day {first}: the record says {days[first] + 5} g" in found, found
+    session.rollback()

@@ -107,3 +107,28 @@ def test_fixed_paragraphs_are_kept_per_thread_and_change_no_byte() -> None:
     assert long_bytes.count(b"/Type /Page\n") >= 2
     assert pdf.render_pdf(short) == cold["short"]
     assert pdf.render_pdf(long_) == long_bytes
+
+
+def test_same_frag_answers_as_reportlab_does() -> None:
+    """The faster `sameFrag` installed for reportlab's line breaking gives reportlab's answers: one
+    fragment is the same as itself unless it carries a line break or an image; distinct fragments are
+    compared by reportlab."""
+    from reportlab.platypus import paragraph as rl_paragraph
+    from reportlab.platypus.paraparser import ParaFrag
+
+    assert rl_paragraph.sameFrag is pdf.same_frag
+    original = pdf._reportlab_same_frag
+    assert original is not pdf.same_frag
+
+    def frag(**kw: Any) -> Any:
+        f = ParaFrag(fontName="Helvetica", fontSize=9, textColor=None, rise=0, link=None, backColor=None, text="x")
+        f.__dict__.update(kw)
+        return f
+
+    plain, twin, bigger = frag(), frag(), frag(fontSize=10)
+    broken, image = frag(lineBreak=True), frag(cbDefn=ParaFrag(width=5))
+    cases = [(plain, plain), (plain, twin), (plain, bigger), (broken, broken), (image, image), (plain, broken),
+             (image, plain), (frag(fontName="STSong-Light"), plain)]
+    answers = [bool(pdf.same_frag(f, g)) for f, g in cases]
+    assert answers == [bool(original(f, g)) for f, g in cases]
+    assert answers == [True, True, False, False, False, False, False, False]

@@ -98,10 +98,52 @@ def same_frag(f: Any, g: Any) -> Any:
     return _reportlab_same_frag(f, g)
 
 
-# Installed once for every paragraph of the process: it gives the same answers, only faster
-# (tests/certificates/test_certificate_pdf_render.py compares both).
-if _reportlab_same_frag is not same_frag and getattr(_reportlab_same_frag, "__name__", "") == "sameFrag":
+_reportlab_string_width = _paragraph_module.stringWidth
+_reportlab_ascent_descent = _paragraph_module.getAscentDescent
+_char_widths: dict[tuple[Any, ...], float] = {}
+_ascents: dict[tuple[Any, ...], tuple[float, float]] = {}
+_MEMO_LIMIT = 1 << 16
+
+
+def string_width(text: str, font_name: str, font_size: float, encoding: str = "utf8") -> float:
+    """reportlab's `stringWidth`, remembering the width of single characters.
+
+    CJK line breaking measures every character alone (reportlab's `cjkU`, once per character of
+    every paragraph), ~7 us a call through reportlab's font lookup and width function, ~10% of a
+    certificate's rendering. A character's width in a font object at a size never changes, so it is
+    kept (keyed by the registered font object, so a font registered again under the same name is
+    measured again; at most 65,536 entries, then forgotten). Longer text is measured as before."""
+    if len(text) != 1:
+        return _reportlab_string_width(text, font_name, font_size, encoding)
+    key = (text, pdfmetrics.getFont(font_name), font_size, encoding)
+    width = _char_widths.get(key)
+    if width is None:
+        if len(_char_widths) >= _MEMO_LIMIT:
+            _char_widths.clear()
+        width = _char_widths[key] = _reportlab_string_width(text, font_name, font_size, encoding)
+    return width
+
+
+def ascent_descent(font_name: str, font_size: float | None = None) -> tuple[float, float]:
+    """reportlab's `getAscentDescent`, remembered per font object and size (asked per character by
+    CJK line breaking, like `string_width`)."""
+    key = (pdfmetrics.getFont(font_name), font_size)
+    found = _ascents.get(key)
+    if found is None:
+        if len(_ascents) >= _MEMO_LIMIT:
+            _ascents.clear()
+        found = _ascents[key] = _reportlab_ascent_descent(font_name, font_size)
+    return found
+
+
+# Installed once for every paragraph of the process: they give reportlab's answers, only faster
+# (tests/certificates/test_certificate_pdf_render.py compares them).
+if getattr(_reportlab_same_frag, "__name__", "") == "sameFrag":
     _paragraph_module.sameFrag = same_frag
+if _reportlab_string_width is pdfmetrics.stringWidth:
+    _paragraph_module.stringWidth = string_width
+if _reportlab_ascent_descent is pdfmetrics.getAscentDescent:
+    _paragraph_module.getAscentDescent = ascent_descent
 
 
 @functools.lru_cache(maxsize=64)

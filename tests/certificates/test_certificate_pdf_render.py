@@ -132,3 +132,35 @@ def test_same_frag_answers_as_reportlab_does() -> None:
     answers = [bool(pdf.same_frag(f, g)) for f, g in cases]
     assert answers == [bool(original(f, g)) for f, g in cases]
     assert answers == [True, True, False, False, False, False, False, False]
+
+
+def test_remembered_widths_and_ascents_are_reportlabs() -> None:
+    """The memoised `stringWidth` and `getAscentDescent` installed for reportlab's paragraphs give
+    reportlab's numbers (asked twice: measured, then remembered), for Latin, CJK and monospaced
+    fonts, single characters and longer text; a font registered again under its name is measured
+    again."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.platypus import paragraph as rl_paragraph
+
+    assert rl_paragraph.stringWidth is pdf.string_width
+    assert rl_paragraph.getAscentDescent is pdf.ascent_descent
+    cjk = pdf.cjk_font()
+    for font in (pdf.LATIN, pdf.LATIN_BOLD, pdf.MONO, cjk):
+        for size in (7.5, 9.5, 13, 26):
+            for text in ("W", "i", "碳", "，", "Tanhui 碳惠", ""):
+                expected = pdfmetrics.stringWidth(text, font, size)
+                assert pdf.string_width(text, font, size) == expected
+                assert pdf.string_width(text, font, size) == expected
+            assert pdf.ascent_descent(font, size) == pdfmetrics.getAscentDescent(font, size)
+            assert pdf.ascent_descent(font, size) == pdfmetrics.getAscentDescent(font, size)
+    assert pdf.string_width("W", pdf.LATIN, 10) == pytest.approx(9.44)   # Helvetica's W: 944/1000 em
+    assert pdf.string_width("碳", cjk, 10) == 10.0          # a full-width CJK glyph: 1 em
+
+    name = "test-font-registered-twice"
+    pdfmetrics._fonts[name] = pdfmetrics.getFont(pdf.LATIN)
+    try:
+        assert pdf.string_width("W", name, 10) == pytest.approx(9.44)
+        pdfmetrics._fonts[name] = pdfmetrics.getFont(pdf.MONO)   # the name now means Courier
+        assert pdf.string_width("W", name, 10) == pytest.approx(6.0)   # every Courier glyph: 600/1000 em
+    finally:
+        del pdfmetrics._fonts[name]

@@ -574,25 +574,17 @@ def _retired(session: Session, order: OffsetOrder, r: Retirement, kg: int) -> No
 def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
     """Delivery versus payment from the listing, then retirement, all in the caller's transaction.
     The money moves last: the platform's fee account is one row every fill (and the sequencer's
-    settlement) locks, so it is held only from here to the commit.
-
-    Without autoflush: the queries in between (the buyer's account, the blocks' batches, the buyer
-    and footprint, the cash accounts) read rows this fill does not change, so flushing the pending
-    changes before each of them only cost a unit of work each (4 of the fill's 10 flushes); the
-    explicit flushes (carving, the transfer's, the retirement's and the journal's ids) still write
-    everything in the same order, and every row changed here was locked before (order, listing,
-    blocks) or is locked by `_settlement_accounts` as before."""
+    settlement) locks, so it is held only from here to the commit."""
     assert order.listing_id is not None
-    with session.no_autoflush:
-        listing = _lock_listing(session, order.listing_id)
-        _, blocks = units.deliver_blocks(session, listing.ref, order.quantity_kg, order.holder_id,
-                                         memo=f"offset order {order.id}", user_id=order.user_id)
-        _retire_blocks(session, order, blocks)   # sets filled_at, the time of delivery and retirement
-        order.reserved_kg = 0
-        buyer_held, seller_available, fees = _settlement_accounts(session, order.holder_id, listing.seller_id)
-        wallets.post(session, JournalKind.SETTLEMENT, [
-            (buyer_held, -order.total), (seller_available, order.notional), (fees, order.fee)], ref=order.ref,
-            memo=f"offset order {order.id} from listing {listing.id}", already_locked=True)
+    listing = _lock_listing(session, order.listing_id)
+    _, blocks = units.deliver_blocks(session, listing.ref, order.quantity_kg, order.holder_id,
+                                     memo=f"offset order {order.id}", user_id=order.user_id)
+    _retire_blocks(session, order, blocks)   # sets filled_at, the time of delivery and retirement
+    order.reserved_kg = 0
+    buyer_held, seller_available, fees = _settlement_accounts(session, order.holder_id, listing.seller_id)
+    wallets.post(session, JournalKind.SETTLEMENT, [
+        (buyer_held, -order.total), (seller_available, order.notional), (fees, order.fee)], ref=order.ref,
+        memo=f"offset order {order.id} from listing {listing.id}", already_locked=True)
 
 
 def _settlement_accounts(session: Session, buyer_id: int, seller_id: int) -> tuple[CashAccount, CashAccount,

@@ -22,6 +22,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from reportlab.lib import colors  # type: ignore[import-untyped]
+from reportlab.lib import rl_accel as _rl_accel  # type: ignore[import-untyped]
 from reportlab.lib.enums import TA_CENTER, TA_RIGHT  # type: ignore[import-untyped]
 from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
 from reportlab.lib.styles import ParagraphStyle  # type: ignore[import-untyped]
@@ -81,7 +82,7 @@ class Paragraph(_Paragraph):  # type: ignore[misc]
         return width, height
 
 
-_reportlab_same_frag = _paragraph_module.sameFrag
+_reportlab_same_frag = _rl_accel.sameFrag   # what reportlab's paragraph module imports (C, or Python)
 
 
 def same_frag(f: Any, g: Any) -> Any:
@@ -98,8 +99,8 @@ def same_frag(f: Any, g: Any) -> Any:
     return _reportlab_same_frag(f, g)
 
 
-_reportlab_string_width = _paragraph_module.stringWidth
-_reportlab_ascent_descent = _paragraph_module.getAscentDescent
+_reportlab_string_width = pdfmetrics.stringWidth
+_reportlab_ascent_descent = pdfmetrics.getAscentDescent
 _char_widths: dict[tuple[Any, ...], float] = {}
 _ascents: dict[tuple[Any, ...], tuple[float, float]] = {}
 _MEMO_LIMIT = 1 << 16
@@ -136,14 +137,12 @@ def ascent_descent(font_name: str, font_size: float | None = None) -> tuple[floa
     return found
 
 
-# Installed once for every paragraph of the process: they give reportlab's answers, only faster
-# (tests/certificates/test_certificate_pdf_render.py compares them).
-if getattr(_reportlab_same_frag, "__name__", "") == "sameFrag":
-    _paragraph_module.sameFrag = same_frag
-if _reportlab_string_width is pdfmetrics.stringWidth:
-    _paragraph_module.stringWidth = string_width
-if _reportlab_ascent_descent is pdfmetrics.getAscentDescent:
-    _paragraph_module.getAscentDescent = ascent_descent
+# Installed for every paragraph of the process: they give reportlab's answers, only faster
+# (tests/certificates/test_certificate_pdf_render.py compares them). Each calls reportlab's own
+# function, taken from where the paragraph module imports it, so a reloaded module does not stack them.
+_paragraph_module.sameFrag = same_frag
+_paragraph_module.stringWidth = string_width
+_paragraph_module.getAscentDescent = ascent_descent
 
 
 @functools.lru_cache(maxsize=64)

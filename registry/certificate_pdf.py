@@ -16,12 +16,13 @@ import functools
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import escape
 
-import segno
 from reportlab.lib import colors  # type: ignore[import-untyped]
+from reportlab.lib import rl_accel as _rl_accel  # type: ignore[import-untyped]
 from reportlab.lib.enums import TA_CENTER, TA_RIGHT  # type: ignore[import-untyped]
 from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
 from reportlab.lib.styles import ParagraphStyle  # type: ignore[import-untyped]
@@ -38,6 +39,9 @@ from reportlab.platypus import (  # type: ignore[import-untyped]
     TableStyle,
 )
 from reportlab.platypus import Paragraph as _Paragraph  # type: ignore[import-untyped]
+from reportlab.platypus import paragraph as _paragraph_module  # type: ignore[import-untyped]
+
+from registry import qr_matrix
 
 CJK = "STSong-Light"
 LATIN = "Helvetica"
@@ -76,6 +80,69 @@ class Paragraph(_Paragraph):  # type: ignore[misc]
         width, height = super().wrap(avail_width, avail_height)
         self._wrapped = (avail_width, getattr(self, "blPara", None), height, getattr(self, "_wrapWidths", None))
         return width, height
+
+
+_reportlab_same_frag = _rl_accel.sameFrag   # what reportlab's paragraph module imports (C, or Python)
+
+
+def same_frag(f: Any, g: Any) -> Any:
+    """reportlab's `sameFrag` (may two text fragments share one word?), answering at once when both
+    are the same object, which is what CJK line breaking asks for nearly every character.
+
+    reportlab's C `sameFrag` looks up eight attributes on both fragments, most of them absent (an
+    AttributeError raised and cleared each time): ~15 us a call, and `makeCJKParaLine` calls it once
+    per character of every line, ~15% of a certificate's rendering. The answer for one object is
+    the same as reportlab's: not the same when it carries an image (`cbDefn`) or a line break,
+    otherwise equal to itself. Any two distinct fragments still go to reportlab's function."""
+    if f is g:
+        return 0 if hasattr(f, "cbDefn") or hasattr(f, "lineBreak") else 1
+    return _reportlab_same_frag(f, g)
+
+
+_reportlab_string_width = pdfmetrics.stringWidth
+_reportlab_ascent_descent = pdfmetrics.getAscentDescent
+_char_widths: dict[tuple[Any, ...], float] = {}
+_ascents: dict[tuple[Any, ...], tuple[float, float]] = {}
+_MEMO_LIMIT = 1 << 16
+
+
+def string_width(text: str, font_name: str, font_size: float, encoding: str = "utf8") -> float:
+    """reportlab's `stringWidth`, remembering the width of single characters.
+
+    CJK line breaking measures every character alone (reportlab's `cjkU`, once per character of
+    every paragraph), ~7 us a call through reportlab's font lookup and width function, ~10% of a
+    certificate's rendering. A character's width in a font object at a size never changes, so it is
+    kept (keyed by the registered font object, so a font registered again under the same name is
+    measured again; at most 65,536 entries, then forgotten). Longer text is measured as before."""
+    if len(text) != 1:
+        return _reportlab_string_width(text, font_name, font_size, encoding)
+    key = (text, pdfmetrics.getFont(font_name), font_size, encoding)
+    width = _char_widths.get(key)
+    if width is None:
+        if len(_char_widths) >= _MEMO_LIMIT:
+            _char_widths.clear()
+        width = _char_widths[key] = _reportlab_string_width(text, font_name, font_size, encoding)
+    return width
+
+
+def ascent_descent(font_name: str, font_size: float | None = None) -> tuple[float, float]:
+    """reportlab's `getAscentDescent`, remembered per font object and size (asked per character by
+    CJK line breaking, like `string_width`)."""
+    key = (pdfmetrics.getFont(font_name), font_size)
+    found = _ascents.get(key)
+    if found is None:
+        if len(_ascents) >= _MEMO_LIMIT:
+            _ascents.clear()
+        found = _ascents[key] = _reportlab_ascent_descent(font_name, font_size)
+    return found
+
+
+# Installed for every paragraph of the process: they give reportlab's answers, only faster
+# (tests/certificates/test_certificate_pdf_render.py compares them). Each calls reportlab's own
+# function, taken from where the paragraph module imports it, so a reloaded module does not stack them.
+_paragraph_module.sameFrag = same_frag
+_paragraph_module.stringWidth = string_width
+_paragraph_module.getAscentDescent = ascent_descent
 
 
 @functools.lru_cache(maxsize=64)
@@ -151,14 +218,15 @@ QUIET_ZONE = 4  # modules of white around the symbol, as ISO/IEC 18004 asks
 class QrCode(Flowable):  # type: ignore[misc]
     """A QR code (error correction M) of `value`, `size` points square, quiet zone included.
 
-    The module matrix comes from segno; the dark modules are drawn as one filled path of one
-    rectangle per horizontal run (a few hundred path operators, no per-module drawing objects)."""
+    The module matrix is segno's (`registry.qr_matrix` makes it, choosing segno's mask faster); the
+    dark modules are drawn as one filled path of one rectangle per horizontal run (a few hundred path
+    operators, no per-module drawing objects)."""
 
     def __init__(self, value: str, size: float = 34 * mm) -> None:
         super().__init__()
         self.value = value
         self.size = size
-        self.matrix = [bytes(row) for row in segno.make_qr(value, error="m", boost_error=False).matrix]
+        self.matrix = [bytes(row) for row in qr_matrix.matrix(value)]
 
     def runs(self) -> list[tuple[int, int, int]]:
         """(row, first column, length) of every horizontal run of dark modules."""
@@ -216,8 +284,31 @@ def _styles(cjk: str) -> dict[str, ParagraphStyle]:
     }
 
 
+_per_thread = threading.local()
+
+
+def fixed(text: str, style: ParagraphStyle) -> Paragraph:
+    """A paragraph whose text is the same on every certificate (title, labels, column heads, the
+    offline-verification note): parsed and broken into lines once per thread, then only drawn.
+
+    Parsing the markup and breaking the lines (by CJK rules) is most of what a paragraph costs, and
+    about half of a certificate's paragraphs never change. Only paragraphs that stay whole are kept
+    (in tables or at the top of the first page: never split across pages, which would make new
+    ones); a kept paragraph keeps its lines for the one width it is laid out at (`Paragraph.wrap`'s
+    memo) and drawing does not change it. Per thread, because laying out writes to the paragraph.
+    The keys are the fixed texts of this module and the few styles of `_styles`, so the cache stays
+    small."""
+    cache: dict[tuple[str, ParagraphStyle], Paragraph] | None = getattr(_per_thread, "paragraphs", None)
+    if cache is None:
+        cache = _per_thread.paragraphs = {}
+    p = cache.get((text, style))
+    if p is None:
+        p = cache[(text, style)] = Paragraph(text, style)
+    return p
+
+
 def _label(zh: str, en: str, st: Mapping[str, ParagraphStyle], cjk: str) -> Paragraph:
-    return Paragraph(f'<font name="{cjk}">{escape(zh)}</font><br/>{escape(en)}', st["label"])
+    return fixed(f'<font name="{cjk}">{escape(zh)}</font><br/>{escape(en)}', st["label"])
 
 
 def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] | None = None) -> list[Any]:
@@ -235,8 +326,8 @@ def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] |
     story: list[Any] = [
         Paragraph(mark(str(c.get("registry", ""))), st["right"]),
         Spacer(1, 4 * mm),
-        Paragraph("碳中和注销证书", st["title_zh"]),
-        Paragraph("Retirement Certificate", st["title_en"]),
+        fixed("碳中和注销证书", st["title_zh"]),
+        fixed("Retirement Certificate", st["title_en"]),
         Spacer(1, 3 * mm),
         Paragraph(f"{mark('证书编号')} Certificate No. <b>{escape(number)}</b>", st["center"]),
         Spacer(1, 4 * mm),
@@ -270,7 +361,7 @@ def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] |
     ]))
     story += [fields, Paragraph(f"{mark('注销序列号')} Retired serial ranges", st["h2"])]
 
-    head = [Paragraph(f'<font name="{cjk}">{zh}</font><br/>{en}', st["small"]) for zh, en in (
+    head = [fixed(f'<font name="{cjk}">{zh}</font><br/>{en}', st["small"]) for zh, en in (
         ("序列号", "Serial"), ("项目", "Project"), ("年份", "Vintage"), ("方法学", "Methodology"),
         ("数量", "kg"))]
     table_rows: list[list[Any]] = [head]
@@ -288,7 +379,7 @@ def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] |
                       f"{mark(str(m.get('title_zh') or ''))}", st["small"]),
             Paragraph(f"{int(s['quantity_kg']):,}", st["small_right"]),
         ])
-    table_rows.append(["", "", "", Paragraph(f"{mark('合计')} Total", st["small"]),
+    table_rows.append(["", "", "", fixed(f"{mark('合计')} Total", st["small"]),
                        Paragraph(f"<b>{qty:,}</b>", st["small_right"])])
     serials = Table(table_rows, colWidths=[52 * mm, 48 * mm, 14 * mm, 36 * mm, None], repeatRows=1)
     serials.setStyle(TableStyle([
@@ -313,7 +404,7 @@ def build_story(document: Mapping[str, Any], font_file: str | os.PathLike[str] |
         Paragraph(mark("离线验证：下载本证书的 JSON 文件和登记簿公钥，运行 ")
                   + f"<font name=\"{MONO}\">flask registry verify-certificate {escape(number)}.json "
                     "--public-key tanhui-registry-key.pem</font>", st["small"]),
-        Paragraph("Verify offline: download this certificate's JSON and the registry's public key, then run "
+        fixed("Verify offline: download this certificate's JSON and the registry's public key, then run "
                   "the command above (or check the Ed25519 signature over the canonical JSON of the "
                   "\"certificate\" object yourself). The digest above must match.", st["small"]),
     ]

@@ -67,3 +67,100 @@ def test_ascii_text_breaks_at_spaces_and_cjk_text_by_cjk_rules() -> None:
     width, height = digest.wrap(100, 1000)
     assert height == st["mono"].leading * len(digest.blPara.lines) and len(digest.blPara.lines) > 1
     assert "".join("".join(line[1]) for line in digest.blPara.lines) == "9c52a2e978c661f67c9a" * 8
+
+
+def _doc(number: str, beneficiary: str, serials: int) -> dict[str, Any]:
+    from registry import certificates as certs
+
+    rows = [{"serial": f"THR-00007-2025-{i}-1-1000", "vintage": 2025, "quantity_kg": 1000,
+             "project": {"id": 7, "code": "00007", "title": "公交出行", "title_en": "Public transit"},
+             "methodology": {"code": "CI-BUS", "version": "2.1", "title_zh": "公共交通"}} for i in range(1, serials + 1)]
+    body = {"certificate_number": number, "registry": certs.REGISTRY_NAME, "beneficiary": beneficiary,
+            "jurisdiction": "广东省", "purpose": "event_offset", "message": None, "footprint_ref": None,
+            "quantity_kg": 1000 * serials, "retired_at": "2026-01-02T03:04:05Z", "retired_by": {"name": "会务方"},
+            "serials": rows, "verification_url": f"https://x.example/retirements/{number}"}
+    return {"certificate": body, "sha256": "ab" * 32, "algorithm": "Ed25519", "key_id": "0123456789abcdef"}
+
+
+def test_fixed_paragraphs_are_kept_per_thread_and_change_no_byte() -> None:
+    """The fixed paragraphs (title, labels, heads) are parsed and broken once per thread: a thread's
+    first certificate (nothing kept yet) and a certificate drawn after others, including one that
+    flows over pages, are the same bytes."""
+    import threading
+
+    style = pdf._styles(pdf.cjk_font())["small"]
+    assert pdf.fixed("Total", style) is pdf.fixed("Total", style)
+    short, long_ = _doc("THC-1", "大湾区论坛 GBA Forum", 2), _doc("THC-2", "成都大运会", 90)
+    cold: dict[str, bytes] = {}
+
+    def first_in_a_new_thread() -> None:
+        assert getattr(pdf._per_thread, "paragraphs", None) is None   # a new thread starts empty
+        cold["short"] = pdf.render_pdf(short)
+        cold["kept"] = pdf.fixed("Total", style)
+
+    t = threading.Thread(target=first_in_a_new_thread)
+    t.start()
+    t.join()
+    assert cold["kept"] is not pdf.fixed("Total", style)
+    pdf.render_pdf(short)
+    long_bytes = pdf.render_pdf(long_)
+    assert long_bytes.count(b"/Type /Page\n") >= 2
+    assert pdf.render_pdf(short) == cold["short"]
+    assert pdf.render_pdf(long_) == long_bytes
+
+
+def test_same_frag_answers_as_reportlab_does() -> None:
+    """The faster `sameFrag` installed for reportlab's line breaking gives reportlab's answers: one
+    fragment is the same as itself unless it carries a line break or an image; distinct fragments are
+    compared by reportlab."""
+    from reportlab.platypus import paragraph as rl_paragraph
+    from reportlab.platypus.paraparser import ParaFrag
+
+    assert rl_paragraph.sameFrag is pdf.same_frag
+    original = pdf._reportlab_same_frag
+    assert original is not pdf.same_frag
+
+    def frag(**kw: Any) -> Any:
+        f = ParaFrag(fontName="Helvetica", fontSize=9, textColor=None, rise=0, link=None, backColor=None, text="x")
+        f.__dict__.update(kw)
+        return f
+
+    plain, twin, bigger = frag(), frag(), frag(fontSize=10)
+    broken, image = frag(lineBreak=True), frag(cbDefn=ParaFrag(width=5))
+    cases = [(plain, plain), (plain, twin), (plain, bigger), (broken, broken), (image, image), (plain, broken),
+             (image, plain), (frag(fontName="STSong-Light"), plain)]
+    answers = [bool(pdf.same_frag(f, g)) for f, g in cases]
+    assert answers == [bool(original(f, g)) for f, g in cases]
+    assert answers == [True, True, False, False, False, False, False, False]
+
+
+def test_remembered_widths_and_ascents_are_reportlabs() -> None:
+    """The memoised `stringWidth` and `getAscentDescent` installed for reportlab's paragraphs give
+    reportlab's numbers (asked twice: measured, then remembered), for Latin, CJK and monospaced
+    fonts, single characters and longer text; a font registered again under its name is measured
+    again."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.platypus import paragraph as rl_paragraph
+
+    assert rl_paragraph.stringWidth is pdf.string_width
+    assert rl_paragraph.getAscentDescent is pdf.ascent_descent
+    cjk = pdf.cjk_font()
+    for font in (pdf.LATIN, pdf.LATIN_BOLD, pdf.MONO, cjk):
+        for size in (7.5, 9.5, 13, 26):
+            for text in ("W", "i", "碳", "，", "Tanhui 碳惠", ""):
+                expected = pdfmetrics.stringWidth(text, font, size)
+                assert pdf.string_width(text, font, size) == expected
+                assert pdf.string_width(text, font, size) == expected
+            assert pdf.ascent_descent(font, size) == pdfmetrics.getAscentDescent(font, size)
+            assert pdf.ascent_descent(font, size) == pdfmetrics.getAscentDescent(font, size)
+    assert pdf.string_width("W", pdf.LATIN, 10) == pytest.approx(9.44)   # Helvetica's W: 944/1000 em
+    assert pdf.string_width("碳", cjk, 10) == 10.0          # a full-width CJK glyph: 1 em
+
+    name = "test-font-registered-twice"
+    pdfmetrics._fonts[name] = pdfmetrics.getFont(pdf.LATIN)
+    try:
+        assert pdf.string_width("W", name, 10) == pytest.approx(9.44)
+        pdfmetrics._fonts[name] = pdfmetrics.getFont(pdf.MONO)   # the name now means Courier
+        assert pdf.string_width("W", name, 10) == pytest.approx(6.0)   # every Courier glyph: 600/1000 em
+    finally:
+        del pdfmetrics._fonts[name]

@@ -261,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--no-pipeline", action="store_true", help="prepare and record chunks in one thread")
+    ap.add_argument("--no-probe-ahead", action="store_true",
+                    help="make each chunk's database checks in its own transaction, not ahead")
     args = ap.parse_args(argv)
 
     tmpdir = tempfile.mkdtemp(prefix="tanhui_behaviour_bench_")
@@ -288,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         cpu0, server0 = time.process_time(), server_cpu(engine)
         t0 = time.perf_counter()
-        result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline)
+        result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline,
+                            probe_ahead=not args.no_probe_ahead)
         t_import = time.perf_counter() - t0
         cpu_py, server1 = time.process_time() - cpu0, server_cpu(engine)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

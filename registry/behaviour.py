@@ -712,7 +712,8 @@ def factor_snapshot(session: Session) -> FactorSource:
 def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, source: str,
                 rows: Iterable[Mapping[str, Any]], *, rules: Rules | None = None, chunk_size: int = 20_000,
                 received_at: dt.datetime | None = None,
-                on_chunk: Callable[[ChunkResult], None] | None = None, pipeline: bool = True) -> BatchResult:
+                on_chunk: Callable[[ChunkResult], None] | None = None, pipeline: bool = True,
+                probe_ahead: bool = True) -> BatchResult:
     """Import a stream of rows (dicts of text/JSON values) for a partner as batch `ref`, one
     transaction per chunk; only one chunk is ever in memory. A complete batch is not imported again
     (`replayed` is true and nothing changes); an interrupted one resumes after its last chunk."""
@@ -741,7 +742,7 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
     # database works on two cores while Python parses). Chunks still commit one at a time, in order.
     recorder = _Recorder(factory, batch_id, rules, on_chunk)
     with factory() as session:
-        probing = pipeline and _is_pg(session)
+        probing = pipeline and probe_ahead and _is_pg(session)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-record") as records, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-probe") as probes:
         pending: Future[None] | None = None

@@ -172,11 +172,12 @@ def import_csv(factory: Any, path: str, partner_code: str, *, rules: Rules | Non
                ref: str | None = None, chunk_size: int = 20_000,
                on_bytes: Callable[[int], None] | None = None,
                on_chunk: Callable[[behaviour.ChunkResult], None] | None = None,
-               pipeline: bool = True) -> behaviour.BatchResult:
+               pipeline: bool = True, probe_ahead: bool = True) -> behaviour.BatchResult:
     """`flask registry import-behaviour`: stream a partner's CSV file into `registry.behaviour`
     (batch reference: `ref`, default the file's SHA-256, so importing the same file again changes
     nothing). `factory` is a SQLAlchemy sessionmaker."""
     ref = ref or file_ref(path)
     with open(path, "rb") as fp:
         return behaviour.import_rows(factory, partner_code, ref, "csv", csv_rows(fp, on_bytes), rules=rules,
-                                     chunk_size=chunk_size, on_chunk=on_chunk, pipeline=pipeline)
+                                     chunk_size=chunk_size, on_chunk=on_chunk, pipeline=pipeline,
+                                     probe_ahead=probe_ahead)

@@ -8,21 +8,28 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
    plausibility, the reduction in grams from the calculators (memoised per distinct activity).
 2. The rows that passed go into a per-connection scratch table (binary COPY on PostgreSQL,
    executemany on SQLite), and ONE query joins them with the members and external ids (unknown
-   user) and the accepted events: duplicate partner + event id; the user's events of the type that
-   day (the daily cap); the same user, type and time span accepted from another partner.
+   user; only for members the import has not met yet: `MemberMemo`) and the accepted events:
+   duplicate partner + event id; the user's events of the type that day (the daily cap); the same
+   user, type and time span accepted from another partner. On PostgreSQL this probe is made ahead,
+   on a second connection while the chunk before is being recorded (`Probe`), and used only if
+   nobody else recorded in the programme since its snapshot.
 3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
    and computes each accepted row's points with the member's carry (see `Rules`).
 4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
-   members' reduction record (one UPDATE..FROM), the batch counters, one audit record.
+   members' reduction records (the grams per member from Python, one UPDATE..FROM), the programme's
+   day totals (`ProgrammeDay`), the batch counters, the programme's chunk count (`ProgrammeHead`),
+   one audit record.
 5. When every row is recorded, `complete_batch` credits the batch's points: one `earn` entry per
-   user, one INSERT..SELECT over the batch's accepted rows. Until then the points are on the rows but
-   not in the balance; an interrupted import resumes and completes.
+   user, from the counts made while recording (or, after a resumed import, one INSERT..SELECT over
+   the batch's accepted rows). Until then the points are on the rows but not in the balance; an
+   interrupted import resumes and completes.
 
 Chunks of one programme are recorded one at a time (a PostgreSQL advisory lock per chunk
 transaction; SQLite has one writer), so the cap and cross-channel checks see every earlier commit.
 `batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
 after the last committed chunk. `import_rows` prepares the next chunk in the calling thread while a
-second thread records the previous one; only two chunks are ever in memory.
+second thread records the previous one (and a third probes the one between); at most three chunks
+are in memory.
 """
 
 from __future__ import annotations

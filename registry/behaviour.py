@@ -580,8 +580,9 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
 
 
 def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
+    batch_id, partner_id, programme_id = batch.id, partner.id, partner.programme_id   # not ORM reads per row
     _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
-        (batch.id, r.line_no, partner.id, partner.programme_id, r.event_id, r.user_ref, r.user_id, r.code,
+        (batch_id, r.line_no, partner_id, programme_id, r.event_id, r.user_ref, r.user_id, r.code,
          r.started_at, r.ended_at, r.day, r.variant, r.quantity,
          r.reduction_g if r.status == "accepted" else 0, r.points if r.status == "accepted" else 0,
          r.factors, r.status, r.reason, r.detail) for r in rows), _EVENT_TYPES)

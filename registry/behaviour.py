@@ -492,7 +492,8 @@ def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> int:
     if chunks is None:
         session.execute(text("INSERT INTO behaviour_programme_heads (programme_id, chunks) VALUES (:p, 1)"), args)
         chunks = 1
-    if memo.head != chunks - 1 or len(memo.members) > memo.limit:   # (never in the middle of a chunk)
+    # An empty memo (the import's first chunk) has nothing to forget. Never in the middle of a chunk.
+    if (memo.head is not None and memo.head != chunks - 1) or len(memo.members) > memo.limit:
         memo.clear()
     memo.head = chunks
     return chunks

@@ -21,6 +21,7 @@ from registry.behaviour_rules import Rules
 from registry.partners import Member
 from registry.points import PointsEntry
 from tests.behaviour.world import RECEIVED, T0, BWorld, build, row
+from tests.conftest import ON_PG
 
 H = dt.timedelta(hours=1)
 
@@ -270,4 +271,36 @@ def test_the_member_memo_holds_only_while_nobody_else_records(bw: BWorld, sessio
     assert (r3.reduction_g, r3.points) == (187, 18)
     assert memo.head == head + 3 and memo.members[member_id] == [bw.uid(0), 888]
     assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 888
+    assert behaviour.check_ledger(session) == []
+
+
+def test_checks_made_ahead_add_the_chunk_in_flight(bw: BWorld, session_factory: sessionmaker[Session],
+                                                   session: Session) -> None:
+    """Chunks of two rows: each chunk's database checks are made ahead (PostgreSQL) while the chunk
+    before is recorded, leaving it out; its accepted rows count in Python: a duplicate across
+    chunks, the daily cap (2 here) across chunks, and the points carry across chunks."""
+    rules = Rules.from_mapping({"daily_caps": {"CI-TRANSIT": 2}})
+    before = dict(behaviour.PROBES)
+
+    def metro(eid: str, card: str, hours: int, km: str) -> dict[str, Any]:
+        return row(eid, card, "CI-TRANSIT", T0 + hours * H, mode="metro", distance_km=km)
+
+    res = run(session_factory, "sz-metro", "ahead", chunk_size=2, rules=rules, reader=session, rows=[
+        metro("m1", "card-0", 0, "10"),    # 467 g → 46 points (carry 7)
+        metro("m2", "card-1", 1, "1"),     # 47 g → 4 (carry 7)
+        metro("m1", "card-0", 2, "1"),     # chunk 2: line 1's event id → duplicate
+        metro("m3", "card-0", 3, "1"),     # 47 g: 467 → 514 → +5; card-0's 2nd ride of the day
+        metro("m4", "card-0", 4, "1"),     # chunk 3: a 3rd ride of card-0 that day → over the cap
+        metro("m5", "card-1", 5, "1"),     # 47 g: 47 → 94 → 9 - 4 = +5
+        metro("m3", "card-1", 6, "1"),     # chunk 4: line 4's event id (two chunks back) → duplicate
+    ])
+    assert outcomes(session, res.batch_id) == [
+        ("accepted", None, 467, 46), ("accepted", None, 47, 4), ("rejected", "duplicate", 0, 0),
+        ("accepted", None, 47, 5), ("rejected", "over_daily_cap", 0, 0), ("accepted", None, 47, 5),
+        ("rejected", "duplicate", 0, 0)]
+    assert (res.accepted, res.points) == (4, 60)
+    assert points.balance(session, bw.uid(0)) == 51 and points.balance(session, bw.uid(1)) == 9
+    assert session.scalar(select(Member.reduction_g).where(Member.user_id == bw.uid(0))) == 514
+    if ON_PG:   # chunks 2-4 were checked ahead and the answers used (chunk 1 has no chunk before it)
+        assert behaviour.PROBES["ahead"] - before["ahead"] >= 3
     assert behaviour.check_ledger(session) == []

@@ -284,6 +284,8 @@ def test_operator_actions(client, session, w):
 def test_openapi_document_and_docs_page(client):
     spec = client.get("/api/v1/openapi.json").json
     assert spec["openapi"].startswith("3.")
+    # a partner's signed batch: a bad signature, an inactive partner, a batch over the limits
+    assert {"201", "401", "403", "404", "413", "422"} <= set(spec["paths"]["/api/v1/behaviour/batches"]["post"]["responses"])
     assert "/api/v1/retirements" in spec["paths"] and "post" in spec["paths"]["/api/v1/retirements"]
     post = spec["paths"]["/api/v1/retirements"]["post"]
     assert post["security"] == [{"bearer": []}]

@@ -285,4 +285,5 @@ bp.add_url_rule("/behaviour/batches", endpoint="post_behaviour_batch", view_func
 OPERATIONS.append(Operation(
     "/behaviour/batches", "POST", "post_behaviour_batch",
     "Partner pushes a signed batch (HMAC headers X-Tanhui-Partner, X-Tanhui-Signature); per-row outcomes",
-    ("behaviour",), False, None, BatchIn, None, 201, False, False))
+    ("behaviour",), False, None, BatchIn, None, 201, False, False,
+    errors=("401", "403", "413")))   # bad signature, partner inactive, batch over the limits

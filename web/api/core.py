@@ -43,6 +43,7 @@ class Operation:
     many: bool
     paginated: bool
     path_params: dict[str, str] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()   # error statuses beyond the usual ones (the OpenAPI document lists them)
 
 
 OPERATIONS: list[Operation] = []

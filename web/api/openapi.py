@@ -60,7 +60,8 @@ def build_spec() -> dict[str, Any]:
                 schema = {"type": "array", "items": op.response}
             ok["content"] = {"application/json": {"schema": schema}}
         operation["responses"][str(op.status)] = ok
-        for code in ("401", "403", "404", "409", "422") if op.auth else ("404", "422"):
+        usual = ("401", "403", "404", "409", "422") if op.auth else ("404", "422")
+        for code in sorted(set(usual) | set(op.errors)):
             operation["responses"][code] = {"description": "error", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         paths.setdefault(path, {})[op.method.lower()] = operation

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -237,6 +238,8 @@ SELECT u.line_no, u.member_id, u.uid, u.before_g,
    AND NOT (e.batch_id = :b AND e.line_no >= :from_line)) AS seen
 FROM (SELECT * FROM u ORDER BY uid, code, started_at) u
 """
+_LOOKUP_PG = re.sub(r":(\w+)", r"%(\1)s", _LOOKUP)   # psycopg's parameter style (SQLite takes :name)
+
 
 @dataclass
 class ChunkResult:
@@ -427,9 +430,16 @@ def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_lin
         # events grow; a chunk does not).
         session.execute(text("SET LOCAL enable_hashjoin = off"))
         session.execute(text("SET LOCAL enable_mergejoin = off"))
-    found = {row[0]: tuple(row[1:]) for row in session.execute(
-        text(_LOOKUP), {"partner": partner.id, "programme": partner.programme_id, "b": batch_id,
-                        "from_line": from_line})}
+    # The driver's cursor, not a SQLAlchemy result: plain tuples for the 20,000 rows of a chunk.
+    args = {"partner": partner.id, "programme": partner.programme_id, "b": batch_id, "from_line": from_line}
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    cur = raw.cursor()
+    try:
+        cur.execute(_LOOKUP_PG if pg else _LOOKUP, args)
+        found = {row[0]: row[1:] for row in cur.fetchall()}
+    finally:
+        cur.close()
     if pg:
         session.execute(text("RESET enable_hashjoin"))
         session.execute(text("RESET enable_mergejoin"))

@@ -32,21 +32,22 @@ from exchange.offset_models import OffsetOrder, OffsetStatus
 from exchange.payment_models import Payment
 from registry import projects
 from registry.db import utcnow
+from tests.payments import test_offset_card_payments as cards
 from tests.payments.test_card_payments import VISA, browser_pays, refund_event
-from tests.payments.test_offset_card_payments import (  # noqa: F401 - fixtures
+from tests.payments.test_offset_card_payments import (
     QTY,
     TOTAL,
     card_deposits,
     card_order,
-    card_refunder,
-    gw,
-    m,
     problems,
     read,
     stripe_refunds,
 )
 
 pytestmark = [pytest.mark.postgres]
+
+# The card-order tests' fixtures: the market with a listing, the gateway, the card refunder installed.
+m, gw, card_refunder = cards.m, cards.gw, cards.card_refunder
 
 
 def deadlocked(err: BaseException) -> bool:
@@ -153,66 +154,102 @@ ROUNDS = 12
 @pytest.mark.slow
 def test_webhooks_and_jobs_racing_on_one_order_never_deadlock(client, session, session_factory, m, gw, localstripe):
     """Each round: a card order is paid in Stripe, then at once its succeeded webhook (twice, as
-    Stripe may deliver it), the expiry job (the quote has run out), the resume job, and a
-    transaction that locks the order then the payment (as the resume job's refund does) run
-    together. Whoever wins, the order ends retired (the payment came first) or cancelled and its
-    late payment refunded to the card, the money went through the wallet once, and nobody deadlocks."""
+    Stripe may deliver it), the expiry job (the quote has run out), the resume job, a transaction
+    that locks the order then the payment (as the resume job's refund does) and the fill of the
+    same buyer's wallet order on the same listing run together. Whoever wins, the order ends
+    retired (the payment came first) or cancelled with its late payment refunded to the card; then
+    that refund's failure (twice) and a stale "pending" race the resume job and the order-first
+    transaction, and the order ends refund_failed with the money held. The money went through the
+    wallet once, every invariant holds, and nobody deadlocks."""
     outcomes: Counter = Counter()
     for rnd in range(ROUNDS):
-        later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
-        o = card_order(client, m, qty=1_000)
-        oid, cp = o["id"], o["card_payment"]
-        pi = cp["stripe_payment_intent_id"]
-        assert browser_pays(gw, pi, VISA) is None
-        (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
-        start = threading.Barrier(5)
-        errors: list[str] = []
-
-        def step(fn: Callable[[], Any]) -> Callable[[], None]:
-            def run() -> None:
-                start.wait()
-                try:
-                    fn()
-                except DBAPIError as err:
-                    errors.append(f"{type(err.orig).__name__}: {err.orig}")
-                except BaseException:  # noqa: BLE001 - reported below
-                    errors.append(traceback.format_exc())
-            return run
-
-        def webhook() -> None:
-            with session_factory() as s, s.begin():
-                payments.handle_webhook(s, ok.body, ok.signature, gateway=gw)
-
-        def expiry() -> None:
-            with session_factory() as s, s.begin():
-                offsets.expire_due(s, later)
-
-        def order_then_payment() -> None:
-            with session_factory() as s, s.begin():
-                offsets._lock(s, oid)
-                time.sleep(0.01)
-                s.get(Payment, cp["id"], with_for_update={"key_share": True})
-
-        threads = [threading.Thread(target=step(fn), name=f"r{rnd}-{fn.__name__}")
-                   for fn in (webhook, webhook, expiry, lambda: offsets.resume_paid(session_factory),
-                              order_then_payment)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-            assert not t.is_alive(), f"{t.name} hung"
-        assert not errors, f"round {rnd}:\n" + "\n".join(errors)
-        offset_jobs.run_offset_expiry(session_factory)   # a cancellation Stripe did not take is retried
-        order = read(session, lambda: session.get(OffsetOrder, oid))
-        outcomes[order.status.value] += 1
-        if order.status is OffsetStatus.RETIRED:
-            assert (order.paid_amount, order.refunded_amount, order.filled_kg) == (o["quote"]["total"], 0, 1_000)
-            assert stripe_refunds(gw, pi) == []
-        else:
-            assert (order.status, order.paid_amount, order.refunded_amount) == (
-                OffsetStatus.REFUNDED, o["quote"]["total"], o["quote"]["total"]), order.reason
-            assert stripe_refunds(gw, pi) == [o["quote"]["total"]]
-        assert read(session, lambda: session.scalar(select(Payment.status).where(Payment.id == cp["id"]))).has_succeeded
-        assert problems(session) == []
+        outcomes[race_one_order(client, session, session_factory, m, gw, localstripe, rnd)] += 1
     print(f"\n{ROUNDS} rounds: {dict(outcomes)}")
     assert len(card_deposits(session)) == ROUNDS
+
+
+def race_one_order(client, session, session_factory, m, gw, localstripe, rnd: int) -> str:
+    """One round of the race; returns the order's final status."""
+    later = utcnow() + offsets.CARD_PAYMENT_TTL + dt.timedelta(minutes=1)
+    o = card_order(client, m, qty=1_000)
+    oid, cp, total = o["id"], o["card_payment"], o["quote"]["total"]
+    pi = cp["stripe_payment_intent_id"]
+    assert browser_pays(gw, pi, VISA) is None
+    (ok,) = localstripe.inbox.wait_for(pi, "payment_intent.succeeded")
+    # The same buyer's wallet order on the same listing, paid, its fill about to run.
+    w = offsets.create_offset(session, m.buyer.actor, quantity_kg=1_000, beneficiary="钱包")
+    offsets.confirm_offset(session, m.buyer.actor, w.id)
+    session.commit()
+    woid = w.id
+
+    def webhook(d=ok) -> None:
+        with session_factory() as s, s.begin():
+            payments.handle_webhook(s, d.body, d.signature, gateway=gw)
+
+    def wallet_fill() -> None:
+        with session_factory() as s, s.begin():
+            offsets.fulfil(s, woid)
+
+    def expiry() -> None:
+        with session_factory() as s, s.begin():
+            offsets.expire_due(s, later)
+
+    def resume() -> None:
+        offsets.resume_paid(session_factory)
+
+    def order_then_payment() -> None:   # the resume job's refund: the order, then the payment
+        with session_factory() as s, s.begin():
+            offsets._lock(s, oid)
+            time.sleep(0.01)
+            s.get(Payment, cp["id"], with_for_update={"key_share": True})
+
+    run_together(rnd, webhook, webhook, expiry, resume, order_then_payment, wallet_fill)
+    offset_jobs.run_offset_expiry(session_factory)   # a cancellation Stripe did not take is retried
+    order = read(session, lambda: session.get(OffsetOrder, oid))
+    assert read(session, lambda: session.get(OffsetOrder, woid).status) is OffsetStatus.RETIRED
+    if order.status is OffsetStatus.RETIRED:
+        assert (order.paid_amount, order.refunded_amount, order.filled_kg) == (total, 0, 1_000)
+        assert stripe_refunds(gw, pi) == []
+    else:   # cancelled by the expiry first: the payment that came after went back to the card
+        assert (order.status, order.paid_amount, order.refunded_amount) == (
+            OffsetStatus.REFUNDED, total, total), order.reason
+        (ref,) = read(session, lambda: [r.stripe_refund_id for r in session.get(Payment, cp["id"]).refunds])
+        assert stripe_refunds(gw, pi) == [total]
+        # Stripe then reports that refund failed (twice), and its earlier "pending" comes after.
+        failed = refund_event(gw, ref, pi, f"evt_race_{rnd}_refund_failed", status="failed",
+                              failure_reason="expired_or_canceled_card")
+        pending = refund_event(gw, ref, pi, f"evt_race_{rnd}_refund_pending", status="pending")
+        run_together(rnd, lambda: webhook(failed), lambda: webhook(failed), lambda: webhook(pending), resume,
+                     order_then_payment)
+        order = read(session, lambda: session.get(OffsetOrder, oid))
+        assert (order.status, order.paid_amount, order.refunded_amount) == (OffsetStatus.REFUND_FAILED, total, 0)
+        p = read(session, lambda: session.get(Payment, cp["id"]))
+        assert (p.refunded_amount, p.refund_owed, [r.status for r in p.refunds]) == (0, total, ["failed"])
+    assert read(session, lambda: session.scalar(select(Payment.status).where(Payment.id == cp["id"]))).has_succeeded
+    assert problems(session) == []
+    return order.status.value
+
+
+def run_together(rnd: int, *fns: Callable[[], Any]) -> None:
+    """Start every function at once (a barrier), each in its own thread; fail on any error."""
+    start = threading.Barrier(len(fns))
+    errors: list[str] = []
+
+    def step(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            start.wait()
+            try:
+                fn()
+            except DBAPIError as err:
+                errors.append(f"{type(err.orig).__name__}: {err.orig}")
+            except BaseException:  # noqa: BLE001 - reported below
+                errors.append(traceback.format_exc())
+        return run
+
+    threads = [threading.Thread(target=step(fn), name=f"round{rnd}-{i}") for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive(), f"{t.name} hung"
+    assert not errors, f"round {rnd}:\n" + "\n".join(errors)

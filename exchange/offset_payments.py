@@ -27,6 +27,11 @@ The money moves through the ledger once, and Stripe is asked once per movement:
   refuses because the buyer paid a moment before, the late `payment_intent.succeeded` is refunded
   to the card at once (`offsets.mark_paid`) and the order says why.
 
+Lock order (`payments`, "Lock order"): the order, then its payment, then the payment's refunds,
+then cash accounts. Every webhook and operator use case on an offset order's payment locks the
+order first (`_lock_order`, registered with `payments.on_lock`); a refund to the card locks the
+payment before the money moves (`lock_card_payment`, registered with `offsets.set_card_locker`).
+
 Refunds outside a web request (the resume job) use `payments`' default gateway: the app configures
 it from its STRIPE_* settings at start-up (`web.payments_setup`). Without one the refund raises
 PaymentsUnavailable and the order's transaction rolls back: the money stays held and the job tries
@@ -78,6 +83,21 @@ def payment_of(session: Session, order: OffsetOrder) -> Payment | None:
     paid = [p for p in found if p.stripe_payment_intent_id == order.payment_ref]
     chosen = paid or found
     return chosen[-1] if chosen else None
+
+
+# ---- lock order -------------------------------------------------------------------------------
+
+
+@payments.on_lock(PURPOSE)
+def _lock_order(session: Session, reference: str) -> None:
+    """Before a webhook or an operator locks an offset order's payment: the order first."""
+    session.get(OffsetOrder, int(reference), with_for_update={"key_share": True})
+
+
+def lock_card_payment(session: Session, order: OffsetOrder) -> None:
+    """The card locker of offset orders (`offsets.set_card_locker`): lock the payment that paid
+    `order` (locked by the caller) before a refund moves money, as `refund_to_card` will."""
+    payments.lock_payment(session, Payment.purpose == PURPOSE, Payment.stripe_payment_intent_id == order.payment_ref)
 
 
 # ---- what Stripe's webhook does ---------------------------------------------------------------
@@ -133,8 +153,8 @@ def refund_to_card(session: Session, order: OffsetOrder, amount: int) -> str:
     the Payment records it, pointing at the paid withdrawal offsets has just posted; the wallet is
     not touched again. Returns the Stripe refund id. Raises Conflict if no card payment paid the order,
     PaymentsUnavailable / PaymentProviderError (the caller's transaction must roll back)."""
-    payment = session.scalar(select(Payment).where(Payment.purpose == PURPOSE,
-                                                   Payment.stripe_payment_intent_id == order.payment_ref))
+    payment = payments.lock_payment(session, Payment.purpose == PURPOSE,
+                                    Payment.stripe_payment_intent_id == order.payment_ref)
     if payment is None:
         raise Conflict(f"offset order {order.id} was not paid by a card payment of this registry",
                        field="order_id", code="no_card_payment")
@@ -178,10 +198,11 @@ def cancel_abandoned(session: Session, limit: int = 100) -> list[int]:
 
 
 def install() -> None:
-    """Register the card refunder and canceller with offsets (done on import; tests that swap them
-    call this after)."""
+    """Register the card refunder, canceller and locker with offsets (done on import; tests that
+    swap them call this after)."""
     offsets.set_card_refunder(refund_to_card)
     offsets.set_card_canceller(cancel_open_payments)
+    offsets.set_card_locker(lock_card_payment)
 
 
 install()

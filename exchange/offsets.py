@@ -19,6 +19,11 @@ step locks the order row and checks its state, so nothing is retired or refunded
 
 Card payments (Stripe, in `exchange.payments`) call `mark_paid` when the payment succeeded and
 register a refunder with `set_card_refunder` that returns money to the card.
+
+Lock order (written out in `exchange.payments`, "Lock order"): the offset order, then its card
+payment, then the payment's refunds, then cash accounts by id. Every use case here locks the order
+first; a refund to the card locks the payment (`set_card_locker`) before it moves money; Stripe's
+webhooks lock the order before the payment.
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ _card_refunder: CardRefunder | None = None
 # Set by the card-payment module: canceller(session, order) stops the order's open card payment.
 CardCanceller = Callable[[Session, OffsetOrder], None]
 _card_canceller: CardCanceller | None = None
+# Set by the card-payment module: locker(session, order) locks the card payment that paid the order.
+CardLocker = Callable[[Session, OffsetOrder], None]
+_card_locker: CardLocker | None = None
 
 
 def set_card_refunder(fn: CardRefunder | None) -> CardRefunder | None:
@@ -111,6 +119,20 @@ def set_card_canceller(fn: CardCanceller | None) -> CardCanceller | None:
     global _card_canceller
     previous, _card_canceller = _card_canceller, fn
     return previous
+
+
+def set_card_locker(fn: CardLocker | None) -> CardLocker | None:
+    """Register how the card payment of an order is locked (`exchange.payments`' lock order: the
+    order, then its payment, then cash accounts). A refund to the card calls it, with the order
+    locked, before any money moves. Returns the one it replaces."""
+    global _card_locker
+    previous, _card_locker = _card_locker, fn
+    return previous
+
+
+def _lock_card_payment(session: Session, order: OffsetOrder) -> None:
+    if order.payment == "card" and order.payment_ref is not None and _card_locker is not None:
+        _card_locker(session, order)
 
 
 def _int(value: object, field: str, low: int = 1, high: int = 10**12) -> int:
@@ -485,6 +507,9 @@ def mark_paid(session: Session, order_id: int, *, payment_ref: str, amount: int 
     amount = order.total if amount is None else amount
     if amount != order.total:
         raise Conflict(f"paid {amount}, the order's total is {order.total}", field="amount", code="wrong_amount")
+    if order.reserved_kg and order.listing_id is not None:
+        # The lock order: the listing (the fill or the expiry takes it next) before cash accounts.
+        _lock_listing(session, order.listing_id)
     now = utcnow()
     if _expired(order, now):
         _end(session, order, OffsetStatus.CANCELLED, "quote_expired", None)
@@ -510,6 +535,10 @@ def refund(session: Session, order: OffsetOrder, reason: str) -> OffsetOrder:
     must be locked by the caller."""
     amount = order.paid_amount - order.refunded_amount
     order.reason = reason   # already now: the card refunder tells the card why
+    if amount > 0:   # the lock order: the payment, the listing, then the cash accounts
+        _lock_card_payment(session, order)
+    if order.reserved_kg and order.listing_id is not None:
+        _lock_listing(session, order.listing_id)   # `_end` gives the reservation back to it
     if amount > 0:
         wallets.release(session, order.holder_id, amount, ref=order.ref)
         if order.payment == "card":
@@ -520,7 +549,9 @@ def refund(session: Session, order: OffsetOrder, reason: str) -> OffsetOrder:
 
 
 def refund_card(session: Session, order: OffsetOrder, amount: int) -> None:
-    """The money leaves the wallet for the card: a paid withdrawal to the bank side of the ledger."""
+    """The money leaves the wallet for the card: a paid withdrawal to the bank side of the ledger.
+    The order must be locked by the caller; its card payment is locked here before the money moves."""
+    _lock_card_payment(session, order)
     available, _ = wallets.holder_accounts(session, order.holder_id)
     w = Withdrawal(holder_id=order.holder_id, amount=amount, bank_reference=f"card-refund:{order.payment_ref}"[:100],
                    status=WithdrawalStatus.PAID, reason=f"refund of offset order {order.id}", decided_at=utcnow())

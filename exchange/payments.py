@@ -6,9 +6,10 @@ confirms the card. Only Stripe's signed `payment_intent.succeeded` webhook makes
 then the handler registered for its purpose (`on_succeeded`) fulfils it in the same transaction. If
 that handler raises a domain error the payment is refunded and says why (`fulfilment_error`).
 
-Webhooks are applied once per event id (`stripe_events`), under the payment's row lock, and move a
-payment only forward (`PaymentStatus.rank`): a repeated or late event is recorded and changes
-nothing. Amounts are integer minor units (fen); the currency is CNY.
+Webhooks are applied once per event id (`stripe_events`), under the payment's row lock (taken
+after its purpose's own row: see "Lock order" below), and move a payment only forward
+(`PaymentStatus.rank`): a repeated or late event is recorded and changes nothing. Amounts are
+integer minor units (fen); the currency is CNY.
 
 Nothing here imports Flask: `web/` passes the gateway it built from its config (or calls `configure`).
 """
@@ -116,6 +117,8 @@ def _gw(gateway: StripeGateway | None) -> StripeGateway:
 Handler = Callable[[Session, Payment], None]
 # (session, payment, the failed refund, the refund that retried it or None: credited to the wallet)
 RefundHandler = Callable[[Session, Payment, PaymentRefund, PaymentRefund | None], None]
+# (session, the payment's reference): locks the purpose's own row (an offset order), if there is one
+OwnerLock = Callable[[Session, str], None]
 
 
 @dataclass
@@ -125,12 +128,15 @@ class PurposeRegistry:
     refunded. A failed handler runs when an attempt is declined or the PaymentIntent is canceled
     (possibly more than once: the browser may retry a declined card). A refund_failed handler runs
     once when Stripe reports one of the payment's refunds failed (its fourth argument is None), a
-    refund_resolved handler when an operator resolved that failure (`resolve_failed_refund`)."""
+    refund_resolved handler when an operator resolved that failure (`resolve_failed_refund`). A
+    purpose whose handlers lock its own row registers how (`on_lock`): that row is locked before the
+    payment's (see "Lock order")."""
 
     succeeded: dict[str, Handler] = field(default_factory=dict)
     failed: dict[str, Handler] = field(default_factory=dict)
     refund_failed: dict[str, RefundHandler] = field(default_factory=dict)
     refund_resolved: dict[str, RefundHandler] = field(default_factory=dict)
+    owner_lock: dict[str, OwnerLock] = field(default_factory=dict)
 
 
 purposes = PurposeRegistry()
@@ -162,6 +168,56 @@ def on_refund_resolved(purpose: str) -> Callable[[RefundHandler], RefundHandler]
         purposes.refund_resolved[purpose] = fn
         return fn
     return register
+
+
+def on_lock(purpose: str) -> Callable[[OwnerLock], OwnerLock]:
+    def register(fn: OwnerLock) -> OwnerLock:
+        purposes.owner_lock[purpose] = fn
+        return fn
+    return register
+
+
+# ---- lock order -------------------------------------------------------------------------------
+#
+# One global order for the rows that card payments and their purposes lock, so that two
+# transactions never wait for each other (PostgreSQL aborts one with "deadlock detected"):
+#
+#   purpose's row (offset order) → payment → its refunds → offset listing (its blocks are locked
+#   only under it) → cash accounts, by id within each journal (`wallets.post`, the sequencer)
+#
+# Before, webhooks took the payment first and the order second, while the resume job, the fill and
+# the refund to the card took the order first and the payment second. The paths, as they are now:
+# - webhooks (`apply_event`, every type): `lock_payment` (order → payment; purpose and reference
+#   are read first without a lock: they never change), then
+#   succeeded → `offsets.mark_paid`: listing → cash (deposit, hold) → the fill: blocks → cash;
+#     a fill that fails → `offsets.refund` (below) or `refund_unfulfilled`;
+#   a refund that failed (`_record_refund_failure`) → refund row → cash (deposit, hold) →
+#     `offsets.card_refund_failed` (the order, already held).
+# - the resume job, `offsets.fulfil`, `_resume_failed`, a late payment: order → the fill in a
+#   savepoint (listing → blocks → cash; rolled back if it fails) → `offsets.refund`: payment
+#   (`offset_payments.lock_card_payment`) → listing → cash (release, paid withdrawal) → refund row
+#   (`refund_external`); `offset_fill._finish`: order → payment (`offsets.refund_card`) → cash.
+# - operators: `refund`, `resolve_failed_refund`: `lock_payment` (order → payment) → refund row →
+#   cash → the purpose's handler (the order, already held).
+# - expiry and cancellation: order → listing → payment with SKIP LOCKED (`cancel_payment`): it
+#   never waits for the payment, so it cannot close a cycle; neither can `cancel_abandoned` (the
+#   expiry job's retry: payment, SKIP LOCKED, without the order, then only its audit record).
+# Taking a row the transaction already holds again never waits. A purpose without a row of its
+# own (a wallet top-up) starts at the payment. Not covered: within one transaction the cash
+# accounts of several journals (a webhook's deposit, hold and settlement) are not one id-ordered set.
+
+
+def lock_payment(session: Session, *where: Any, populate_existing: bool = False) -> Payment | None:
+    """The payment matching `where`, locked after its purpose's own row (the lock order above);
+    None if there is none. Its purpose and reference never change, so they are read first without
+    a lock."""
+    found = session.execute(select(Payment.id, Payment.purpose, Payment.reference).where(*where)).first()
+    if found is None:
+        return None
+    owner_lock = purposes.owner_lock.get(found.purpose)
+    if owner_lock is not None:
+        owner_lock(session, found.reference)
+    return session.get(Payment, found.id, with_for_update={"key_share": True}, populate_existing=populate_existing)
 
 
 def credit_wallet(session: Session, payment: Payment) -> Deposit:
@@ -259,7 +315,7 @@ def refund(session: Session, actor: Actor, payment_id: int, amount: int | None, 
     actor.require_kind(HolderKind.OPERATOR)
     if not (reason and reason.strip()):
         raise InvalidInput("a refund needs a reason", field="reason")
-    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    p = lock_payment(session, Payment.id == payment_id)
     if p is None:
         raise NotFound(f"no payment {payment_id}", field="payment_id")
     left = p.refundable - p.refund_owed    # failed refunds' money is resolved by resolve_failed_refund
@@ -278,7 +334,7 @@ def refund_unfulfilled(session: Session, payment_id: int, error: str, *,
     (InsufficientFunds otherwise). Raises like `refund`."""
     if not (error and error.strip()):
         raise InvalidInput("say why the payment could not be fulfilled", field="error")
-    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    p = lock_payment(session, Payment.id == payment_id)
     if p is None:
         raise NotFound(f"no payment {payment_id}", field="payment_id")
     p.fulfilment_error = error.strip()
@@ -301,7 +357,7 @@ def refund_external(session: Session, payment_id: int, amount: int, reason: str,
     then roll back the purpose's payout too)."""
     if not (reason and reason.strip()):
         raise InvalidInput("a refund needs a reason", field="reason")
-    p = session.get(Payment, payment_id, with_for_update={"key_share": True})
+    p = lock_payment(session, Payment.id == payment_id)
     if p is None:
         raise NotFound(f"no payment {payment_id}", field="payment_id")
     rec = _refund(session, None, p, amount, reason.strip(), _gw(gateway), pay_out=False,
@@ -325,9 +381,10 @@ def cancel_payment(session: Session, payment_id: int, reason: str, *,
     audit record is left; the purpose's own change goes on, and a job may call this again. No
     actor: call it only from the purpose's own use cases.
 
-    The purpose holds its own row's lock here, and a webhook locks the payment before the purpose's
-    row: so a payment locked by a webhook being applied is skipped (SKIP LOCKED, no deadlock), for
-    the job's retry to look at again."""
+    The purpose holds its own row's lock here (the lock order above: a webhook or a refund waits
+    for that row before it takes the payment's). A payment locked anyway (the job's own retry,
+    `cancel_abandoned`, is calling Stripe) is skipped (SKIP LOCKED: nobody waits for Stripe's
+    answer), for the job's retry to look at again."""
     p = session.scalar(select(Payment).where(Payment.id == payment_id)
                        .with_for_update(key_share=True, skip_locked=True))
     if p is None:
@@ -470,7 +527,7 @@ def resolve_failed_refund(session: Session, actor: Actor, refund_id: int, action
     rec = session.get(PaymentRefund, refund_id)
     if rec is None:
         raise NotFound(f"no refund {refund_id}", field="refund_id")
-    p = session.get(Payment, rec.payment_id, with_for_update={"key_share": True}, populate_existing=True)
+    p = lock_payment(session, Payment.id == rec.payment_id, populate_existing=True)
     assert p is not None
     session.refresh(rec)
     if rec.status != "failed" or rec.returned_deposit_id is None:
@@ -528,12 +585,12 @@ def _payment_intent_of(obj: dict[str, Any]) -> str | None:
 
 
 def apply_event(session: Session, event: dict[str, Any], gw: StripeGateway) -> WebhookResult:
-    """Apply a verified event once, under the payment's row lock (concurrent deliveries queue)."""
+    """Apply a verified event once, under the payment's row lock (concurrent deliveries queue),
+    taken after its purpose's row (an offset order: `lock_payment`)."""
     etype = str(event.get("type", ""))
     obj = (event.get("data") or {}).get("object") or {}
     pi_id = _payment_intent_of(obj)
-    p = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == pi_id)
-                       .with_for_update(key_share=True)) if pi_id else None
+    p = lock_payment(session, Payment.stripe_payment_intent_id == pi_id) if pi_id else None
     done = session.scalar(select(StripeEvent).where(StripeEvent.event_id == event["id"]))
     if done is not None:
         return WebhookResult(done.event_id, done.type, done.payment_id, done.outcome, duplicate=True)

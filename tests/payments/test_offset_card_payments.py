@@ -513,8 +513,9 @@ def test_the_expiry_job_leaves_wallet_topups_payable(client, session, session_fa
 @pytest.mark.postgres
 def test_expiry_skips_a_payment_a_webhook_is_applying_and_the_job_cancels_it_later(client, session, session_factory,
                                                                                   m, gw, localstripe):
-    """A webhook locks the payment, then the order; expiry locks the order, then the payment. So the
-    expiry does not wait for a payment row that is locked (no deadlock): it leaves it to the job."""
+    """Expiry locks the order, then the payment, with SKIP LOCKED: a payment row another transaction
+    holds (the job's own retry waiting for Stripe; webhooks now wait for the order before they take
+    the payment, `payments` "Lock order") is not waited for: it is left to the job."""
     o = card_order(client, m)
     oid, cp = o["id"], o["card_payment"]
     pi = cp["stripe_payment_intent_id"]

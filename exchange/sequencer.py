@@ -57,17 +57,34 @@ HALT_PREFIX = "sequencer: "
 ENGINE_ERROR = "engine_error"   # the reason of an order whose place command was set aside
 
 
+# Failures of the database or the machine, not of a command: PostgreSQL SQLSTATE classes (connection
+# exception, transaction rollback = serialization failure or deadlock, insufficient resources, lock
+# not available, operator intervention = cancel or shutdown, system error) and SQLite result codes.
+_TRANSIENT_SQLSTATE = ("08", "40", "53", "55", "57", "58")
+_TRANSIENT_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_NOMEM",
+                     "SQLITE_INTERRUPT", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")
+
+
 def transient(e: BaseException) -> bool:
-    """Whether a failure says nothing about the command being applied: the database or the machine
-    failed (lost or invalidated connection, pool timeout, serialization failure, deadlock, lock or
-    statement timeout, full disk, "database is locked" on SQLite: all OperationalError, or an OSError
-    of our own process). Such a command is retried as it is, never set aside, however often it fails.
-    Anything else (IntegrityError, DataError, a Python error in our code) may be the command's own
-    fault, which is confirmed only by its failing again alone."""
-    if isinstance(e, exc.DBAPIError) and e.connection_invalidated:
-        return True
-    return isinstance(e, exc.OperationalError | exc.InterfaceError | exc.DisconnectionError | exc.TimeoutError
-                      | OSError | MemoryError)
+    """Whether a failure says nothing about the commands being applied: the database or the machine
+    failed (a lost or invalidated connection, a pool timeout, a serialization failure or deadlock, a
+    lock or statement timeout, a full disk, SQLite's "database is locked", an OSError of our own
+    process). Such a batch is retried as it is on the next run, never split, and no command is set
+    aside however often it fails. Anything else (a constraint or data error, a program limit such as
+    too many parameters, an error in our code) may be the commands' own fault: the failing command is
+    isolated, and set aside only if it fails again alone. A driver error we cannot place is taken as
+    transient: rejecting a good order is worse than retrying a bad one."""
+    if isinstance(e, exc.DBAPIError):
+        if e.connection_invalidated:
+            return True
+        state = getattr(e.orig, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state[:2] in _TRANSIENT_SQLSTATE
+        name = getattr(e.orig, "sqlite_errorname", None)
+        if isinstance(name, str) and name:
+            return name.startswith(_TRANSIENT_SQLITE)
+        return isinstance(e, exc.OperationalError | exc.InterfaceError)
+    return isinstance(e, exc.DisconnectionError | exc.TimeoutError | OSError | MemoryError)
 
 
 def build_book(session: Session, inst: Instrument) -> matching.OrderBook:

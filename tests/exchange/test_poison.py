@@ -243,9 +243,26 @@ def test_a_transient_failure_never_sets_a_command_aside(session, m, monkeypatch)
 
 
 def test_transient_tells_the_environment_from_the_command():
-    assert seqmod.transient(OperationalError("SELECT 1", {}, Exception("could not serialize access")))
+    import sqlite3
+
+    import psycopg.errors as pg
+
+    def sqlite(name, message):
+        e = sqlite3.OperationalError(message)
+        e.sqlite_errorname = name
+        return OperationalError("UPDATE", {}, e)
+
+    assert seqmod.transient(OperationalError("SELECT", {}, pg.SerializationFailure("could not serialize access")))
+    assert seqmod.transient(OperationalError("SELECT", {}, pg.DeadlockDetected("deadlock detected")))
+    assert seqmod.transient(OperationalError("SELECT", {}, pg.AdminShutdown("terminating connection")))
+    assert seqmod.transient(sqlite("SQLITE_BUSY", "database is locked"))
+    assert seqmod.transient(sqlite("SQLITE_IOERR_WRITE", "disk I/O error"))
+    assert seqmod.transient(OperationalError("SELECT", {}, Exception("server closed the connection")))
     assert seqmod.transient(ConnectionResetError())
-    assert not seqmod.transient(IntegrityError("INSERT", {}, Exception("violates check constraint")))
+    # the same failure every time, whatever the moment: the commands' own
+    assert not seqmod.transient(IntegrityError("INSERT", {}, pg.CheckViolation("violates check constraint")))
+    assert not seqmod.transient(OperationalError("INSERT", {}, pg.ProgramLimitExceeded("too many parameters")))
+    assert not seqmod.transient(sqlite("SQLITE_ERROR", "too many SQL variables"))
     assert not seqmod.transient(RuntimeError("order 7 holds 10, trade needs 20"))
     assert not seqmod.transient(KeyError("by_kg"))
 

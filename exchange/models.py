@@ -265,6 +265,9 @@ class Order(Base):
 class CommandStatus(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
+    # Set aside by the sequencer: it failed alone, twice, so it is not applied; `result` holds the
+    # error and what was done instead (a place's order rejected with its hold released).
+    FAILED = "failed"
 
 
 class OrderCommand(Base):

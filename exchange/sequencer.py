@@ -7,6 +7,15 @@ batch it writes, in one transaction, the orders' new states, the trades and thei
 released reserves and the instrument's engine position. If that transaction fails, the in-memory
 book is thrown away and rebuilt from what was committed, so a crash at any point loses nothing
 and settles nothing twice (a trade is unique by (instrument, engine seq)).
+
+A command that fails every time (a bug, a constraint its settlement breaks, bad arguments) must
+not stall its instrument: when a batch fails, the sequencer bisects it in fresh transactions, the
+commands before the failing one apply as usual and in order, and a command that fails alone twice
+is set aside (`CommandStatus.FAILED`; a place's order is rejected with reason `engine_error` and
+its hold released). A failure of the environment (lost connection, serialization failure,
+deadlock, a full disk: `transient()`) never sets a command aside; the batch is retried on the next
+run. If even setting aside fails, the instrument is halted with a reason the operators see, and the
+sequencer leaves it alone until they resume it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-from sqlalchemy import Table, or_, select, text
+from sqlalchemy import Table, exc, func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import matching
@@ -41,6 +50,41 @@ from registry import audit, units
 from registry.db import bulk_insert, bulk_update, utcnow
 
 log = logging.getLogger(__name__)
+
+# `Instrument.status_reason` of an instrument the sequencer halted: it skips such an instrument until
+# an operator resumes it (an operator's own halt still lets cancels and end-of-day through).
+HALT_PREFIX = "sequencer: "
+ENGINE_ERROR = "engine_error"   # the reason of an order whose place command was set aside
+
+
+# Failures of the database or the machine, not of a command: PostgreSQL SQLSTATE classes (connection
+# exception, transaction rollback = serialization failure or deadlock, insufficient resources, lock
+# not available, operator intervention = cancel or shutdown, system error) and SQLite result codes.
+_TRANSIENT_SQLSTATE = ("08", "40", "53", "55", "57", "58")
+_TRANSIENT_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_NOMEM",
+                     "SQLITE_INTERRUPT", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")
+
+
+def transient(e: BaseException) -> bool:
+    """Whether a failure says nothing about the commands being applied: the database or the machine
+    failed (a lost or invalidated connection, a pool timeout, a serialization failure or deadlock, a
+    lock or statement timeout, a full disk, SQLite's "database is locked", an OSError of our own
+    process). Such a batch is retried as it is on the next run, never split, and no command is set
+    aside however often it fails. Anything else (a constraint or data error, a program limit such as
+    too many parameters, an error in our code) may be the commands' own fault: the failing command is
+    isolated, and set aside only if it fails again alone. A driver error we cannot place is taken as
+    transient: rejecting a good order is worse than retrying a bad one."""
+    if isinstance(e, exc.DBAPIError):
+        if e.connection_invalidated:
+            return True
+        state = getattr(e.orig, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state[:2] in _TRANSIENT_SQLSTATE
+        name = getattr(e.orig, "sqlite_errorname", None)
+        if isinstance(name, str) and name:
+            return name.startswith(_TRANSIENT_SQLITE)
+        return isinstance(e, exc.OperationalError | exc.InterfaceError)
+    return isinstance(e, exc.DisconnectionError | exc.TimeoutError | OSError | MemoryError)
 
 
 def build_book(session: Session, inst: Instrument) -> matching.OrderBook:
@@ -403,7 +447,9 @@ class Sequencer:
         # not an empty transaction per instrument.
         queued = (select(_COMMANDS.c.id).where(_COMMANDS.c.instrument_id == Instrument.id,
                                                _COMMANDS.c.status == CommandStatus.PENDING).exists())
-        stmt = (select(Instrument.id).where(Instrument.status != InstrumentStatus.DELISTED, queued)
+        halted_here = ((Instrument.status == InstrumentStatus.HALTED)
+                       & func.coalesce(Instrument.status_reason, "").startswith(HALT_PREFIX))
+        stmt = (select(Instrument.id).where(Instrument.status != InstrumentStatus.DELISTED, ~halted_here, queued)
                 .order_by(Instrument.id))
         ids = list(session.scalars(stmt))
         return [i for i in ids if self.only is None or i in self.only]
@@ -429,24 +475,140 @@ class Sequencer:
 
     def _run_batch(self, inst_id: int) -> int:
         applied: list[int] = []
-        n = self._write_batch(inst_id, applied)
-        if applied:
-            for callback in self.on_applied:
-                callback(applied)
+        tried: list[int] = []
+        try:
+            n = self._write_batch(inst_id, applied, self.batch_size, tried)
+        except Exception as e:
+            if transient(e) or not tried:
+                raise
+            log.warning("sequencer: a batch of %d commands of instrument %d failed (%s: %s); isolating the "
+                        "failing command", len(tried), inst_id, type(e).__name__, e)
+            n = self._isolate(inst_id, applied, len(tried), e)
+        finally:
+            if applied:
+                for callback in self.on_applied:
+                    callback(applied)
         return n
 
-    def _write_batch(self, inst_id: int, applied: list[int]) -> int:
+    def _isolate(self, inst_id: int, applied: list[int], failed: int, error: Exception) -> int:
+        """The first `failed` pending commands of the instrument failed as one batch: apply them in
+        order in smaller batches (bisecting the failing prefix), set aside a command that fails
+        alone twice, and go on with the rest. Returns how many commands were applied or set aside.
+
+        Each attempt is a fresh transaction on a book rebuilt from the database, so a command that
+        failed only in company, or only once, applies normally. A transient failure is raised
+        (the next run starts over); so is the loss of the instrument to another sequencer."""
+        done, left = 0, failed
+        bad: int | None = failed   # a prefix of the pending commands this long is known to fail
+        alone = 0                  # how many times in a row the head command failed on its own
+        while left > 0:
+            size = left if bad is None else max(1, bad // 2)
+            tried: list[int] = []
+            try:
+                n = self._write_batch(inst_id, applied, size, tried)
+            except Exception as e:
+                if transient(e) or not tried:
+                    raise
+                error = e
+                if size > 1:
+                    bad = size
+                    continue
+                alone += 1
+                if alone < 2:
+                    continue
+                if not self._set_aside(inst_id, tried[0], error, applied):
+                    return done   # halted, or another sequencer has it now
+                done, left, bad, alone = done + 1, left - 1, None, 0
+                continue
+            if n == 0:
+                return done
+            done, left, alone = done + n, left - n, 0
+            if bad is not None:
+                bad = bad - n if bad > n else None   # the suspect went through alone: it did not fail again
+        return done
+
+    def _set_aside(self, inst_id: int, cmd_id: int, error: Exception, applied: list[int]) -> bool:
+        """Mark the command failed, in one transaction with its audit record; a pending place's order
+        is rejected and its hold released through the batch's own release path. If that fails too,
+        halt the instrument. Returns whether the command was set aside."""
+        reason = f"{type(error).__name__}: {error}"[:2000]
         try:
             with self.factory() as s, s.begin():
-                if s.get_bind().dialect.name == "postgresql" and not s.execute(
-                        text("SELECT pg_try_advisory_xact_lock(7340, :i)"), {"i": inst_id}).scalar():
+                if not self._lock(s, inst_id):
+                    return False
+                head = s.execute(select(_COMMANDS.c.id, _COMMANDS.c.kind, _COMMANDS.c.order_id, _COMMANDS.c.args)
+                                 .where(_COMMANDS.c.instrument_id == inst_id,
+                                        _COMMANDS.c.status == CommandStatus.PENDING)
+                                 .order_by(_COMMANDS.c.id).limit(1)).first()
+                if head is None or head.id != cmd_id:
+                    return False   # someone else moved the queue on: nothing to set aside here
+                inst = s.get(Instrument, inst_id, with_for_update={"key_share": True})
+                assert inst is not None
+                batch = _Batch(s, inst)
+                batch.lock([(head, [])])
+                order = batch.orders.get(head.order_id) if head.order_id else None
+                rejected = head.kind == "place" and order is not None and order.status is OrderStatus.PENDING
+                if rejected:
+                    assert order is not None
+                    order.status, order.reason = OrderStatus.REJECTED, ENGINE_ERROR
+                    batch.finish(order)
+                result = [{"kind": "failed", "reason": ENGINE_ERROR, "error": reason,
+                           "order_id": head.order_id, "order_rejected": rejected}]
+                batch.audit.append(("order_command.failed", "order_command", head.id,
+                                    {"instrument": inst.symbol, "kind": head.kind, "order_id": head.order_id,
+                                     "error": reason, "order_rejected": rejected}))
+                batch.flush([])
+                s.execute(_COMMANDS.update().where(_COMMANDS.c.id == head.id).values(
+                    status=CommandStatus.FAILED, processed_at=utcnow(), result=result))
+                notify.applied(s, inst_id, [head.id])
+        except Exception as e:
+            if transient(e):
+                raise
+            log.exception("sequencer: command %d of instrument %d could not be set aside", cmd_id, inst_id)
+            self._halt(inst_id, cmd_id, error, e)
+            return False
+        finally:
+            self.books.pop(inst_id, None)   # rebuilt from the database on the next batch
+        log.error("sequencer: command %d of instrument %d failed alone twice and was set aside: %s",
+                  cmd_id, inst_id, reason)
+        applied.append(cmd_id)
+        return True
+
+    def _halt(self, inst_id: int, cmd_id: int, error: Exception, aside_error: Exception) -> None:
+        """Stop the instrument visibly: halted, with the reason and an audit record. The sequencer
+        skips it (`HALT_PREFIX`) until an operator resumes it; its commands stay pending."""
+        why = (f"{HALT_PREFIX}command #{cmd_id} fails ({type(error).__name__}: {error}) and could not be "
+               f"set aside ({type(aside_error).__name__}: {aside_error})")[:2000]
+        with self.factory() as s, s.begin():
+            inst = s.get(Instrument, inst_id, with_for_update=True)
+            assert inst is not None
+            before = inst.status
+            inst.status, inst.status_reason = InstrumentStatus.HALTED, why
+            audit.record(s, None, "instrument.halted", "instrument", inst.id,
+                         {"from": before.value, "to": InstrumentStatus.HALTED.value, "reason": why,
+                          "command": cmd_id})
+        log.critical("sequencer: instrument %d halted: %s", inst_id, why)
+
+    @staticmethod
+    def _lock(s: Session, inst_id: int) -> bool:
+        """On PostgreSQL, this sequencer's turn at the instrument for the transaction (False: another
+        sequencer has it)."""
+        return s.get_bind().dialect.name != "postgresql" or bool(s.execute(
+            text("SELECT pg_try_advisory_xact_lock(7340, :i)"), {"i": inst_id}).scalar())
+
+    def _write_batch(self, inst_id: int, applied: list[int], limit: int, tried: list[int]) -> int:
+        """Apply up to `limit` pending commands in one transaction; `tried` gets the ids taken."""
+        try:
+            with self.factory() as s, s.begin():
+                if not self._lock(s, inst_id):
                     return 0
                 cmds = s.execute(select(_COMMANDS.c.id, _COMMANDS.c.kind, _COMMANDS.c.order_id, _COMMANDS.c.args)
                                  .where(_COMMANDS.c.instrument_id == inst_id,
                                         _COMMANDS.c.status == CommandStatus.PENDING)
-                                 .order_by(_COMMANDS.c.id).limit(self.batch_size)).all()
+                                 .order_by(_COMMANDS.c.id).limit(limit)).all()
                 if not cmds:
                     return 0
+                tried.extend(c.id for c in cmds)
                 inst = s.get(Instrument, inst_id, with_for_update={"key_share": True})
                 assert inst is not None
                 book = self.book(s, inst)
@@ -475,9 +637,9 @@ class Sequencer:
                         inst.band_low, inst.band_high = int(cmd.args["low"]), int(cmd.args["high"])
                 inst.engine_seq = book.seq
                 batch.flush(results)
-                applied.extend(c.id for c in cmds)
-                notify.applied(s, inst_id, applied)
-                return len(cmds)
+                notify.applied(s, inst_id, [c.id for c in cmds])
+            applied.extend(c.id for c in cmds)
+            return len(cmds)
         except Exception:
             # The database did not take this batch: forget the book, rebuild it next time.
             self.books.pop(inst_id, None)

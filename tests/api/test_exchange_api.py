@@ -166,3 +166,43 @@ def test_close_day_history_and_blend(client, runner, mkt):
                     json={"weights": {"vwap": 8000, "CEA": 2000}})
     assert r.status_code == 200 and r.json["blend_weights"] == {"vwap": 8000, "CEA": 2000}
     assert client.get("/api/v1/external-indices?code=CEA").json[0]["price"] == 9_000
+
+
+def test_an_order_the_sequencer_sets_aside_answers_an_error(client, mkt, monkeypatch):
+    """The buy's settlement fails every time (injected): the sequencer sets its command aside, and
+    the waiting POST answers 500 engine_error instead of waiting; the order is rejected and the
+    buyer's cash is all available again. A retry with the same key gets the same answer."""
+    from registry import units
+
+    w = mkt
+    r = client.post("/api/v1/instruments", headers=h(w.operator), json={
+        "symbol": "CI-PV-2025", "name_zh": "光伏2025", "name_en": "PV 2025", "kind": "pooled",
+        "vintage_from": 2025, "vintage_to": 2025, "sector": "energy", "reference_price": 5000})
+    assert r.status_code == 201, r.json
+    sell = client.post("/api/v1/orders", headers=h(w.owner), json={
+        "instrument": "CI-PV-2025", "side": "sell", "qty_kg": 1000, "price": 5000})
+    assert sell.status_code == 201 and sell.json["status"] == "open", sell.json
+    real = units.ListedUnits.deliver
+
+    def deliver(self, ref, quantity, to_holder_id, *, memo):
+        if to_holder_id == w.buyer.holder.id:
+            raise RuntimeError("settlement bug")
+        return real(self, ref, quantity, to_holder_id, memo=memo)
+
+    monkeypatch.setattr(units.ListedUnits, "deliver", deliver)
+    body = {"instrument": "CI-PV-2025", "side": "buy", "qty_kg": 1000, "price": 5000}
+    buy = client.post("/api/v1/orders", headers=h(w.buyer, "poison"), json=body)
+    assert buy.status_code == 500, buy.json
+    err = buy.json["error"]
+    assert (err["code"], err["field"]) == ("engine_error", "order_id")
+    assert "rejected (reason engine_error) and its hold released" in err["message"]
+    again = client.post("/api/v1/orders", headers=h(w.buyer, "poison"), json=body)
+    assert again.status_code == 500 and again.json == buy.json and again.headers["Idempotent-Replayed"] == "true"
+    mine = client.get("/api/v1/orders", headers=h(w.buyer)).json
+    assert mine["total"] == 1
+    o = mine["items"][0]
+    assert (o["status"], o["reason"], o["cash_held"], o["fills"]) == ("rejected", "engine_error", 0, [])
+    wallet = client.get("/api/v1/wallet", headers=h(w.buyer)).json
+    assert (wallet["available"], wallet["held"]) == (500_000, 0)
+    depth = client.get("/api/v1/instruments/CI-PV-2025/depth").json
+    assert depth["asks"] == [{"price": 5000, "qty_kg": 1000, "orders": 1}] and depth["bids"] == []

@@ -239,7 +239,17 @@ def _after_commit(session: Session, op: Operation, result: AfterCommit, scope: s
                                 request_hash=req_hash, status_code=0, response_body="")
         session.add(rec)
     session.commit()
-    text = json.dumps(_dump(op, result.produce()), ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(_dump(op, result.produce()), ensure_ascii=False, default=str)
+    except RegistryError as err:
+        # The effect committed but its outcome is an error (the sequencer set the command aside):
+        # answer it, and record it as the answer to a retry with the same key.
+        session.rollback()
+        resp = error_response(err.status, err.code, err.message, err.field)
+        if rec is not None:
+            rec.status_code, rec.response_body = resp.status_code, resp.get_data(as_text=True)
+            session.commit()
+        return resp
     session.rollback()
     if rec is not None:
         rec.status_code, rec.response_body = status, text

@@ -10,6 +10,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from exchange import instruments, market_data, notify, orders, reference, wallets
+from exchange.errors import EngineError
 from exchange.models import (
     CommandStatus,
     Instrument,
@@ -207,10 +208,20 @@ def _await(command_id: int, order_id: int) -> Any:
     def done() -> bool:
         status = session.scalar(select(OrderCommand.status).where(OrderCommand.id == command_id))
         session.rollback()
-        return status is CommandStatus.DONE
+        return status is not CommandStatus.PENDING
 
     watch: notify.CommandWatch = current_app.extensions["command_watch"]
     watch.wait(command_id, done, float(current_app.config.get("ORDER_WAIT_S", 2.0)))
+    cmd = session.get(OrderCommand, command_id)
+    if cmd is not None and cmd.status is CommandStatus.FAILED:
+        kind = cmd.kind
+        session.rollback()
+        # The error text stays in the command's result and the audit log; the client learns what
+        # happened to its order, not our internals.
+        what = (f"order {order_id} was rejected (reason engine_error) and its hold released" if kind == "place"
+                else f"order {order_id} is unchanged")
+        raise EngineError(f"the exchange could not apply this {kind} (command {command_id}); {what}",
+                          field="order_id")
     order = session.scalar(select(Order).where(Order.id == order_id).options(joinedload(Order.instrument)))
     assert order is not None
     view = order_view(session, order)

@@ -1,6 +1,6 @@
 """order commands the sequencer set aside
 
-Revision ID: 0012_command_failed
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-23 17:00:00
 
@@ -10,7 +10,7 @@ sequencer (exchange.sequencer) instead of stalling its instrument; its result ho
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0012_command_failed'
+revision = '0012'
 down_revision = '0011'
 branch_labels = None
 depends_on = None

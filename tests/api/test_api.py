@@ -286,6 +286,8 @@ def test_openapi_document_and_docs_page(client):
     assert spec["openapi"].startswith("3.")
     # a partner's signed batch: a bad signature, an inactive partner, a batch over the limits
     assert {"201", "401", "403", "404", "413", "422"} <= set(spec["paths"]["/api/v1/behaviour/batches"]["post"]["responses"])
+    # an order command the sequencer set aside answers 500 engine_error
+    assert "500" in spec["paths"]["/api/v1/orders"]["post"]["responses"]
     assert "/api/v1/retirements" in spec["paths"] and "post" in spec["paths"]["/api/v1/retirements"]
     post = spec["paths"]["/api/v1/retirements"]["post"]
     assert post["security"] == [{"bearer": []}]

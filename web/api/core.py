@@ -159,12 +159,13 @@ def paginate(session: Session, stmt: Any, page: int, per_page: int) -> tuple[lis
 def endpoint(bp: Blueprint, rule: str, method: str = "GET", *, summary: str, tags: tuple[str, ...] = (),
              auth: bool = False, query: type[Schema] | None = None, body: type[Schema] | None = None,
              response: type[Schema] | None = None, status: int = 200, many: bool = False,
-             paginated: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `fn(session, actor, *, query=..., body=..., **path)` as an API operation."""
+             paginated: bool = False, errors: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn(session, actor, *, query=..., body=..., **path)` as an API operation (`errors`:
+    error statuses it may answer beyond the usual ones, for the OpenAPI document)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         op = Operation(rule, method, fn.__name__, summary, tags, auth, query, body, response, status,
-                       many, paginated)
+                       many, paginated, errors=errors)
         OPERATIONS.append(op)
 
         @functools.wraps(fn)

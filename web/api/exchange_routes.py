@@ -230,7 +230,8 @@ def _await(command_id: int, order_id: int) -> Any:
 
 
 @endpoint(bp, "/orders", "POST", summary="Place an order; waits briefly for the engine's result",
-          tags=("orders",), auth=True, body=s.OrderCreate, response=s.OrderOut, status=201)
+          tags=("orders",), auth=True, body=s.OrderCreate, response=s.OrderOut, status=201,
+          errors=("500",))   # engine_error: the sequencer set the command aside
 def create_order(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
     if body.get("expire_at") is not None:
         body["expire_at"] = body["expire_at"].astimezone(dt.UTC).replace(tzinfo=None)
@@ -261,7 +262,7 @@ def get_order(session: Session, actor: Actor, order_id: int) -> Any:
 
 
 @endpoint(bp, "/orders/<int:order_id>/cancel", "POST", summary="Cancel my order", tags=("orders",), auth=True,
-          response=s.OrderOut)
+          response=s.OrderOut, errors=("500",))
 def cancel_order(session: Session, actor: Actor, order_id: int) -> Any:
     cmd = orders.cancel_order(session, actor, order_id)
     cid = cmd.id
@@ -269,7 +270,7 @@ def cancel_order(session: Session, actor: Actor, order_id: int) -> Any:
 
 
 @endpoint(bp, "/orders/<int:order_id>/reduce", "POST", summary="Reduce my resting order (keeps priority)",
-          tags=("orders",), auth=True, body=s.ReduceRequest, response=s.OrderOut)
+          tags=("orders",), auth=True, body=s.ReduceRequest, response=s.OrderOut, errors=("500",))
 def reduce_order(session: Session, actor: Actor, order_id: int, *, body: dict[str, Any]) -> Any:
     cmd = orders.reduce_order(session, actor, order_id, body["by_kg"])
     cid = cmd.id
@@ -277,7 +278,7 @@ def reduce_order(session: Session, actor: Actor, order_id: int, *, body: dict[st
 
 
 @endpoint(bp, "/orders/<int:order_id>/replace", "POST", summary="Move my resting order to a new price",
-          tags=("orders",), auth=True, body=s.ReplaceRequest, response=s.OrderOut)
+          tags=("orders",), auth=True, body=s.ReplaceRequest, response=s.OrderOut, errors=("500",))
 def replace_order(session: Session, actor: Actor, order_id: int, *, body: dict[str, Any]) -> Any:
     cmd = orders.replace_order(session, actor, order_id, body["price"])
     cid = cmd.id

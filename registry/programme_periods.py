@@ -22,7 +22,8 @@ The grams through end(P) are read without visiting the programme's history: all 
 accepted grams (the sum of its batches' counters, kept with the events in each chunk's transaction)
 minus the accepted grams of days after end(P), a range of the programme's day totals
 (`registry.behaviour.ProgrammeDay`, one row a day, kept by the import in each chunk's transaction)
-that covers only the days since the period ended. Both sums are read under the programme's import lock, so they see the same chunks.
+that covers only the days since the period ended. Both sums are read under the programme's import
+lock, so they see the same chunks.
 
 A verifier (or the operator) may reject a period's monitoring report. Its grams are not dropped and
 not moved into another period: as in Verra's and Gold Standard's flow, the report is corrected and
@@ -244,7 +245,7 @@ def check(session: Session) -> list[str]:
     return found
 
 
-# -- reading the accepted grams by index range ----------------------------------------------------
+# -- reading the accepted grams ----------------------------------------------------------------------
 
 def accepted_grams(session: Session, programme_id: int) -> int:
     """All the programme's accepted grams: the sum of its partners' batch counters (one row per batch;

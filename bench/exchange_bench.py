@@ -34,6 +34,10 @@ unless `--keep`, also on failure):
    same price are placed (committed, pending) and `run_once()` draining them is timed: trades/s =
    Trade rows created / that time. Every SQL statement of the drain is counted by a
    `before_cursor_execute` listener (statements per trade, by kind and table).
+1b. The floor, as a peer of phase 1: `bench/http_floor.py` served by gunicorn with the same settings
+   and hit by the same load generator: each POST parses the JSON, reads the token, INSERTs one row
+   and commits (psycopg, no ORM, no hold, no engine) and answers 201. Order entry does all of that
+   and more, so its rate on this machine cannot exceed the floor's; vs_floor = phase 1 / phase 1b.
 3. `pgbench -n -c <clients> -j 2 -T <duration> -f <one INSERT>` on a one-row table in the same
    database (if pgbench is missing: an equivalent loop of psycopg connections, one INSERT + COMMIT
    per transaction). vs_pgbench = phase-1 orders/s / pgbench tps.
@@ -99,6 +103,7 @@ def loadgen(cfg_path: str, out_path: str) -> None:
     clients, duration, warmup = int(cfg["clients"]), float(cfg["duration"]), float(cfg["warmup"])
     buyers, sellers = cfg["buyers"], cfg["sellers"]
     symbol = cfg["symbol"]
+    path = cfg.get("path", "/api/v1/orders")
     start_at = time.monotonic() + 0.2
     t_measure = start_at + warmup
     t_end = t_measure + duration
@@ -137,7 +142,7 @@ def loadgen(cfg_path: str, out_path: str) -> None:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(host, port, timeout=30)
-                conn.request("POST", "/api/v1/orders", body=body, headers=headers)
+                conn.request("POST", path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 code = resp.status
@@ -447,27 +452,88 @@ def wait_engine(proc: subprocess.Popen[bytes], log: str, timeout: float = 60) ->
     raise SystemExit("run-engine did not start:\n" + open(log).read()[-3000:])
 
 
+def start_loadgen(args: argparse.Namespace, port: int, w: World, procs: Procs, tmp: str,
+                  path: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The load generator process (`--_loadgen`), POSTing orders to `path`; returns it and its output file."""
+    cfg = {"port": port, "clients": args.clients, "duration": args.duration, "warmup": args.warmup,
+           "symbol": ENTRY, "path": path, "buyers": [t.token for t in w.buyers],
+           "sellers": [t.token for t in w.sellers]}
+    cfg_path, out_path = os.path.join(tmp, "loadgen.json"), os.path.join(tmp, "loadgen.out.json")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(out_path)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    lg = procs.start("loadgen", [sys.executable, os.path.abspath(__file__), "--_loadgen", cfg_path, out_path],
+                     dict(os.environ), os.path.join(tmp, "loadgen.log"))
+    return lg, out_path
+
+
+def wait_loadgen(args: argparse.Namespace, lg: subprocess.Popen[bytes], out_path: str, procs: Procs, tmp: str,
+                 also: Sequence[subprocess.Popen[bytes]] = ()) -> dict[str, Any]:
+    try:
+        lg.wait(args.duration + args.warmup + 180)
+    except subprocess.TimeoutExpired:
+        procs.stop(lg)
+        raise SystemExit("the load generator did not finish") from None
+    for sp in also:
+        sp.wait(30)
+    if lg.returncode != 0 or not os.path.exists(out_path):
+        raise SystemExit("load generator failed:\n" + open(os.path.join(tmp, "loadgen.log")).read()[-3000:])
+    with open(out_path) as f:
+        res: dict[str, Any] = json.load(f)
+    return res
+
+
+def gunicorn_argv(args: argparse.Namespace, port: int, app: str) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(args.workers), "--threads",
+            str(args.threads), "-b", f"127.0.0.1:{port}", "--keep-alive", "30", "--log-level", "warning", app]
+
+
+def phase_floor(args: argparse.Namespace, url: str, w: World, procs: Procs, tmp: str) -> dict[str, Any]:
+    """The peer of phase 1: `bench/http_floor.py` (parse, one INSERT, commit, answer) on the same
+    gunicorn settings, hit by the same load generator: what order entry cannot beat on this machine."""
+    from bench import http_floor
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    http_floor.create_table(dsn)
+    port = free_port()
+    log = os.path.join(tmp, "floor.log")
+    argv = gunicorn_argv(args, port, "bench.http_floor:create_app()")
+    print(f"# phase 1b (floor): {' '.join(argv[1:])}", flush=True)
+    gun = procs.start("floor", argv, dict(os.environ, FLOOR_DSN=dsn, PYTHONPATH=_ROOT), log)
+    deadline = time.monotonic() + 60
+    while True:   # up when a POST answers
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("POST", "/floor/orders", body="{}", headers={"Authorization": "Bearer x",
+                                                                 "Content-Type": "application/json"})
+            c.getresponse().read()
+            c.close()
+            break
+        except OSError:
+            if gun.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the floor app did not start:\n" + open(log).read()[-3000:]) from None
+            time.sleep(0.2)
+    lg, out_path = start_loadgen(args, port, w, procs, tmp, "/floor/orders")
+    res = wait_loadgen(args, lg, out_path, procs, tmp)
+    procs.stop(gun)
+    res["orders_per_s"] = res["accepted"] / args.duration
+    return res
+
+
 def phase_entry(args: argparse.Namespace, url: str, w: World, procs: Procs, tmp: str) -> dict[str, Any]:
     env = dict(os.environ, DATABASE_URL=url, EMBEDDED_SEQUENCER="0", AUDIT_SEALER_INTERVAL_S="0",
                FLASK_APP="web", PYTHONPATH=_ROOT)
     port = free_port()
     glog, elog = os.path.join(tmp, "gunicorn.log"), os.path.join(tmp, "engine.log")
-    gargv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(args.workers), "--threads",
-             str(args.threads), "-b", f"127.0.0.1:{port}", "--keep-alive", "30", "--log-level", "warning",
-             "web:create_app()"]
+    gargv = gunicorn_argv(args, port, "web:create_app()")
     eargv = [sys.executable, "-m", "flask", "--app", "web", "exchange", "run-engine", "--poll", "0.5"]
     print(f"# phase 1: {' '.join(gargv[1:])}  +  {' '.join(eargv[1:])}", flush=True)
     engine_p = procs.start("engine", eargv, env, elog)
     gun = procs.start("gunicorn", gargv, env, glog)
     wait_engine(engine_p, elog)
     wait_http(port, gun, glog)
-    cfg = {"port": port, "clients": args.clients, "duration": args.duration, "warmup": args.warmup,
-           "symbol": ENTRY, "buyers": [t.token for t in w.buyers], "sellers": [t.token for t in w.sellers]}
-    cfg_path, out_path = os.path.join(tmp, "loadgen.json"), os.path.join(tmp, "loadgen.out.json")
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    lg = procs.start("loadgen", [sys.executable, os.path.abspath(__file__), "--_loadgen", cfg_path, out_path],
-                     dict(os.environ), os.path.join(tmp, "loadgen.log"))
+    lg, out_path = start_loadgen(args, port, w, procs, tmp, "/api/v1/orders")
     spies: dict[str, subprocess.Popen[bytes]] = {}
     spy_exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if args.py_spy and os.path.exists(spy_exe):
@@ -480,17 +546,7 @@ def phase_entry(args: argparse.Namespace, url: str, w: World, procs: Procs, tmp:
                     [spy_exe, "record", "-p", pid, "-d", str(max(1, int(args.duration) - 1)), "-f", "raw",
                      "-o", os.path.join(tmp, f"{name}.folded"), "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        lg.wait(args.duration + args.warmup + 180)
-    except subprocess.TimeoutExpired:
-        procs.stop(lg)
-        raise SystemExit("the load generator did not finish") from None
-    for sp in spies.values():
-        sp.wait(30)
-    if lg.returncode != 0 or not os.path.exists(out_path):
-        raise SystemExit("load generator failed:\n" + open(os.path.join(tmp, "loadgen.log")).read()[-3000:])
-    with open(out_path) as f:
-        res: dict[str, Any] = json.load(f)
+    res = wait_loadgen(args, lg, out_path, procs, tmp, list(spies.values()))
     # let the engine finish what is queued, then stop both servers
     procs.stop(gun)
     t0 = time.monotonic()
@@ -829,6 +885,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for line in st["cprofile"].splitlines():
                 if line.strip():
                     print("#   " + line)
+        fl = res["floor"] = phase_floor(args, url, w, procs, tmp)
+        print(f"# phase 1b (floor: parse, one INSERT, commit, answer): {fl['requests']} requests, "
+              f"{fl['accepted']} accepted ({fl['orders_per_s']:.0f}/s), codes {fl['codes']}, p50 "
+              f"{fl['p50']:.1f} ms, p99 {fl['p99']:.1f} ms", flush=True)
         pg = res["pgbench"] = phase_pgbench(args, url, tmp)
         print(f"# phase 3: {pg['tool']}: {pg['tps']:.0f} one-row insert transactions/s with {args.clients} "
               f"connections" + (f", average latency {pg['lat_avg_ms']} ms" if pg["lat_avg_ms"] else ""), flush=True)
@@ -847,19 +907,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, prev_term)
 
-    e, st, pg = res["entry"], res["settle"], res["pgbench"]
+    e, st, pg, fl = res["entry"], res["settle"], res["pgbench"], res["floor"]
     print(f"# total {time.perf_counter() - started:.1f} s")
     print("| measure | value | target |")
     print("|---|---:|---:|")
     print(f"| accepted orders/s (HTTP, {args.clients} clients) | {e['orders_per_s']:.0f} | >= 1,000 |")
     print(f"| order POST p50 / p99 / max ms | {e['p50']:.1f} / {e['p99']:.1f} / {e['max']:.1f} | p99 < 100 |")
     print(f"| answers still pending | {e['pending']} of {e['accepted']} | |")
+    print(f"| floor: same gunicorn, one INSERT + commit per POST: orders/s | {fl['orders_per_s']:.0f} | |")
+    print(f"| floor POST p50 / p99 / max ms | {fl['p50']:.1f} / {fl['p99']:.1f} / {fl['max']:.1f} | |")
     print(f"| trades settled/s (sequencer) | {st['trades_per_s']:.0f} | >= 5,000 |")
     print(f"| {pg['tool']} one-row inserts/s | {pg['tps']:.0f} | |")
     ratio = e["orders_per_s"] / pg["tps"] if pg["tps"] else float("nan")
     res["vs_pgbench"] = ratio
+    res["vs_floor"] = e["orders_per_s"] / fl["orders_per_s"] if fl["orders_per_s"] else float("nan")
     print(f"BENCH exchange orders_per_s={e['orders_per_s']:.0f} p99_ms={e['p99']:.1f} "
-          f"trades_per_s={st['trades_per_s']:.0f} vs_pgbench={ratio:.3f}", flush=True)
+          f"trades_per_s={st['trades_per_s']:.0f} vs_pgbench={ratio:.3f} vs_floor={res['vs_floor']:.3f} "
+          f"floor_orders_per_s={fl['orders_per_s']:.0f} floor_p99_ms={fl['p99']:.1f}", flush=True)
     return res
 
 

@@ -14,7 +14,8 @@ import pytest
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "exchange_bench.py")
 LINE = re.compile(r"^BENCH exchange orders_per_s=(\d+) p99_ms=(\d+\.\d) trades_per_s=(\d+) "
-                  r"vs_pgbench=(\d+\.\d\d\d)$")
+                  r"vs_pgbench=(\d+\.\d\d\d) vs_floor=(\d+\.\d\d\d) floor_orders_per_s=(\d+) "
+                  r"floor_p99_ms=(\d+\.\d)$")
 
 
 @pytest.mark.postgres
@@ -28,8 +29,10 @@ def test_exchange_bench_smoke() -> None:
     lines = out.stdout.strip().splitlines()
     m = LINE.match(lines[-1])
     assert m, lines[-1]
-    orders_per_s, p99, trades_per_s, ratio = m.groups()
+    orders_per_s, p99, trades_per_s, ratio, vs_floor, floor_rate, floor_p99 = m.groups()
     assert int(orders_per_s) > 0 and float(p99) > 0 and int(trades_per_s) > 0 and float(ratio) > 0
+    assert float(vs_floor) > 0 and int(floor_rate) > 0 and float(floor_p99) > 0
+    assert "phase 1b (floor" in out.stdout
     assert "trades in" in out.stdout and "SQL statements per trade" in out.stdout
     # it cleaned up after itself: no bench database left behind
     assert "# kept database" not in out.stdout

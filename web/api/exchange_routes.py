@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session, joinedload
 
 from exchange import instruments, market_data, notify, orders, reference, wallets
@@ -182,11 +182,18 @@ def list_withdrawals(session: Session, actor: Actor) -> Any:
 # ---- orders -----------------------------------------------------------------------------------
 
 
-def order_view(session: Session, order: Order) -> dict[str, Any]:
+def _pending_of(order_id: Any) -> Any:
+    """How many of the order's commands the engine has not applied yet."""
+    return (select(func.count()).select_from(OrderCommand)
+            .where(OrderCommand.order_id == order_id, OrderCommand.status == CommandStatus.PENDING))
+
+
+def order_view(session: Session, order: Order, pending: int | None = None) -> dict[str, Any]:
+    """The order with its fills; `pending` (its unapplied commands) is counted unless given."""
     trades = session.scalars(select(Trade).where(or_(Trade.buy_order_id == order.id, Trade.sell_order_id == order.id))
                              .order_by(Trade.id)).all()
-    pending = session.scalar(select(func.count()).select_from(OrderCommand).where(
-        OrderCommand.order_id == order.id, OrderCommand.status == CommandStatus.PENDING)) or 0
+    if pending is None:
+        pending = session.scalar(_pending_of(order.id)) or 0
     fills = [{"id": t.id, "price": t.price, "qty_kg": t.qty_kg, "notional": t.notional, "executed_at": t.executed_at,
               "side": order.side, "role": "maker" if t.maker_order_id == order.id else "taker",
               "fee": t.buyer_fee if order.side == "buy" else t.seller_fee} for t in trades]
@@ -212,9 +219,13 @@ def _await(command_id: int, order_id: int) -> Any:
 
     watch: notify.CommandWatch = current_app.extensions["command_watch"]
     watch.wait(command_id, done, float(current_app.config.get("ORDER_WAIT_S", 2.0)))
-    cmd = session.get(OrderCommand, command_id)
-    if cmd is not None and cmd.status is CommandStatus.FAILED:
-        kind = cmd.kind
+    # The order with its instrument, the command's fate and the order's pending count in one query.
+    command = select(OrderCommand.status, OrderCommand.kind).where(OrderCommand.id == command_id).subquery()
+    row = session.execute(select(Order, _pending_of(Order.id).scalar_subquery(), command.c.status, command.c.kind)
+                          .outerjoin(command, true()).where(Order.id == order_id)
+                          .options(joinedload(Order.instrument))).one()
+    order, pending, status, kind = row
+    if status is CommandStatus.FAILED:
         session.rollback()
         # The error text stays in the command's result and the audit log; the client learns what
         # happened to its order, not our internals.
@@ -222,9 +233,7 @@ def _await(command_id: int, order_id: int) -> Any:
                 else f"order {order_id} is unchanged")
         raise EngineError(f"the exchange could not apply this {kind} (command {command_id}); {what}",
                           field="order_id")
-    order = session.scalar(select(Order).where(Order.id == order_id).options(joinedload(Order.instrument)))
-    assert order is not None
-    view = order_view(session, order)
+    view = order_view(session, order, pending)
     session.rollback()
     return view
 

@@ -49,7 +49,12 @@ class Footprint(Base):
     @property
     def ref(self) -> str:
         """How certificates name the footprint they cover (`Retirement.footprint_ref`, 100 chars)."""
-        return f"footprint:{self.id} {self.name}"[:100]
+        return footprint_ref(self.id, self.name)
+
+
+def footprint_ref(footprint_id: int, name: str) -> str:
+    """`Footprint.ref` from the two columns it is made of (without loading the footprint)."""
+    return f"footprint:{footprint_id} {name}"[:100]
 
 
 class ListingStatus(enum.StrEnum):

@@ -56,12 +56,14 @@ from exchange.offset_models import (
     OffsetListing,
     OffsetOrder,
     OffsetStatus,
+    footprint_ref,
 )
 from exchange.pricing import fee as fee_of
 from exchange.pricing import notional as notional_of
 from registry import audit, units
 from registry.actors import Actor
 from registry.db import utcnow
+from registry.delivered_retirement import Retired, deliver_and_retire
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
 from registry.models import (
     Batch,
@@ -620,14 +622,14 @@ def buyer_actor(session: Session, order: OffsetOrder) -> Actor:
 
 def _buyer_and_footprint(session: Session, order: OffsetOrder) -> tuple[Actor, str | None]:
     """The buyer (`buyer_actor`) and the reference of the footprint the order covers, in one query."""
-    row = session.execute(select(Holder.kind, User.role, Footprint).select_from(Holder)
+    row = session.execute(select(Holder.kind, User.role, Footprint.id, Footprint.name).select_from(Holder)
                           .outerjoin(User, User.id == order.user_id)
                           .outerjoin(Footprint, Footprint.id == order.footprint_id)
                           .where(Holder.id == order.holder_id)).first()
     assert row is not None
-    kind, role, footprint = row
+    kind, role, fp_id, fp_name = row
     actor = Actor(order.user_id, order.holder_id, kind, role if role is not None else UserRole.TRADER)
-    return actor, footprint.ref if footprint is not None else None
+    return actor, None if fp_id is None else footprint_ref(fp_id, fp_name)
 
 
 def delivered_serials(session: Session, transfer_ids: list[int]) -> list[str]:
@@ -647,24 +649,16 @@ def retire_delivered(session: Session, order: OffsetOrder, transfer_ids: list[in
     _retired(session, order, r, kg)
 
 
-def _retire_blocks(session: Session, order: OffsetOrder, blocks: list[Block]) -> None:
-    """Retire the blocks the fill just delivered and still holds locked (no lookup by serial)."""
-    buyer, footprint_ref = _buyer_and_footprint(session, order)
-    r = units.retire_blocks(session, buyer, blocks, beneficiary=order.beneficiary, jurisdiction=order.jurisdiction,
-                            purpose=order.purpose, footprint_ref=footprint_ref, message=order.message)
-    _retired(session, order, r, order.quantity_kg)
-
-
-def _retired(session: Session, order: OffsetOrder, r: Retirement, kg: int) -> None:
+def _retired(session: Session, order: OffsetOrder, r: Retirement | Retired, kg: int) -> None:
     if r.quantity_kg != kg:
         raise Conflict(f"retired {r.quantity_kg} kg, the fill delivered {kg} kg", code="fill_mismatch")
     now = utcnow()
     order.retirement_id, order.certificate_number = r.id, r.certificate_number
     order.filled_kg, order.status, order.retired_at, order.updated_at = kg, OffsetStatus.RETIRED, now, now
     order.filled_at = order.filled_at or now
-    audit.record(session, None, "offset.retired", "offset_order", order.id,
-                 {"certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
-                  "footprint_id": order.footprint_id})
+    audit.record_many(session, [("offset.retired", "offset_order", order.id, {
+        "certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
+        "footprint_id": order.footprint_id})])
 
 
 def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
@@ -673,9 +667,11 @@ def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
     settlement) locks, so it is held only from here to the commit."""
     assert order.listing_id is not None
     listing = _lock_listing(session, order.listing_id)
-    _, blocks = units.deliver_blocks(session, listing.ref, order.quantity_kg, order.holder_id,
-                                     memo=f"offset order {order.id}", user_id=order.user_id)
-    _retire_blocks(session, order, blocks)   # sets filled_at, the time of delivery and retirement
+    buyer, footprint_ref = _buyer_and_footprint(session, order)
+    r = deliver_and_retire(session, buyer, listing.ref, order.quantity_kg, memo=f"offset order {order.id}",
+                           beneficiary=order.beneficiary, jurisdiction=order.jurisdiction, purpose=order.purpose,
+                           footprint_ref=footprint_ref, message=order.message)
+    _retired(session, order, r, order.quantity_kg)   # sets filled_at, the time of delivery and retirement
     order.reserved_kg = 0
     buyer_held, seller_available, fees = _settlement_accounts(session, order.holder_id, listing.seller_id)
     wallets.post(session, JournalKind.SETTLEMENT, [

@@ -1,0 +1,145 @@
+"""`deliver_and_retire` (the fill of a listing-paid offset order) writes what `units.deliver_blocks`
+followed by `units.retire_blocks` write: the same blocks, movements, transfer, retirement and audit
+payloads, with the same errors, and nothing when it refuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from registry import holders, projects, units
+from registry.actors import Actor
+from registry.delivered_retirement import deliver_and_retire
+from registry.errors import InsufficientUnits, InvalidInput, NotFound, Suspended
+from registry.models import (
+    AccountKind,
+    AuditRecord,
+    Batch,
+    Block,
+    Movement,
+    Retirement,
+    Transfer,
+)
+from tests.factories import World, issued_batch, registered_project, world
+
+Q = units.Selection
+CLAIM = {"beneficiary": " 大湾区论坛 ", "jurisdiction": "广东省深圳市福田区", "purpose": "event_offset",
+         "footprint_ref": "FP-1", "message": "碳中和"}
+
+
+def _two_listings(session: Any, w: World, sizes: tuple[int, ...] = (1000, 700)) -> dict[str, list[Batch]]:
+    """Two listings of the same shape, one project each: batches of the given sizes, vintages 2023, 2024, ..."""
+    out = {}
+    for ref in ("listing:old", "listing:new"):
+        p = registered_project(session, w)
+        out[ref] = [issued_batch(session, w, p, kg, year=2023 + i) for i, kg in enumerate(sizes)]
+        units.lock_units(session, w.owner.holder.id, Q(quantity_kg=sum(sizes), project_id=p.id), ref)
+    session.flush()
+    return out
+
+
+def _state(session: Any, batches: list[Batch], transfer_id: int, retirement_id: int) -> dict[str, Any]:
+    """Everything the fill wrote about these batches, with ids and serial prefixes made comparable."""
+    index = {b.id: i for i, b in enumerate(batches)}
+
+    def serials(xs: list[str]) -> list[str]:
+        for b in batches:
+            xs = [x.replace(b.serial_prefix() + "-", f"B{index[b.id]}-") for x in xs]
+        return xs
+
+    blocks = sorted((index[b.batch_id], b.start, b.end, b.quantity, b.account_id, b.status.value, b.hold_ref is not None,
+                     b.retirement_id == retirement_id) for b in session.scalars(
+        select(Block).where(Block.batch_id.in_(index))))
+    moves = [(m.kind.value, index[m.batch_id], m.start, m.end, m.from_account_id, m.to_account_id,
+              m.transfer_id == transfer_id if m.transfer_id else None,
+              m.retirement_id == retirement_id if m.retirement_id else None)
+             for m in session.scalars(select(Movement).where(Movement.batch_id.in_(index)).order_by(Movement.id))
+             if m.kind.value != "issuance"]
+    t = session.get(Transfer, transfer_id)
+    r = session.get(Retirement, retirement_id)
+    audits = {}
+    for rec in session.scalars(select(AuditRecord).where(
+            AuditRecord.action.in_(["units.delivered", "units.retired"]),
+            AuditRecord.entity_id.in_([str(transfer_id), str(retirement_id)]))):
+        if (rec.action, rec.entity_id) not in (("units.delivered", str(transfer_id)), ("units.retired", str(retirement_id))):
+            continue
+        payload = json.loads(rec.payload)
+        payload["serials"] = serials(payload["serials"])
+        payload.pop("ref", None)
+        payload.pop("certificate_number", None)
+        audits[rec.action] = (rec.actor_user_id, rec.actor_holder_id, payload)
+    return {"blocks": blocks, "moves": moves,
+            "transfer": (t.from_account_id, t.to_account_id, t.quantity_kg, t.memo, t.created_by_id),
+            "retirement": (r.holder_id, r.account_id, r.quantity_kg, r.beneficiary, r.jurisdiction, r.purpose,
+                           r.footprint_ref, r.message, r.created_by_id, r.certificate_number.startswith("THC-")),
+            "audit": audits}
+
+
+@pytest.mark.parametrize("kg", [300, 1000, 1300, 1700])   # inside a block, a whole block, across two, all
+def test_it_writes_what_delivery_then_retirement_write(session: Any, kg: int) -> None:
+    w = world(session)
+    listed = _two_listings(session, w)
+    t_old, blocks = units.deliver_blocks(session, "listing:old", kg, w.buyer.holder.id, memo="offset order 1",
+                                         user_id=w.buyer.actor.user_id)
+    r_old = units.retire_blocks(session, w.buyer.actor, blocks, **CLAIM)
+    new = deliver_and_retire(session, w.buyer.actor, "listing:new", kg, memo="offset order 1", **CLAIM)
+    session.commit()
+    old_state = _state(session, listed["listing:old"], t_old.id, r_old.id)
+    new_state = _state(session, listed["listing:new"], new.transfer_id, new.id)
+    assert new_state == old_state
+    assert new.quantity_kg == kg and len(new.serials) == len(blocks)
+    r = session.get(Retirement, new.id)
+    assert r is not None and r.certificate_number == new.certificate_number and r.beneficiary == "大湾区论坛"
+    sink = holders.account_of(session, w.buyer.holder.id, AccountKind.RETIREMENT).id
+    assert sum(b.quantity for b in session.scalars(select(Block).where(Block.retirement_id == new.id))) == kg
+    assert {b.account_id for b in session.scalars(select(Block).where(Block.retirement_id == new.id))} == {sink}
+
+
+def _count(session: Any) -> tuple[int, ...]:
+    return tuple(session.scalar(select(func.count()).select_from(t)) or 0
+                 for t in (Block, Movement, Transfer, Retirement, AuditRecord))
+
+
+def test_refusals_name_the_field_and_write_nothing(session: Any) -> None:
+    w = world(session)
+    _two_listings(session, w)
+    session.commit()
+    before = _count(session)
+    cases: list[tuple[type[Exception], str, dict[str, Any]]] = [
+        (InsufficientUnits, "quantity_kg", {"quantity": 1701}),
+        (InvalidInput, "beneficiary", {"beneficiary": "  "}),
+        (InvalidInput, "purpose", {"purpose": "nonsense"}),
+        (InvalidInput, "quantity_kg", {"quantity": 0}),
+    ]
+    for error, field, change in cases:
+        args = {"quantity": 500, **CLAIM} | change
+        quantity = args.pop("quantity")
+        with pytest.raises(error) as e:
+            deliver_and_retire(session, w.buyer.actor, "listing:new", quantity, memo="m", **args)
+        assert e.value.field == field
+        session.rollback()
+        assert _count(session) == before
+
+
+def test_a_suspended_project_or_buyer_stops_it(session: Any) -> None:
+    w = world(session)
+    listed = _two_listings(session, w)
+    projects.set_project_suspension(session, w.operator.actor, listed["listing:new"][0].project_id, True, "audit")
+    with pytest.raises(Suspended) as e:
+        deliver_and_retire(session, w.buyer.actor, "listing:new", 500, memo="m", **CLAIM)
+    assert e.value.field == "serials"
+    holders.set_holder_suspension(session, w.operator.actor, w.buyer.holder.id, True, "KYC")
+    with pytest.raises(Suspended) as e:
+        deliver_and_retire(session, w.buyer.actor, "listing:old", 500, memo="m", **CLAIM)
+    assert e.value.field == "account"
+
+
+def test_a_buyer_without_accounts_is_not_found(session: Any) -> None:
+    w = world(session)
+    _two_listings(session, w)
+    with pytest.raises(NotFound):
+        deliver_and_retire(session, Actor(None, 10**9, w.buyer.actor.holder_kind, w.buyer.actor.role),
+                           "listing:old", 500, memo="m", **CLAIM)

@@ -377,11 +377,12 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     order.total = order.notional + order.fee
     session.add(order)
     session.flush()
-    audit.record(session, actor, "offset.quoted", "offset_order", order.id,
-                 {"quantity_kg": qty, "footprint_id": footprint_id, "source": order.source,
-                  "listing_id": order.listing_id, "instrument_id": order.instrument_id, "price": order.price,
-                  "notional": order.notional, "fee": order.fee, "total": order.total, "payment": payment,
-                  "beneficiary": order.beneficiary, "expires_at": order.expires_at.isoformat()})
+    # record_many: one COPY now rather than an ORM object flushed with the order (every quote)
+    audit.record_many(session, [("offset.quoted", "offset_order", order.id, {
+        "quantity_kg": qty, "footprint_id": footprint_id, "source": order.source,
+        "listing_id": order.listing_id, "instrument_id": order.instrument_id, "price": order.price,
+        "notional": order.notional, "fee": order.fee, "total": order.total, "payment": payment,
+        "beneficiary": order.beneficiary, "expires_at": order.expires_at.isoformat()})], actor=actor)
     return order
 
 
@@ -489,8 +490,9 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
 
 def _paid(session: Session, order: OffsetOrder, amount: int, actor: Actor | None, now: dt.datetime) -> None:
     order.status, order.paid_amount, order.paid_at, order.updated_at = OffsetStatus.PAID, amount, now, now
-    audit.record(session, actor, "offset.paid", "offset_order", order.id,
-                 {"payment": order.payment, "amount": amount, "payment_ref": order.payment_ref})
+    audit.record_many(session, [("offset.paid", "offset_order", order.id,
+                                 {"payment": order.payment, "amount": amount, "payment_ref": order.payment_ref})],
+                      actor=actor)
 
 
 def mark_paid(session: Session, order_id: int, *, payment_ref: str, amount: int | None = None) -> OffsetOrder:

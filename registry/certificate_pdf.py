@@ -89,21 +89,20 @@ def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
 
 # ---- text: script runs, widths, line breaking ------------------------------------------------------
 
-_latin_chars: dict[str, bool] = {}
-
-
-def _is_latin(ch: str) -> bool:
-    """May the standard Helvetica (WinAnsi) show `ch`? (Remembered per character.)"""
-    found = _latin_chars.get(ch)
-    if found is None:
+def _cp1252() -> str:
+    out = []
+    for b in range(256):
         try:
-            ch.encode("cp1252")
-            found = True
-        except UnicodeEncodeError:
-            found = False
-        if len(_latin_chars) < 1 << 16:
-            _latin_chars[ch] = found
-    return found
+            out.append(bytes([b]).decode("cp1252"))
+        except UnicodeDecodeError:
+            pass
+    return "".join(out)
+
+
+# What the standard Helvetica (WinAnsi, cp1252) can show, and runs of it or of anything else.
+LATIN_CHARS = frozenset(_cp1252())
+_CLASS = "".join(sorted(re.escape(ch) for ch in LATIN_CHARS))
+_SCRIPT_RUN = re.compile(f"[{_CLASS}]+|[^{_CLASS}]+")
 
 
 def script_runs(text: str | None) -> list[tuple[bool, str]]:
@@ -113,15 +112,7 @@ def script_runs(text: str | None) -> list[tuple[bool, str]]:
         return []
     if text.isascii():
         return [(True, text)]
-    out: list[tuple[bool, str]] = []
-    start, latin = 0, _is_latin(text[0])
-    for i in range(1, len(text)):
-        here = _is_latin(text[i])
-        if here != latin:
-            out.append((latin, text[start:i]))
-            start, latin = i, here
-    out.append((latin, text[start:]))
-    return out
+    return [(run[0] in LATIN_CHARS, run) for run in _SCRIPT_RUN.findall(text)]
 
 
 class _Widths(dict[str, float]):
@@ -291,10 +282,8 @@ def _merged(atoms: list[_Atom]) -> tuple[Part, ...]:
     return tuple(out)
 
 
-def break_lines(spans: Iterable[Span], width: float, cjk: str = CJK) -> list[tuple[float, tuple[Part, ...]]]:
-    """Greedy line breaking of `spans` into lines at most `width` points wide (a word wider than
-    a line is cut between characters). Each line: (its width, its parts). Spaces at the ends of
-    lines are dropped; "\\n" breaks a line."""
+def _greedy(spans: Iterable[Span], width: float, cjk: str) -> list[tuple[float, tuple[Part, ...]]]:
+    """Greedy line breaking, atom by atom (words, spaces, CJK characters)."""
     lines: list[tuple[float, tuple[Part, ...]]] = []
     line: list[_Atom] = []
     used = 0.0
@@ -336,6 +325,55 @@ def break_lines(spans: Iterable[Span], width: float, cjk: str = CJK) -> list[tup
     return lines
 
 
+def _one_line(spans: list[Span], limit: float, cjk: str) -> tuple[float, tuple[Part, ...]] | None:
+    """The line of `spans` (no newline in them) when it fits in `limit` as it is and needs no
+    space dropped or collapsed, else None. Most of a certificate's lines are such lines."""
+    text = "".join(span.text for span in spans)
+    if not text:
+        return 0.0, ()
+    if text[0] == " " or text[-1] == " " or "  " in text:
+        return None
+    parts: list[Part] = []
+    used = 0.0
+    for span in spans:
+        for latin, run in script_runs(span.text):
+            font = span.font if latin else cjk
+            used += span.size * sum(map(_widths_of(font).__getitem__, run))
+            if used > limit:
+                return None
+            part = Part(run, font, span.size, span.color, span.rise, span.link)
+            if parts and parts[-1][1:] == part[1:]:
+                parts[-1] = part._replace(text=parts[-1].text + run)
+            else:
+                parts.append(part)
+    return used, tuple(parts)
+
+
+def break_lines(spans: Iterable[Span], width: float, cjk: str = CJK) -> list[tuple[float, tuple[Part, ...]]]:
+    """Greedy line breaking of `spans` into lines at most `width` points wide (a word wider than
+    a line is cut between characters). Each line: (its width, its parts). Spaces at the ends of
+    lines are dropped and runs of spaces show as one; "\\n" breaks a line."""
+    hard: list[list[Span]] = [[]]
+    for span in spans:
+        if "\n" in span.text:
+            for i, piece in enumerate(span.text.split("\n")):
+                if i:
+                    hard.append([])
+                if piece:
+                    hard[-1].append(span._replace(text=piece))
+        elif span.text:
+            hard[-1].append(span)
+    lines: list[tuple[float, tuple[Part, ...]]] = []
+    limit = width + 1e-6
+    for line_spans in hard:
+        line = _one_line(line_spans, limit, cjk)
+        if line is not None:
+            lines.append(line)
+        else:
+            lines.extend(_greedy(line_spans, width, cjk))
+    return lines
+
+
 def paragraph(spans: Iterable[Span], width: float, leading: float, first: float, cjk: str = CJK,
               align: str = "left") -> Lines:
     """`spans` broken into lines `width` points wide, `leading` apart, the first baseline `first`
@@ -369,35 +407,47 @@ QUIET_ZONE = 4  # modules of white around the symbol, as ISO/IEC 18004 asks
 class QrCode:
     """A QR code (error correction M) of `value`, `size` points square, quiet zone included.
 
-    The module matrix is segno's (`registry.qr_matrix` makes it, choosing segno's mask faster); the
-    dark modules are drawn as one filled path of one rectangle per horizontal run (a few hundred path
-    operators, no per-module drawing objects)."""
+    The module matrix is segno's (`registry.qr_matrix` makes it, faster); each row of modules is
+    drawn as one dashed line whose dashes are its dark runs (see `draw`)."""
 
     def __init__(self, value: str, size: float = 34 * mm) -> None:
         self.value = value
         self.size = size
         self.matrix = [bytes(row) for row in qr_matrix.matrix(value)]
 
-    def runs(self) -> list[tuple[int, int, int]]:
-        """(row, first column, length) of every horizontal run of dark modules."""
+    def dashes(self) -> list[tuple[int, int, int, list[int]]]:
+        """Each row with dark modules as one dashed line: (row, first dark column, last dark column
+        + 1, the dash array: dark run, light gap, dark run, ..., a last gap of 1 that is never drawn)."""
         out = []
         for y, row in enumerate(self.matrix):
-            for m in _DARK_RUN.finditer(row):
-                out.append((y, m.start(), m.end() - m.start()))
+            first = row.find(1)
+            if first < 0:
+                continue
+            last = row.rfind(1) + 1
+            out.append((y, first, last, [*map(len, _ALTERNATING.findall(row, first, last)), 1]))
         return out
 
     def draw(self, canvas: Any, x: float, y: float) -> None:
-        """Draw the symbol with its lower left corner (quiet zone included) at (x, y)."""
+        """Draw the symbol with its lower left corner (quiet zone included) at (x, y).
+
+        In module units (integers), scaled and flipped onto the page: each row of modules is one
+        line one module wide, dashed so that the dashes are exactly its dark runs (butt caps, so a
+        dash ends where its run does). One dash setting and one line per row cost reportlab much
+        less than a rectangle per run (~300)."""
         m = self.size / (len(self.matrix) + 2 * QUIET_ZONE)
-        left, top = x + QUIET_ZONE * m, y + self.size - QUIET_ZONE * m
-        path = canvas.beginPath()
-        for row, col, n in self.runs():
-            path.rect(left + col * m, top - (row + 1) * m, n * m, m)
-        canvas.setFillColor(BLACK)
-        canvas.drawPath(path, stroke=0, fill=1)
+        canvas.saveState()
+        canvas.translate(x + QUIET_ZONE * m, y + self.size - QUIET_ZONE * m)
+        canvas.scale(m, -m)
+        canvas.setStrokeColor(BLACK)
+        canvas.setLineWidth(1)
+        canvas.setLineCap(0)
+        for row, first, last, dash in self.dashes():
+            canvas.setDash(dash, 0)
+            canvas.line(first, row + 0.5, last, row + 0.5)
+        canvas.restoreState()
 
 
-_DARK_RUN = re.compile(rb"\x01+")
+_ALTERNATING = re.compile(rb"\x01+|\x00+")
 
 
 def verification_qr(document: Mapping[str, Any]) -> QrCode:
@@ -418,7 +468,7 @@ class _Pages:
         self.page = 1
         self.y = TOP
         self.text = canvas.beginText()
-        self._state: tuple[Any, ...] = ()
+        self._font, self._size, self._color = "", 0.0, None
 
     def fits(self, height: float) -> bool:
         return self.y - height >= BOTTOM - 1e-6
@@ -447,7 +497,7 @@ class _Pages:
         self.page += 1
         self.y = TOP
         self.text = self.canvas.beginText()
-        self._state = ()
+        self._font, self._size, self._color = "", 0.0, None
 
     def draw_lines(self, lines: Lines, x: float, top: float, width: float,
                    start: int = 0, stop: int | None = None) -> None:
@@ -463,21 +513,24 @@ class _Pages:
                 lx = x
             t.setTextOrigin(lx, baseline)
             for part in parts:
-                state = (part.font, part.size)
-                if self._state[:2] != state:
-                    t.setFont(part.font, part.size)
-                if len(self._state) < 3 or self._state[2] != part.color:
-                    t.setFillColor(part.color)
+                font, size, color = part.font, part.size, part.color
+                if font != self._font or size != self._size:
+                    t.setFont(font, size)
+                    self._font, self._size = font, size
+                if color is not self._color:
+                    t.setFillColor(color)
+                    self._color = color
                 if part.rise:
                     t.setRise(part.rise)
-                x0 = t.getX()
-                t.textOut(part.text)
-                if part.rise:
+                    t.textOut(part.text)
                     t.setRise(0)
-                if part.link:
-                    self.canvas.linkURL(part.link, (x0, baseline - 0.2 * part.size, t.getX(),
-                                                    baseline + 0.8 * part.size), relative=0)
-                self._state = (part.font, part.size, part.color)
+                elif part.link:
+                    x0 = t.getX()
+                    t.textOut(part.text)
+                    self.canvas.linkURL(part.link, (x0, baseline - 0.2 * size, t.getX(), baseline + 0.8 * size),
+                                        relative=0)
+                else:
+                    t.textOut(part.text)
             baseline -= lines.leading
 
     def rule(self, x1: float, x2: float, y: float, width: float, color: Any) -> None:

@@ -14,19 +14,24 @@ from registry import certificate_pdf as pdf
 URL = "https://tanhui.example/retirements/THC-2026-0123456789"
 
 
-def test_qr_runs_cover_exactly_the_dark_modules() -> None:
+def test_qr_dashes_cover_exactly_the_dark_modules() -> None:
     code = pdf.QrCode(URL)
     n = len(code.matrix)
     assert n == 33   # 54 bytes at level M need version 4: 17 + 4 * 4 modules a side
-    runs = code.runs()
-    assert sum(length for _, _, length in runs) == sum(sum(row) for row in code.matrix)
-    drawn = {(y, x + i) for y, x, length in runs for i in range(length)}
+    drawn = set()
+    for y, first, last, dash in code.dashes():
+        assert dash[-1] == 1 and len(dash) % 2 == 0 and sum(dash[:-1]) == last - first
+        x = first
+        for i, length in enumerate(dash[:-1]):
+            if i % 2 == 0:   # even entries are dashes (drawn), odd ones gaps
+                drawn |= {(y, x + k) for k in range(length)}
+            x += length
     assert drawn == {(y, x) for y, row in enumerate(code.matrix) for x, dark in enumerate(row) if dark}
+    rows = {y: (first, last, dash) for y, first, last, dash in code.dashes()}
     # Row 0: the two top finder patterns, 7 dark modules each, in the corners.
-    row0 = [r for r in runs if r[0] == 0]
-    assert row0[0] == (0, 0, 7) and row0[-1] == (0, n - 7, 7)
+    assert rows[0][0] == 0 and rows[0][1] == n and rows[0][2][0] == 7 and rows[0][2][-2] == 7
     # Row 6: the timing pattern between the finders alternates, dark on even columns.
-    assert [r for r in runs if r[0] == 6 and 7 < r[1] < n - 8] == [(6, x, 1) for x in range(8, n - 8, 2)]
+    assert rows[6][2][2:-2] == [1] * (len(rows[6][2]) - 4)
 
 
 def test_qr_size_includes_the_quiet_zone() -> None:

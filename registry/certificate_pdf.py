@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from reportlab.lib import colors  # type: ignore[import-untyped]
 from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
+from reportlab.lib.rl_accel import fp_str  # type: ignore[import-untyped]
 from reportlab.lib.units import mm  # type: ignore[import-untyped]
 from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont  # type: ignore[import-untyped]
@@ -458,17 +459,29 @@ def verification_qr(document: Mapping[str, Any]) -> QrCode:
 # ---- pages -------------------------------------------------------------------------------------------
 
 
-class _Pages:
-    """The canvas and a cursor going down the page; a new page when a block does not fit. Text is
-    gathered in one text object per page and drawn over the page's rules and backgrounds."""
+_line_code: dict[tuple[Any, ...], str] = {}
+_LINE_CODE_LIMIT = 1 << 14
 
-    def __init__(self, canvas: Any, footer_left: str) -> None:
+
+class _Pages:
+    """The canvas and a cursor going down the page; a new page when a block does not fit.
+
+    Each line of text is drawn where it stands in the reading order, as the text operators
+    reportlab's text object makes for it at the origin, moved into place. Those operators depend
+    only on the line's parts and on the names the document gives its fonts (/F1, /F2, ...), which
+    are the same in every certificate because the fonts are registered in one order when the canvas
+    is made; so they are remembered by both and a line seen before (labels, headings, column heads,
+    the notes, and any repeated value) costs one literal instead of a text object. Lines with a font
+    that embeds a subset (a TrueType CJK font) depend on the document's subset and are never kept."""
+
+    def __init__(self, canvas: Any, footer_left: str, fonts: tuple[str, ...]) -> None:
         self.canvas = canvas
         self.footer_left = footer_left
         self.page = 1
         self.y = TOP
-        self.text = canvas.beginText()
-        self._font, self._size, self._color = "", 0.0, None
+        doc = canvas._doc   # reportlab's document: registering a font there names it (/F1, ...)
+        self.dynamic = frozenset(f for f in fonts if pdfmetrics.getFont(f)._dynamicFont)
+        self.names = {font: doc.getInternalFontName(font) for font in fonts if font not in self.dynamic}
 
     def fits(self, height: float) -> bool:
         return self.y - height >= BOTTOM - 1e-6
@@ -485,7 +498,6 @@ class _Pages:
 
     def finish_page(self) -> None:
         c = self.canvas
-        c.drawText(self.text)
         c.setFont(LATIN, 7)
         c.setFillColor(GREY_FOOTER)
         c.drawString(18 * mm, 10 * mm, self.footer_left)
@@ -496,13 +508,50 @@ class _Pages:
         self.canvas.showPage()
         self.page += 1
         self.y = TOP
-        self.text = self.canvas.beginText()
-        self._font, self._size, self._color = "", 0.0, None
+
+    def _text_object(self, parts: tuple[Part, ...], x: float, y: float) -> Any:
+        t = self.canvas.beginText(x, y)
+        font, size, color = "", 0.0, None
+        for part in parts:
+            if part.font != font or part.size != size:
+                font, size = part.font, part.size
+                t.setFont(font, size)
+            if part.color is not color:
+                color = part.color
+                t.setFillColor(color)
+            if part.rise:
+                t.setRise(part.rise)
+                t.textOut(part.text)
+                t.setRise(0)
+            else:
+                t.textOut(part.text)
+        return t
+
+    def draw_line(self, parts: tuple[Part, ...], x: float, y: float) -> None:
+        if not parts:
+            return
+        canvas = self.canvas
+        if any(part.font in self.dynamic for part in parts):
+            canvas.drawText(self._text_object(parts, x, y))
+        else:
+            key = (parts, tuple(self.names[part.font] for part in parts))
+            code = _line_code.get(key)
+            if code is None:
+                if len(_line_code) >= _LINE_CODE_LIMIT:
+                    _line_code.clear()
+                code = _line_code[key] = self._text_object(parts, 0, 0).getCode()
+            canvas.addLiteral(f"q 1 0 0 1 {fp_str(x, y)} cm {code} Q")
+        for part in parts:
+            if part.link:
+                before = sum(text_width(p.text, p.font, p.size) for p in parts[:parts.index(part)])
+                x0 = x + before
+                canvas.linkURL(part.link, (x0, y - 0.2 * part.size,
+                                           x0 + text_width(part.text, part.font, part.size), y + 0.8 * part.size),
+                               relative=0)
 
     def draw_lines(self, lines: Lines, x: float, top: float, width: float,
                    start: int = 0, stop: int | None = None) -> None:
         """Lines `start:stop` of a paragraph, the first of them `lines.first` below `top`."""
-        t = self.text
         baseline = top - lines.first
         for line_width, parts in lines.lines[start:stop]:
             if lines.align == "center":
@@ -511,26 +560,7 @@ class _Pages:
                 lx = x + width - line_width
             else:
                 lx = x
-            t.setTextOrigin(lx, baseline)
-            for part in parts:
-                font, size, color = part.font, part.size, part.color
-                if font != self._font or size != self._size:
-                    t.setFont(font, size)
-                    self._font, self._size = font, size
-                if color is not self._color:
-                    t.setFillColor(color)
-                    self._color = color
-                if part.rise:
-                    t.setRise(part.rise)
-                    t.textOut(part.text)
-                    t.setRise(0)
-                elif part.link:
-                    x0 = t.getX()
-                    t.textOut(part.text)
-                    self.canvas.linkURL(part.link, (x0, baseline - 0.2 * size, t.getX(), baseline + 0.8 * size),
-                                        relative=0)
-                else:
-                    t.textOut(part.text)
+            self.draw_line(parts, lx, baseline)
             baseline -= lines.leading
 
     def rule(self, x1: float, x2: float, y: float, width: float, color: Any) -> None:
@@ -830,7 +860,7 @@ def render_pdf(document: Mapping[str, Any], font_file: str | os.PathLike[str] | 
     canvas.setTitle(f"碳中和注销证书 Retirement Certificate {number}")
     canvas.setAuthor(str(c.get("registry", "")))
     canvas.setSubject(f"{c['beneficiary']} — {tonnes(int(c['quantity_kg']))} t CO2e")
-    pages = _Pages(canvas, f"{number} · {document['sha256'][:16]}…")
+    pages = _Pages(canvas, f"{number} · {document['sha256'][:16]}…", (LATIN, LATIN_BOLD, MONO, cjk))
     _draw(pages, document, cjk)
     pages.finish_page()
     canvas.showPage()

@@ -94,13 +94,15 @@ def _doc(number: str, beneficiary: str, serials: int, message: str | None = None
 
 
 def test_the_bytes_do_not_depend_on_what_was_rendered_before() -> None:
-    """Fixed paragraphs and character widths are remembered; a certificate rendered first (nothing
-    remembered) and after others, including one that flows over pages, are the same bytes."""
+    """Fixed paragraphs, character widths and the text operators of lines are remembered; a
+    certificate rendered first (nothing remembered) and after others, including one that flows over
+    pages, are the same bytes."""
     import threading
 
     short, long_ = _doc("THC-1", "大湾区论坛 GBA Forum", 2), _doc("THC-2", "成都大运会", 90)
     pdf._fixed.cache_clear()
     pdf._widths.clear()
+    pdf._line_code.clear()
     cold = pdf.render_pdf(short)
     long_bytes = pdf.render_pdf(long_)
     assert long_bytes.count(b"/Type /Page\n") >= 2

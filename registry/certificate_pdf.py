@@ -32,8 +32,8 @@ from reportlab.lib import colors  # type: ignore[import-untyped]
 from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
 from reportlab.lib.rl_accel import fp_str  # type: ignore[import-untyped]
 from reportlab.lib.units import mm  # type: ignore[import-untyped]
-from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont  # type: ignore[import-untyped]
+from reportlab.pdfbase import pdfdoc, pdfmetrics  # type: ignore[import-untyped]
+from reportlab.pdfbase.cidfonts import CIDFontInfo, UnicodeCIDFont, structToPDF  # type: ignore[import-untyped]
 from reportlab.pdfbase.ttfonts import TTFont  # type: ignore[import-untyped]
 from reportlab.pdfgen.canvas import Canvas  # type: ignore[import-untyped]
 
@@ -69,6 +69,41 @@ BOTTOM = 18 * mm + 6
 PAD = 6            # a table cell's left and right padding
 
 
+class _Formatted(pdfdoc.PDFObject):  # type: ignore[misc]
+    """A PDF object whose bytes are already known."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def format(self, document: Any) -> bytes:
+        return self.data
+
+
+class CIDFont(UnicodeCIDFont):  # type: ignore[misc]
+    """reportlab's UnicodeCIDFont, its font dictionary formatted once per name it is given.
+
+    The dictionary is the same in every document but for its name (/F4): a few thousand glyph
+    widths that reportlab turns into PDF objects and formats again for each document (~1 ms of a
+    certificate). `addObjects` does what reportlab's does, with the formatted bytes remembered;
+    an encrypted document gets reportlab's own objects."""
+
+    def __init__(self, face: str) -> None:
+        super().__init__(face)
+        self._formatted: dict[str, bytes] = {}
+
+    def addObjects(self, doc: Any) -> None:
+        if not isinstance(doc.encrypt, pdfdoc.NoEncryption):
+            super().addObjects(doc)
+            return
+        name = "F" + repr(len(doc.fontMapping) + 1)
+        data = self._formatted.get(name)
+        if data is None:
+            info = dict(CIDFontInfo[self.face.name], Name="/" + name, Encoding="/" + self.encodingName)
+            data = self._formatted[name] = pdfdoc.format(structToPDF(info), doc)
+        doc.idToObject["BasicFonts"].dict[name] = doc.Reference(_Formatted(data), name)
+        doc.fontMapping[self.name] = "/" + name
+
+
 def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
     """Register and name the font for Chinese text.
 
@@ -79,7 +114,7 @@ def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
     """
     if font_file is None:
         if CJK not in pdfmetrics.getRegisteredFontNames():
-            pdfmetrics.registerFont(UnicodeCIDFont(CJK))
+            pdfmetrics.registerFont(CIDFont(CJK))
         return CJK
     path = os.fspath(font_file)
     name = "CJK-" + hashlib.sha256(path.encode()).hexdigest()[:8]
@@ -378,7 +413,13 @@ def break_lines(spans: Iterable[Span], width: float, cjk: str = CJK) -> list[tup
 def paragraph(spans: Iterable[Span], width: float, leading: float, first: float, cjk: str = CJK,
               align: str = "left") -> Lines:
     """`spans` broken into lines `width` points wide, `leading` apart, the first baseline `first`
-    points below the top (the font size, as reportlab places a paragraph)."""
+    points below the top (the font size, as reportlab places a paragraph). Remembered: the same
+    texts recur from certificate to certificate (names, projects, methodologies, the notes)."""
+    return _paragraph(tuple(spans), width, leading, first, cjk, align)
+
+
+@functools.lru_cache(maxsize=4096)
+def _paragraph(spans: tuple[Span, ...], width: float, leading: float, first: float, cjk: str, align: str) -> Lines:
     return Lines(tuple(break_lines(spans, width, cjk)), leading, first, align)
 
 

@@ -94,7 +94,7 @@ def _doc(number: str, beneficiary: str, serials: int, message: str | None = None
 
 
 def test_the_bytes_do_not_depend_on_what_was_rendered_before() -> None:
-    """Fixed paragraphs, character widths and the text operators of lines are remembered; a
+    """Paragraphs, character widths and the text operators of lines are remembered; a
     certificate rendered first (nothing remembered) and after others, including one that flows over
     pages, are the same bytes."""
     import threading
@@ -103,6 +103,7 @@ def test_the_bytes_do_not_depend_on_what_was_rendered_before() -> None:
     pdf._fixed.cache_clear()
     pdf._widths.clear()
     pdf._line_code.clear()
+    pdf._paragraph.cache_clear()
     cold = pdf.render_pdf(short)
     long_bytes = pdf.render_pdf(long_)
     assert long_bytes.count(b"/Type /Page\n") >= 2
@@ -141,3 +142,21 @@ def test_a_message_taller_than_a_page_is_cut_between_lines(tmp_path: Path) -> No
     assert len(pages) >= 3
     text = "".join(pages)
     assert all(f"line {i}\n" in text or f"line {i} " in text for i in range(1, 121))
+
+
+def test_the_cid_font_dictionary_is_reportlabs_formatted_once() -> None:
+    """The built-in CID font's dictionary, formatted once and reused, gives the bytes reportlab's own
+    UnicodeCIDFont gives."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+
+    doc = _doc("THC-5", "大湾区论坛 GBA Forum", 3)
+    assert isinstance(pdfmetrics.getFont(pdf.cjk_font()), pdf.CIDFont)
+    ours = pdf.render_pdf(doc)
+    assert pdf.render_pdf(doc) == ours
+    kept = pdfmetrics.getFont(pdf.CJK)
+    pdfmetrics.registerFont(UnicodeCIDFont(pdf.CJK))
+    try:
+        assert pdf.render_pdf(doc) == ours
+    finally:
+        pdfmetrics.registerFont(kept)

@@ -44,14 +44,32 @@ LATIN = "Helvetica"
 LATIN_BOLD = "Helvetica-Bold"
 MONO = "Courier"
 CHINA_TIME = dt.timezone(dt.timedelta(hours=8))  # no DST since 1991
-GREEN = colors.HexColor("#1f6f43")
-PALE = colors.HexColor("#eef6f0")
-BLACK = colors.black
-GREY_LABEL = colors.HexColor("#444444")
-GREY_FOOTER = colors.HexColor("#777777")
-RULE_FIELDS = colors.HexColor("#cccccc")
-RULE_SERIALS = colors.HexColor("#dddddd")
-LINK = colors.blue
+
+
+class Ink(colors.Color):  # type: ignore[misc]
+    """A reportlab colour hashed and compared by identity: the few colours below are constants,
+    and lines of text are remembered by their parts, colour included (reportlab's Color hashes in
+    Python)."""
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def _ink(hex_rgb: str) -> Ink:
+    c = colors.HexColor(hex_rgb)
+    return Ink(c.red, c.green, c.blue)
+
+
+GREEN = _ink("#1f6f43")
+PALE = _ink("#eef6f0")
+BLACK = _ink("#000000")
+GREY_LABEL = _ink("#444444")
+GREY_FOOTER = _ink("#777777")
+RULE_FIELDS = _ink("#cccccc")
+RULE_SERIALS = _ink("#dddddd")
+LINK = _ink("#0000ff")
 
 PURPOSES = {
     "event_offset": ("活动碳中和", "Event carbon neutrality"),
@@ -501,6 +519,7 @@ def verification_qr(document: Mapping[str, Any]) -> QrCode:
 
 
 _line_code: dict[tuple[Any, ...], str] = {}
+_AT_ORIGIN = "BT 1 0 0 1 0 0 Tm"
 _LINE_CODE_LIMIT = 1 << 14
 
 
@@ -523,6 +542,8 @@ class _Pages:
         doc = canvas._doc   # reportlab's document: registering a font there names it (/F1, ...)
         self.dynamic = frozenset(f for f in fonts if pdfmetrics.getFont(f)._dynamicFont)
         self.names = {font: doc.getInternalFontName(font) for font in fonts if font not in self.dynamic}
+        self.names_key = tuple(sorted(self.names.items()))
+        self._stroke: tuple[Any, float] | None = None
 
     def fits(self, height: float) -> bool:
         return self.y - height >= BOTTOM - 1e-6
@@ -549,6 +570,7 @@ class _Pages:
         self.canvas.showPage()
         self.page += 1
         self.y = TOP
+        self._stroke = None
 
     def _text_object(self, parts: tuple[Part, ...], x: float, y: float) -> Any:
         t = self.canvas.beginText(x, y)
@@ -572,23 +594,24 @@ class _Pages:
         if not parts:
             return
         canvas = self.canvas
-        if any(part.font in self.dynamic for part in parts):
+        if self.dynamic and any(part.font in self.dynamic for part in parts):
             canvas.drawText(self._text_object(parts, x, y))
         else:
-            key = (parts, tuple(self.names[part.font] for part in parts))
+            key = (parts, self.names_key)
             code = _line_code.get(key)
             if code is None:
                 if len(_line_code) >= _LINE_CODE_LIMIT:
                     _line_code.clear()
                 code = _line_code[key] = self._text_object(parts, 0, 0).getCode()
-            canvas.addLiteral(f"q 1 0 0 1 {fp_str(x, y)} cm {code} Q")
-        for part in parts:
+            if code.startswith(_AT_ORIGIN):
+                canvas.addLiteral(f"BT 1 0 0 1 {fp_str(x, y)} Tm{code[len(_AT_ORIGIN):]}")
+            else:
+                canvas.addLiteral(f"q 1 0 0 1 {fp_str(x, y)} cm {code} Q")
+        for i, part in enumerate(parts):
             if part.link:
-                before = sum(text_width(p.text, p.font, p.size) for p in parts[:parts.index(part)])
-                x0 = x + before
-                canvas.linkURL(part.link, (x0, y - 0.2 * part.size,
-                                           x0 + text_width(part.text, part.font, part.size), y + 0.8 * part.size),
-                               relative=0)
+                x0 = x + sum(text_width(p.text, p.font, p.size) for p in parts[:i])
+                x1 = x0 + text_width(part.text, part.font, part.size)
+                canvas.linkURL(part.link, (x0, y - 0.2 * part.size, x1, y + 0.8 * part.size), relative=0)
 
     def draw_lines(self, lines: Lines, x: float, top: float, width: float,
                    start: int = 0, stop: int | None = None) -> None:
@@ -606,8 +629,10 @@ class _Pages:
 
     def rule(self, x1: float, x2: float, y: float, width: float, color: Any) -> None:
         c = self.canvas
-        c.setStrokeColor(color)
-        c.setLineWidth(width)
+        if self._stroke != (color, width):
+            c.setStrokeColor(color)
+            c.setLineWidth(width)
+            self._stroke = (color, width)
         c.line(x1, y, x2, y)
 
     def fill(self, x: float, y: float, w: float, h: float, color: Any) -> None:
@@ -825,6 +850,7 @@ def _draw(pages: _Pages, document: Mapping[str, Any], cjk: str) -> None:
     canvas.setStrokeColor(GREEN)
     canvas.setLineWidth(0.75)
     canvas.rect(LEFT, bottom, WIDTH, box_h, stroke=1, fill=0)
+    pages._stroke = None   # set here, not by `rule`
     # VALIGN MIDDLE, as reportlab's table places a cell: padding 3 above and below.
     qr_top = bottom + (box_h + 3 - 3 + QR_SIZE) / 2
     verification_qr(document).draw(canvas, LEFT + PAD, qr_top - QR_SIZE)

@@ -65,9 +65,9 @@ class Geometry:
 
     def rows(self, board: int) -> list[bytearray]:
         """The rows of a board, one byte a module (1 = set)."""
-        size, mask = self.size, (1 << self.size) - 1
-        return [bytearray(format((board >> self.bit(r, 0)) & mask, f"0{size}b")[::-1].encode().translate(_FROM_ASCII))
-                for r in range(size)]
+        size = self.size
+        flat = format(board, f"0{self.length}b")[::-1].encode().translate(_FROM_ASCII)  # flat[k]: bit k
+        return [bytearray(flat[start:start + size]) for start in range(self.bit(0, 0), self.bit(size, 0), self.stride)]
 
 
 @functools.lru_cache(maxsize=8)

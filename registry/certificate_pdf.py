@@ -13,7 +13,11 @@ table, the serial ranges table with its head repeated on every page it flows ont
 box with the QR code), and lines are broken here: at spaces, between any two CJK characters (a
 closing punctuation mark never starts a line, an opening one never ends it), and inside a word only
 when the word alone is wider than the line. reportlab's platypus (Paragraph, Table, KeepTogether)
-did the same job at ~6x the CPU, most of it in its CJK line breaking.
+did the same job at ~7x the CPU, most of it in its CJK line breaking.
+
+Remembered across certificates, none of it changing a byte: each paragraph's lines (`_paragraph`),
+each line's text operators as reportlab's text object makes them (`_Pages.draw_line`), and the
+built-in CID font's dictionary (`CIDFont`). See bench/RESULTS.md, "Offsets".
 """
 
 from __future__ import annotations

@@ -407,12 +407,20 @@ def _one_line(spans: list[Span], limit: float, cjk: str) -> tuple[float, tuple[P
     return used, tuple(parts)
 
 
+# Control characters have no glyph (reportlab would set them in a substitution font): a tab shows
+# as a space, the others are dropped; "\n" breaks a line.
+_CONTROLS = {**{c: None for c in (*range(32), 127) if c != 10}, 9: " "}
+
+
 def break_lines(spans: Iterable[Span], width: float, cjk: str = CJK) -> list[tuple[float, tuple[Part, ...]]]:
     """Greedy line breaking of `spans` into lines at most `width` points wide (a word wider than
     a line is cut between characters). Each line: (its width, its parts). Spaces at the ends of
-    lines are dropped and runs of spaces show as one; "\\n" breaks a line."""
+    lines are dropped and runs of spaces show as one; "\\n" breaks a line, a tab is a space and
+    other control characters are dropped."""
     hard: list[list[Span]] = [[]]
     for span in spans:
+        if not span.text.isprintable():
+            span = span._replace(text=span.text.translate(_CONTROLS))
         if "\n" in span.text:
             for i, piece in enumerate(span.text.split("\n")):
                 if i:
@@ -604,9 +612,13 @@ class _Pages:
             key = (parts, self.names_key)
             code = _line_code.get(key)
             if code is None:
-                if len(_line_code) >= _LINE_CODE_LIMIT:
-                    _line_code.clear()
-                code = _line_code[key] = self._text_object(parts, 0, 0).getCode()
+                fonts = len(canvas._doc.fontMapping)
+                code = self._text_object(parts, 0, 0).getCode()
+                # Kept only if it named no font beyond the registered ones (no substitution font).
+                if len(canvas._doc.fontMapping) == fonts:
+                    if len(_line_code) >= _LINE_CODE_LIMIT:
+                        _line_code.clear()
+                    _line_code[key] = code
             if code.startswith(_AT_ORIGIN):
                 canvas.addLiteral(f"BT 1 0 0 1 {fp_str(x, y)} Tm{code[len(_AT_ORIGIN):]}")
             else:

@@ -160,3 +160,18 @@ def test_the_cid_font_dictionary_is_reportlabs_formatted_once() -> None:
         assert pdf.render_pdf(doc) == ours
     finally:
         pdfmetrics.registerFont(kept)
+
+
+def test_control_characters_in_a_message_name_no_extra_font(tmp_path: Path) -> None:
+    """A tab shows as a space, a carriage return (a form's "\\r\\n") and other control characters are
+    dropped: reportlab would set them in a substitution font, which a remembered line would then
+    name in documents that do not have it."""
+    lines = pdf.break_lines([pdf.Span("a\tb\r\nc\x00d\x7f", pdf.LATIN, 9)], 500)
+    assert _texts(lines) == ["a b", "cd"]
+    message = "第一行 line one\r\nline\ttwo\x07"
+    first = pdf.render_pdf(_doc("THC-6", "大湾区论坛", 1, message))
+    again = pdf.render_pdf(_doc("THC-7", "大湾区论坛", 1, message))
+    for data in (first, again):
+        assert b"/Symbol" not in data and b"/ZapfDingbats" not in data
+    text = "".join(_pages(again, tmp_path))
+    assert "line one" in text and "line two" in text

@@ -38,15 +38,13 @@ from reportlab.lib.rl_accel import fp_str  # type: ignore[import-untyped]
 from reportlab.lib.units import mm  # type: ignore[import-untyped]
 from reportlab.pdfbase import pdfdoc, pdfmetrics  # type: ignore[import-untyped]
 from reportlab.pdfbase.cidfonts import CIDFontInfo, UnicodeCIDFont, structToPDF  # type: ignore[import-untyped]
+from reportlab.pdfbase.pdfmetrics import standardFonts  # type: ignore[import-untyped]
 from reportlab.pdfbase.ttfonts import TTFont  # type: ignore[import-untyped]
 from reportlab.pdfgen.canvas import Canvas  # type: ignore[import-untyped]
 
 from registry import qr_matrix
 
 CJK = "STSong-Light"
-LATIN = "Helvetica"
-LATIN_BOLD = "Helvetica-Bold"
-MONO = "Courier"
 CHINA_TIME = dt.timezone(dt.timedelta(hours=8))  # no DST since 1991
 
 
@@ -124,6 +122,52 @@ class CIDFont(UnicodeCIDFont):  # type: ignore[misc]
             data = self._formatted[name] = pdfdoc.format(structToPDF(info), doc)
         doc.idToObject["BasicFonts"].dict[name] = doc.Reference(_Formatted(data), name)
         doc.fontMapping[self.name] = "/" + name
+
+
+class _FormattedFont(_Formatted):
+    """A font dictionary whose bytes are known; like reportlab's, only ever written by reference."""
+    __RefOnly__ = 1
+
+
+class Type1Font(pdfmetrics.Font):  # type: ignore[misc]
+    """One of the standard 14 fonts (not embedded), under a name of this module, its font
+    dictionary (with the encoding's glyph name differences) formatted once per name it is given.
+
+    Registered under its own name, so reportlab's "Helvetica" stays reportlab's; the PDF names the
+    same base font (/Helvetica) and gets the same bytes (tested). `addObjects` does what
+    reportlab's `Font.addObjects` does for a standard font, with the formatted bytes remembered."""
+
+    def __init__(self, name: str, face: str) -> None:
+        super().__init__(name, face, "WinAnsiEncoding")
+        self._formatted: dict[str, bytes] = {}
+
+    def addObjects(self, doc: Any) -> None:
+        if not isinstance(doc.encrypt, pdfdoc.NoEncryption) or standardFonts.__embed__:
+            super().addObjects(doc)
+            return
+        name = "F" + repr(len(doc.fontMapping) + 1)
+        data = self._formatted.get(name)
+        if data is None:
+            font = pdfdoc.PDFType1Font()
+            font.Name = name
+            font.BaseFont = self.face.name
+            font.Encoding = self.encoding.makePDFObject()
+            data = self._formatted[name] = font.format(doc)
+        obj = _FormattedFont(data)
+        doc.Reference(obj, name)
+        doc.idToObject["BasicFonts"].dict[name] = obj
+        doc.fontMapping[self.fontName] = "/" + name
+
+
+def _type1(name: str, face: str) -> str:
+    if name not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(Type1Font(name, face))
+    return name
+
+
+LATIN = _type1("Tanhui-Helvetica", "Helvetica")
+LATIN_BOLD = _type1("Tanhui-Helvetica-Bold", "Helvetica-Bold")
+MONO = _type1("Tanhui-Courier", "Courier")
 
 
 def cjk_font(font_file: str | os.PathLike[str] | None = None) -> str:
@@ -939,7 +983,7 @@ def render_pdf(document: Mapping[str, Any], font_file: str | os.PathLike[str] | 
     c = document["certificate"]
     number = str(c["certificate_number"])
     buf = io.BytesIO()
-    canvas = Canvas(buf, pagesize=A4, invariant=1, lang="zh-CN")
+    canvas = Canvas(buf, pagesize=A4, invariant=1, lang="zh-CN", initialFontName=LATIN)
     canvas.setTitle(f"碳中和注销证书 Retirement Certificate {number}")
     canvas.setAuthor(str(c.get("registry", "")))
     canvas.setSubject(f"{c['beneficiary']} — {tonnes(int(c['quantity_kg']))} t CO2e")

@@ -144,22 +144,30 @@ def test_a_message_taller_than_a_page_is_cut_between_lines(tmp_path: Path) -> No
     assert all(f"line {i}\n" in text or f"line {i} " in text for i in range(1, 121))
 
 
-def test_the_cid_font_dictionary_is_reportlabs_formatted_once() -> None:
-    """The built-in CID font's dictionary, formatted once and reused, gives the bytes reportlab's own
-    UnicodeCIDFont gives."""
+def test_the_font_dictionaries_are_reportlabs_formatted_once() -> None:
+    """The built-in CID font's and the standard Type 1 fonts' dictionaries, formatted once and
+    reused, give the bytes reportlab's own UnicodeCIDFont and Font give; reportlab's "Helvetica"
+    is left as it is."""
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 
     doc = _doc("THC-5", "大湾区论坛 GBA Forum", 3)
     assert isinstance(pdfmetrics.getFont(pdf.cjk_font()), pdf.CIDFont)
+    assert all(isinstance(pdfmetrics.getFont(f), pdf.Type1Font) for f in (pdf.LATIN, pdf.LATIN_BOLD, pdf.MONO))
+    assert not isinstance(pdfmetrics.getFont("Helvetica"), pdf.Type1Font)
     ours = pdf.render_pdf(doc)
     assert pdf.render_pdf(doc) == ours
-    kept = pdfmetrics.getFont(pdf.CJK)
+    assert b"/BaseFont /Helvetica" in ours and b"Tanhui-" not in ours
+    names = (pdf.CJK, pdf.LATIN, pdf.LATIN_BOLD, pdf.MONO)
+    kept = [pdfmetrics.getFont(name) for name in names]
     pdfmetrics.registerFont(UnicodeCIDFont(pdf.CJK))
+    for name, face in ((pdf.LATIN, "Helvetica"), (pdf.LATIN_BOLD, "Helvetica-Bold"), (pdf.MONO, "Courier")):
+        pdfmetrics.registerFont(pdfmetrics.Font(name, face, "WinAnsiEncoding"))
     try:
         assert pdf.render_pdf(doc) == ours
     finally:
-        pdfmetrics.registerFont(kept)
+        for font in kept:
+            pdfmetrics.registerFont(font)
 
 
 def test_control_characters_in_a_message_name_no_extra_font(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ when the word alone is wider than the line. reportlab's platypus (Paragraph, Tab
 did the same job at ~7x the CPU, most of it in its CJK line breaking.
 
 Remembered across certificates, none of it changing a byte: each paragraph's lines (`_paragraph`),
-each line's text operators as reportlab's text object makes them (`_Pages.draw_line`), and the
-built-in CID font's dictionary (`CIDFont`). See bench/RESULTS.md, "Offsets".
+each line's text operators as reportlab's text object makes them (`_Pages.draw_line`), and the font
+dictionaries (`CIDFont`, `Type1Font`: the Latin fonts are registered under this module's names).
+See bench/RESULTS.md, "Offsets".
 """
 
 from __future__ import annotations

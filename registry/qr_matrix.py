@@ -1,109 +1,206 @@
-"""The module matrix of a QR code, as segno makes it, with segno's data-mask choice made faster.
+"""The module matrix of a QR code, as segno makes it, with the costly steps done on integers.
 
-Why not just `segno.make_qr`: about nine tenths of its time for a certificate URL (version 4, 33x33
-modules) goes to choosing the data mask, where segno applies each of the eight masks with two Python
-calls per module and scores each result module by module (ISO/IEC 18004:2015 7.8.3). That was ~8 ms
-of a certificate PDF on this project's bench machine. Here the same steps run with segno's own
-encoder functions (data encoding, error correction, codeword placement, format and version
-information); only the masking and the penalty scores are computed differently: a mask is one
-precomputed row pattern XORed into each row as an integer, and the scores count runs and blocks
-with whole-matrix bytes operations (one regular expression substitution for N1, C-level `map`
-and integer AND for N2, `bytes.find` for N3, `sum` for N4), following segno's `mask_scores` term for term, including how it treats the reserved
-modules (value 0x2) during the evaluation. `matrix(value)` returns exactly `segno.make_qr(value,
-error="m", boost_error=False).matrix` (tests/certificates/test_qr_matrix.py compares both, and the
-scores with `segno.encoder.mask_scores`, on many values); should a segno upgrade change its
-internals, those tests say so.
+Why not just `segno.make_qr`: for a certificate URL (version 4, 33x33 modules) segno spends ~5 ms
+in Python loops over modules: the Reed-Solomon division, the codeword placement, and above all the
+data mask choice, where it applies each of the eight masks and scores each result module by module
+(ISO/IEC 18004:2015 7.8.3). Here segno's own functions still encode the data into codewords and add
+the format and version information; the rest is done on integers:
+
+- error correction: the Reed-Solomon remainder by a shift register over whole-remainder integers
+  (one table row per factor), blocks interleaved as segno's `make_final_message` does;
+- placement: the symbol is one integer "board", a bit per module, rows `stride` bits apart with four
+  guard columns between them and four guard rows above and below; the order in which segno's
+  `add_codewords` places bits is learnt once per version, so placing is one C-level gather;
+- masking: each mask is a precomputed board XORed in;
+- the penalty scores (segno's `mask_scores`, term for term): N1 and N2 by shifting and ANDing the
+  board of each colour (a run of 5 + i equal modules holds 1 + i windows of five and one start:
+  3 + i), N3 by matching the 1:1:3:1:1 pattern and its four light modules (guards count as light,
+  as the symbol's edge does for segno) on the whole board at once, with segno's scan order replayed
+  only when two patterns overlap; N4 from the dark count.
+
+`matrix(value)` returns exactly `segno.make_qr(value, error="m", boost_error=False).matrix`
+(tests/certificates/test_qr_matrix.py compares both, and the scores with `segno.encoder.mask_scores`,
+on many values); should a segno upgrade change its internals, those tests say so.
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from operator import eq
+from itertools import zip_longest
+from operator import itemgetter
+from typing import Any
 
 from segno import consts
 from segno import encoder as _enc
 
-_RUN = re.compile(rb"(.)\1{4,}", re.DOTALL)   # five or more equal modules in a row (N1)
-_FINDER = bytes((1, 0, 1, 1, 1, 0, 1))         # the 1:1:3:1:1 pattern (N3)
+GUARD = 4                                  # guard columns between rows, guard rows above and below
+_TO_ASCII = bytes.maketrans(b"\x00\x01", b"01")
+_FROM_ASCII = bytes.maketrans(b"01", b"\x00\x01")
 
 Matrix = tuple[bytearray, ...]
 
 
+class Geometry:
+    """Where each module of a `size` x `size` symbol is on a board (bit (r + 4) * stride + c + 4)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.stride = size + GUARD
+        self.length = (size + 2 * GUARD) * self.stride
+        row = (1 << size) - 1
+        self.valid = 0
+        for r in range(size):
+            self.valid |= row << self.bit(r, 0)
+        self.guard = ((1 << self.length) - 1) ^ self.valid
+
+    def bit(self, r: int, c: int) -> int:
+        return (r + GUARD) * self.stride + c + GUARD
+
+    def board(self, rows: list[bytes] | tuple[bytearray, ...]) -> int:
+        """The board of the modules equal to 1 in `rows`."""
+        out = 0
+        for r, row in enumerate(rows):
+            out |= int(bytes(row[::-1]).translate(_TO_ASCII), 2) << self.bit(r, 0)
+        return out
+
+    def rows(self, board: int) -> list[bytearray]:
+        """The rows of a board, one byte a module (1 = set)."""
+        size = self.size
+        flat = format(board, f"0{self.length}b")[::-1].encode().translate(_FROM_ASCII)  # flat[k]: bit k
+        return [bytearray(flat[start:start + size]) for start in range(self.bit(0, 0), self.bit(size, 0), self.stride)]
+
+
 @functools.lru_cache(maxsize=8)
-def _masks(version: int) -> tuple[int, list[list[int]]]:
-    """The symbol's width and, for each of the eight QR masks, every row's XOR pattern as an integer
-    (the mask's modules inside the encoding region, as segno's `find_and_apply_best_mask` selects it)."""
-    width = _enc.calc_matrix_size(version)
-    function = _enc.make_matrix(width, width)
-    _enc.add_finder_patterns(function, width, width)
-    _enc.add_alignment_patterns(function, width, width)
-    function[-8][8] = 0x1
-    patterns = []
-    for fn in _enc.get_data_mask_functions(False):
-        rows = []
-        for i in range(width):
-            row = bytes(1 if function[i][j] > 0x1 and fn(i, j) else 0 for j in range(width))
-            rows.append(int.from_bytes(row, "big"))
-        patterns.append(rows)
-    return width, patterns
+def geometry(size: int) -> Geometry:
+    return Geometry(size)
 
 
-def _n3(joined: bytes, size: int) -> int:
-    """segno's `n3_pattern_occurrences` summed over sequences of `size` modules joined by one 0xff
-    byte (the pattern cannot span it); positions and the light areas are taken within each sequence."""
-    count = 0
-    stride = size + 1
-    idx = joined.find(_FINDER)
-    while idx != -1:
-        local = idx % stride
-        start = idx - local
-        offset = local + 7
-        if local in (0, size - 7) \
-                or not any(joined[start + max(local - 4, 0):idx]) \
-                or not any(joined[start + offset:start + min(offset + 4, size)]):
-            count += 40
+def _n1_n2(b: int, stride: int) -> tuple[int, int]:
+    """N1 and N2 of the modules of one colour (board `b`, zero outside the symbol)."""
+    h2 = b & (b >> 1)
+    h5 = h2 & (h2 >> 2) & (b >> 4)                 # five in a row start here
+    v2 = b & (b >> stride)
+    v5 = v2 & (v2 >> 2 * stride) & (b >> 4 * stride)
+    n1 = (h5.bit_count() + 2 * (h5 & ~(h5 << 1)).bit_count()
+          + v5.bit_count() + 2 * (v5 & ~(v5 << stride)).bit_count())
+    return n1, 3 * (h2 & (h2 >> stride)).bit_count()
+
+
+def _n3(dark: int, light: int, open_: int, step: int, stride: int) -> int:
+    """N3 along rows (`step` 1) or columns (`step` = stride): segno's `n3_pattern_occurrences`.
+
+    `open_` is the light modules with the guards (outside the symbol counts as light, as segno's
+    clipped slices do at the edges)."""
+    found = (dark & (light >> step) & (dark >> 2 * step) & (dark >> 3 * step) & (dark >> 4 * step)
+             & (light >> 5 * step) & (dark >> 6 * step))
+    if not found:
+        return 0
+    o2 = open_ & (open_ >> step)
+    o4 = o2 & (o2 >> 2 * step)                       # four light modules start here
+    counted = (o4 << 4 * step) | (o4 >> 7 * step)    # light before the pattern, or after it
+    if not found & ((found << 4 * step) | (found << 6 * step)):
+        return 40 * (found & counted).bit_count()
+    # Overlapping patterns: segno resumes its search 7 modules on after a counted one, 4 after
+    # one that is not counted; replay that scan, sequence by sequence.
+    resume: dict[int, int] = {}
+    score = 0
+    while found:
+        low = found & -found
+        found ^= low
+        p = low.bit_length() - 1
+        line = p // stride if step == 1 else p % stride
+        if p < resume.get(line, -1):
+            continue
+        if (counted >> p) & 1:
+            score += 40
+            resume[line] = p + 7 * step
         else:
-            offset = local + 4
-        idx = joined.find(_FINDER, start + offset)
-    return count
+            resume[line] = p + 4 * step
+    return score
 
 
-def _runs(joined: bytes) -> int:
-    """N1 of sequences joined by single 0xff bytes: each run of 5 + i equal modules costs 3 + i."""
-    rest, runs = _RUN.subn(b"", joined)
-    return len(joined) - len(rest) - 2 * runs
-
-
-@functools.lru_cache(maxsize=8)
-def _not_first_column(size: int) -> int:
-    """A bit set at every module of rows 1.. except the first column (where a 2x2 block cannot end)."""
-    return int.from_bytes(bytes(0 if t % size == 0 else 1 for t in range(size * size - size)), "big")
+def _scores(g: Geometry, dark: int) -> tuple[int, int, int, int]:
+    light = g.valid ^ dark
+    n1d, n2d = _n1_n2(dark, g.stride)
+    n1l, n2l = _n1_n2(light, g.stride)
+    open_ = light | g.guard
+    n3 = _n3(dark, light, open_, 1, g.stride) + _n3(dark, light, open_, g.stride, g.stride)
+    percent = float(dark.bit_count()) / (g.size ** 2)
+    n4 = 10 * int(abs(percent * 100 - 50) / 5)
+    return n1d + n1l, n2d + n2l, n3, n4
 
 
 def mask_scores(rows: list[bytes]) -> tuple[int, int, int, int]:
-    """(N1, N2, N3, N4) of a square matrix, as `segno.encoder.mask_scores` computes them."""
-    size = len(rows)
-    flat = b"".join(rows)
-    columns = [flat[j::size] for j in range(size)]
-    by_row, by_column = b"\xff".join(rows), b"\xff".join(columns)
-    n1 = _runs(by_row) + _runs(by_column)
-    # N2: module k ends a 2x2 block of one colour when it equals its left neighbour, the module above
-    # equals its own left neighbour, and it equals the module above (one byte per module: 1 = equal).
-    left = b"\x00" + bytes(map(eq, flat[1:], flat[:-1]))
-    above = bytes(map(eq, flat[size:], flat[:-size]))
-    blocks = (int.from_bytes(left[size:], "big") & int.from_bytes(left[:-size], "big")
-              & int.from_bytes(above, "big") & _not_first_column(size))
-    n2 = 3 * blocks.bit_count()
-    n3 = _n3(by_row, size) + _n3(by_column, size)
-    percent = float(sum(flat)) / (size ** 2)
-    n4 = 10 * int(abs(percent * 100 - 50) / 5)
-    return n1, n2, n3, n4
+    """(N1, N2, N3, N4) of a square matrix of 0/1 modules, as `segno.encoder.mask_scores` computes them."""
+    g = geometry(len(rows))
+    return _scores(g, g.board(rows))
 
 
-def _placed(value: str) -> tuple[Matrix, int, int]:
-    """segno's `encode` + `_encode` up to the codeword placement, for error level M, no boost, no ECI:
-    the unmasked matrix, the version and the error level."""
+class Layout(Geometry):
+    """A QR version's symbol: the function patterns, where segno places the codeword bits, the masks."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(_enc.calc_matrix_size(version))
+        size = self.size
+        template = _enc.make_matrix(size, size)
+        _enc.add_finder_patterns(template, size, size)
+        _enc.add_alignment_patterns(template, size, size)
+        free = [(i, j) for i in range(size) for j in range(size) if template[i][j] == 0x2]
+        # Learn segno's placement order: place the bit numbers themselves.
+        numbered = [list(row) for row in template]
+        _enc.add_codewords(numbered, [3 + k for k in range(len(free))], version)
+        order = sorted(free, key=lambda ij: numbered[ij[0]][ij[1]])
+        self.bits = len(order)
+        self.fixed_dark = self.board([bytes(1 if v == 0x1 else 0 for v in row) for row in template])
+        position = {self.bit(i, j): k for k, (i, j) in enumerate(order)}
+        # The board string is read with int(s, 2): its first character is the board's highest bit.
+        self.gather = [position.get(b, self.bits) for b in range(self.length - 1, -1, -1)]
+        data = set(free)
+        self.masks = [self.board([bytes(1 if (i, j) in data and fn(i, j) else 0 for j in range(size))
+                                  for i in range(size)])
+                      for fn in _enc.get_data_mask_functions(False)]
+
+    def place(self, bits: int) -> int:
+        """The board of the 1 bits of the `self.bits`-bit message `bits` (first placed bit highest)."""
+        src = format(bits, f"0{self.bits}b") + "0"
+        return int("".join(itemgetter(*self.gather)(src)), 2)
+
+
+@functools.lru_cache(maxsize=8)
+def layout(version: int) -> Layout:
+    return Layout(version)
+
+
+@functools.lru_cache(maxsize=8)
+def _rs_rows(n: int) -> tuple[int, ...]:
+    """For each factor 0..255: the factor times the generator polynomial of `n` error codewords,
+    as one integer of `n` bytes (what a Reed-Solomon shift register XORs in)."""
+    exp, log, gen = consts.GALIOS_EXP, consts.GALIOS_LOG, consts.GEN_POLY[n]
+    rows = [0]
+    for coef in range(1, 256):
+        lc = log[coef]
+        rows.append(int.from_bytes(bytes(exp[lc + g] for g in gen), "big"))
+    return tuple(rows)
+
+
+def _error_block(block: bytes, n: int) -> bytes:
+    """The `n` Reed-Solomon error codewords of a data block (segno's `make_blocks`)."""
+    rows = _rs_rows(n)
+    shift, full = 8 * (n - 1), (1 << (8 * n)) - 1
+    rem = 0
+    for byte in block:
+        rem = ((rem << 8) & full) ^ rows[byte ^ (rem >> shift)]
+    return rem.to_bytes(n, "big")
+
+
+_REMAINDER = {**dict.fromkeys((2, 3, 4, 5, 6), 7),
+              **dict.fromkeys((14, 15, 16, 17, 18, 19, 20, 28, 29, 30, 31, 32, 33, 34), 3),
+              **dict.fromkeys((21, 22, 23, 24, 25, 26, 27), 4)}
+
+
+def _message(value: str) -> tuple[int, int, int, int]:
+    """segno's `encode` + `_encode` up to the final message, for error level M, no boost, no ECI:
+    (version, error level, the message bits as one integer, their number)."""
     error = _enc.normalize_errorlevel("m", accept_none=True)
     segments = _enc.prepare_data(value, None, None)
     version = _enc.find_version(segments, error, eci=False, micro=False)
@@ -111,39 +208,49 @@ def _placed(value: str) -> tuple[Matrix, int, int]:
     ver_range = _enc.version_range(version)
     for segment in segments:
         _enc.write_segment(buff, segment, None, ver_range, False)
-    capacity = consts.SYMBOL_CAPACITY[version][error]
+    capacities: Any = consts.SYMBOL_CAPACITY
+    capacity = capacities[version][error]
     _enc.write_terminator(buff, capacity, None, len(buff))
     _enc.write_padding_bits(buff, version, len(buff))
     _enc.write_pad_codewords(buff, version, capacity, len(buff))
-    buff = _enc.make_final_message(version, error, buff)
-    width = _enc.calc_matrix_size(version)
-    placed = _enc.make_matrix(width, width)
-    _enc.add_finder_patterns(placed, width, width)
-    _enc.add_alignment_patterns(placed, width, width)
-    _enc.add_codewords(placed, buff, version)
-    return placed, version, error
+    bits = buff.getbits()
+    data = int(bytes(bits).translate(_TO_ASCII), 2).to_bytes(len(bits) // 8, "big")
+    data_blocks: list[bytes] = []
+    error_blocks: list[bytes] = []
+    at = 0
+    ecc: Any = consts.ECC
+    for info in ecc[version][error]:
+        for _ in range(info.num_blocks):
+            block = data[at:at + info.num_data]
+            at += info.num_data
+            data_blocks.append(block)
+            error_blocks.append(_error_block(block, info.num_total - info.num_data))
+    final = bytes(x for x in (b for group in zip_longest(*data_blocks) for b in group) if x is not None)
+    final += bytes(x for x in (b for group in zip_longest(*error_blocks) for b in group) if x is not None)
+    remainder = _REMAINDER.get(version, 0)
+    return version, error, int.from_bytes(final, "big") << remainder, 8 * len(final) + remainder
 
 
-def best_mask(placed: Matrix, version: int) -> tuple[int, list[bytes]]:
-    """The mask with the lowest penalty (the first of equals, as segno) and the masked rows."""
-    width, patterns = _masks(version)
-    base = [int.from_bytes(row, "big") for row in placed]
-    best: tuple[int, int, list[bytes]] | None = None
-    for number, pattern in enumerate(patterns):
-        rows = [(r ^ p).to_bytes(width, "big") for r, p in zip(base, pattern, strict=True)]
-        score = sum(mask_scores(rows))
-        if best is None or score < best[0]:
-            best = (score, number, rows)
-    assert best is not None
-    return best[1], best[2]
+def masked_boards(value: str) -> tuple[Layout, int, int, list[int]]:
+    """(layout, version, error level, the dark modules' board under each of the eight masks)."""
+    version, error, bits, count = _message(value)
+    lay = layout(version)
+    assert count == lay.bits, (count, lay.bits)
+    placed = lay.place(bits) | lay.fixed_dark
+    return lay, version, error, [placed ^ m for m in lay.masks]
+
+
+def best_mask(lay: Layout, boards: list[int]) -> int:
+    """The mask with the lowest penalty, the first of equals (as segno chooses)."""
+    return min(range(len(boards)), key=lambda k: sum(_scores(lay, boards[k])))
 
 
 def matrix(value: str) -> Matrix:
     """The module matrix of the QR code (error correction M) of `value`, one bytearray a row, 1 = dark:
     the same as `segno.make_qr(value, error="m", boost_error=False).matrix`."""
-    placed, version, error = _placed(value)
-    mask, rows = best_mask(placed, version)
-    out = tuple(bytearray(row) for row in rows)
-    _enc.add_format_info(out, version, error, mask)
+    lay, version, error, boards = masked_boards(value)
+    best = best_mask(lay, boards)
+    out = tuple(lay.rows(boards[best]))
+    _enc.add_format_info(out, version, error, best)
     _enc.add_version_info(out, version)
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
@@ -31,10 +30,12 @@ def test_tonnes_and_times() -> None:
                                                   "2026-05-10 04:05:01 北京时间 China time (UTC+8)")
 
 
-def test_rich_text_escapes_and_splits_scripts() -> None:
-    assert pdf.rich("A<b>&") == "A&lt;b&gt;&amp;"
-    assert pdf.rich("论坛 GBA") == f'<font name="{pdf.CJK}">论坛</font> GBA'
-    assert pdf.rich(None) == ""
+def test_text_splits_into_latin_and_cjk_runs() -> None:
+    assert pdf.script_runs("A<b>&") == [(True, "A<b>&")]
+    assert pdf.script_runs("论坛 GBA") == [(False, "论坛"), (True, " GBA")]
+    assert pdf.script_runs("CO₂ — 北京时间 (UTC+8)") == [(True, "CO"), (False, "₂"), (True, " — "), (False, "北京时间"),
+                                                    (True, " (UTC+8)")]
+    assert pdf.script_runs(None) == [] and pdf.script_runs("") == []
 
 
 def test_pdf_from_the_signed_document(session: Session, retired: Retired, signing_key: SigningKey,
@@ -71,8 +72,7 @@ def test_qr_code_encodes_the_verification_url(session: Session, retired: Retired
                                               tmp_path: Path) -> None:
     doc = certs.issue_document(session, retired.retirement, signing_key, BASE_URL)
     url = doc["certificate"]["verification_url"]
-    codes = [d for d in _flatten(pdf.build_story(doc)) if isinstance(d, pdf.QrCode)]
-    assert len(codes) == 1 and codes[0].value == url
+    assert pdf.verification_qr(doc).value == url
 
     if shutil.which("pdftoppm") is None or shutil.which("zbarimg") is None:
         pytest.skip("pdftoppm and zbarimg (poppler-utils, zbar-tools) are needed to decode the QR code")
@@ -104,19 +104,6 @@ def test_many_ranges_flow_onto_more_pages(signing_key: SigningKey, tmp_path: Pat
     text = _text(path)
     assert text.count("\f") >= 3  # pages
     assert "THR-00007-2025-120-1-1000" in text and "120.000 t" in text and "<Chengdu & Co>" in text
-
-
-def _flatten(items: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for x in items:
-        out.append(x)
-        if isinstance(x, (list, tuple)):
-            out += _flatten(list(x))
-        for attr in ("_content", "_cellvalues"):
-            inner = getattr(x, attr, None)
-            if isinstance(inner, (list, tuple)):
-                out += _flatten(list(inner))
-    return out
 
 
 WQY = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")  # Debian: fonts-wqy-microhei

@@ -1,11 +1,11 @@
-"""`registry.qr_matrix` makes exactly segno's QR code, choosing segno's data mask faster."""
+"""`registry.qr_matrix` makes exactly segno's QR code, placing, masking and scoring on integers."""
 
 from __future__ import annotations
 
 import segno
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from segno import encoder
+from segno import consts, encoder
 
 from registry import qr_matrix
 
@@ -16,10 +16,26 @@ def _segno(value: str) -> list[bytes]:
     return [bytes(row) for row in segno.make_qr(value, error="m", boost_error=False).matrix]
 
 
-def _segno_masked(value: str, mask: int) -> tuple[list[bytearray], int]:
-    """The placed matrix with `mask` applied as segno's `find_and_apply_best_mask` does it."""
-    placed, version, _ = qr_matrix._placed(value)
-    width = len(placed)
+def _segno_masked(value: str, mask: int) -> list[bytearray]:
+    """segno's own steps: the final message placed, then `mask` applied as `find_and_apply_best_mask`
+    does it (before the format information)."""
+    error = consts.ERROR_LEVEL_M
+    code = segno.make_qr(value, error="m", boost_error=False)
+    version = code.version
+    segments = encoder.prepare_data(value, None, None)
+    buff = encoder.Buffer()
+    for segment in segments:
+        encoder.write_segment(buff, segment, None, encoder.version_range(version), False)
+    capacity = consts.SYMBOL_CAPACITY[version][error]
+    encoder.write_terminator(buff, capacity, None, len(buff))
+    encoder.write_padding_bits(buff, version, len(buff))
+    encoder.write_pad_codewords(buff, version, capacity, len(buff))
+    final = encoder.make_final_message(version, error, buff)
+    width = encoder.calc_matrix_size(version)
+    placed = encoder.make_matrix(width, width)
+    encoder.add_finder_patterns(placed, width, width)
+    encoder.add_alignment_patterns(placed, width, width)
+    encoder.add_codewords(placed, final, version)
     function = encoder.make_matrix(width, width)
     encoder.add_finder_patterns(function, width, width)
     encoder.add_alignment_patterns(function, width, width)
@@ -27,26 +43,24 @@ def _segno_masked(value: str, mask: int) -> tuple[list[bytearray], int]:
     rows = [bytearray(row) for row in placed]
     encoder.apply_mask(rows, encoder.get_data_mask_functions(False)[mask], width, width,
                        lambda i, j: function[i][j] > 0x1)
-    return rows, version
+    return rows
 
 
 def test_the_certificate_url_gives_segnos_matrix_and_mask() -> None:
     code = segno.make_qr(URL, error="m", boost_error=False)
-    placed, version, _ = qr_matrix._placed(URL)
-    assert version == code.version == 4
-    assert qr_matrix.best_mask(placed, version)[0] == code.mask
+    lay, version, _, boards = qr_matrix.masked_boards(URL)
+    assert version == code.version == 4 and lay.size == 33
+    assert qr_matrix.best_mask(lay, boards) == code.mask
     assert [bytes(row) for row in qr_matrix.matrix(URL)] == _segno(URL)
 
 
-def test_every_mask_scores_as_segno_scores_it() -> None:
-    for mask in range(8):
-        rows, version = _segno_masked(URL, mask)
-        width, patterns = qr_matrix._masks(version)
-        placed, _, _ = qr_matrix._placed(URL)
-        mine = [(int.from_bytes(row, "big") ^ p).to_bytes(width, "big") for row, p in zip(placed, patterns[mask],
-                                                                                          strict=True)]
-        assert mine == [bytes(row) for row in rows]
-        assert qr_matrix.mask_scores(mine) == encoder.mask_scores(rows, width, width)
+def test_every_mask_places_and_scores_as_segno() -> None:
+    for value in (URL, "a", "碳惠 Tanhui " * 12, "0123456789" * 40):
+        lay, _, _, boards = qr_matrix.masked_boards(value)
+        for mask, board in enumerate(boards):
+            rows = _segno_masked(value, mask)
+            assert lay.rows(board) == rows, (value, mask)
+            assert qr_matrix.mask_scores([bytes(r) for r in rows]) == encoder.mask_scores(rows, lay.size, lay.size)
 
 
 def test_scores_of_a_hand_made_matrix() -> None:
@@ -59,6 +73,32 @@ def test_scores_of_a_hand_made_matrix() -> None:
     rows = [b"\x01" * 5, b"\x01" * 5, b"\x00" * 5, b"\x00\x00\x01\x00\x00", b"\x00" * 5]
     assert qr_matrix.mask_scores(rows) == (12, 24, 0, 10)
     assert qr_matrix.mask_scores(rows) == encoder.mask_scores([bytearray(r) for r in rows], 5, 5)
+
+
+def _bits(text: str) -> bytes:
+    return bytes(int(ch) for ch in text)
+
+
+def test_finder_like_patterns_at_edges_and_overlapping_score_as_segno() -> None:
+    """N3 where segno's scan order matters: patterns that overlap (10111011101: segno skips the
+    second after counting the first), at the edges (light beyond the symbol), with too few light
+    modules before and after, in rows and in columns."""
+    size = 21
+    lines = ["1011101" + "0" * 14, "0000" + "10111011101" + "000000", "0" * 10 + "1011101" + "0000",
+             "1" + "1011101" + "1" * 13, "0" * 14 + "1011101", "00" + "1011101" + "0" + "1011101" + "0000",
+             "1011101" + "1011101" + "1011101", "0000" + "101110111011101" + "00"]
+    rows = [_bits(line) for line in lines] + [_bits(("01" * 11)[:size]) for _ in range(size - len(lines))]
+    for matrix in (rows, [bytes(col) for col in zip(*rows, strict=True)]):
+        assert qr_matrix.mask_scores(matrix) == encoder.mask_scores([bytearray(r) for r in matrix], size, size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=5, max_value=29).flatmap(
+    lambda n: st.lists(st.binary(min_size=n, max_size=n).map(lambda b: bytes(x & 1 for x in b)),
+                       min_size=n, max_size=n)))
+def test_any_matrix_scores_as_segno_scores_it(rows: list[bytes]) -> None:
+    size = len(rows)
+    assert qr_matrix.mask_scores(rows) == encoder.mask_scores([bytearray(r) for r in rows], size, size)
 
 
 @settings(max_examples=150, deadline=None)

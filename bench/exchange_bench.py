@@ -198,6 +198,7 @@ if len(sys.argv) >= 2 and sys.argv[1] == "--_loadgen":   # before the project's 
 from sqlalchemy import create_engine, event, func, select, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
 
 from exchange import instruments, orders, wallets  # noqa: E402
 from exchange.models import Trade  # noqa: E402
@@ -558,6 +559,33 @@ def place_many(factory: sessionmaker[Session], traders: list[Trader], side: str,
     return time.perf_counter() - t0
 
 
+ROW_TABLES = ("trades", "journals", "postings", "transfers", "movements", "blocks", "audit_records")
+
+
+def row_counts(factory: sessionmaker[Session]) -> dict[str, int]:
+    with factory() as s:
+        return {t: int(s.scalar(text(f"SELECT count(*) FROM {t}")) or 0) for t in ROW_TABLES}
+
+
+def backend_cpu(eng: Engine) -> dict[int, float]:
+    """CPU seconds (user + system, from /proc) of every PostgreSQL backend connected to the bench
+    database but the one asking (`eng` must not be the measured engine: its pool would hand out the
+    very connection to be measured); empty if the server is not on this machine."""
+    with eng.connect() as c:
+        pids = list(c.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND pid <> pg_backend_pid()")).scalars())
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]:
     eng = create_engine(url)
     counter = SqlCounter()
@@ -572,14 +600,21 @@ def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]
     place_buys = place_many(factory, w.buyers, "buy", n, REF_PRICE)
     with factory() as s:
         before = s.scalar(select(func.count()).select_from(Trade)) or 0
+    rows0 = row_counts(factory)
     counter.reset()
     counter.on = True
-    t0 = time.perf_counter()
+    watch = create_engine(url, poolclass=NullPool)
+    pg0 = backend_cpu(watch)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     applied = seq.run_once()
-    drain_s = time.perf_counter() - t0
+    drain_s, client_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    pg1 = backend_cpu(watch)
+    watch.dispose()
     counter.on = False
+    server_cpu_s = sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
     with factory() as s:
         trades = (s.scalar(select(func.count()).select_from(Trade)) or 0) - before
+    rows1 = row_counts(factory)
     prof = None
     if args.profile:   # untimed: the same drain again, smaller, under cProfile
         import cProfile
@@ -593,8 +628,9 @@ def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]
         prof.disable()
     eng.dispose()
     res = {"n": n, "place_sells_s": place_sells, "rest_s": rest_s, "rested": rested, "place_buys_s": place_buys,
-           "applied": applied, "drain_s": drain_s, "trades": trades, "trades_per_s": trades / drain_s,
-           "sql_n": dict(counter.n), "sql_t": dict(counter.t), "entry_orders_per_s_inproc": 2 * n / (
+           "applied": applied, "drain_s": drain_s, "client_cpu_s": client_cpu_s,
+           "server_cpu_s": server_cpu_s if pg1 else None, "trades": trades, "trades_per_s": trades / drain_s,
+           "rows": {t: rows1[t] - rows0[t] for t in ROW_TABLES}, "sql_n": dict(counter.n), "sql_t": dict(counter.t), "entry_orders_per_s_inproc": 2 * n / (
                place_sells + place_buys)}
     if prof is not None:
         import io
@@ -764,6 +800,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="also time the parts of an order POST in-process and cProfile the settlement drain")
     ap.add_argument("--profile-orders", type=int, default=400, help="order POSTs timed by --profile")
     ap.add_argument("--py-spy", action="store_true", help="py-spy one gunicorn worker during phase 1")
+    ap.add_argument("--only", choices=["settle"],
+                    help="run only this phase (settle: the world and phase 2; the other measures print as 0)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.duration, args.warmup, args.clients, args.traders, args.trades = 2.0, 0.5, 4, 8, 200
@@ -803,11 +841,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         w = build_world(sessionmaker(bind=create_engine(url), expire_on_commit=False), args.traders, per_seller)
         print(f"# {res['server']}, synchronous_commit={res['sync_commit']}; world built in "
               f"{time.perf_counter() - t0:.1f} s ({args.traders} buyers, {args.traders} sellers)", flush=True)
-        e = res["entry"] = phase_entry(args, url, w, procs, tmp)
-        print(f"# phase 1: {e['requests']} requests, {e['accepted']} accepted, codes {e['codes']}, "
-              f"answer status {e['statuses']}, still pending {e['pending']}; engine left "
-              f"{e['db_trades']} trades, orders {e['db_orders']}", flush=True)
-        if e["errors"]:
+        if args.only == "settle":
+            res["entry"] = {"orders_per_s": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0, "pending": 0, "accepted": 0}
+        e = res["entry"] if args.only else phase_entry(args, url, w, procs, tmp)
+        if not args.only:
+            print(f"# phase 1: {e['requests']} requests, {e['accepted']} accepted, codes {e['codes']}, "
+                  f"answer status {e['statuses']}, still pending {e['pending']}; engine left "
+                  f"{e['db_trades']} trades, orders {e['db_orders']}", flush=True)
+        if e.get("errors"):
             print(f"# phase 1 errors (first): {e['errors']}")
         for name, path in (e.get("pyspy") or {}).items():
             print(f"# py-spy {name} (on-CPU samples, inclusive share):")
@@ -819,6 +860,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"session, no HTTP); resting the sells: {st['rest_s']:.2f} s; draining the buys: "
               f"{st['applied']} commands, {st['trades']} trades in {st['drain_s']:.2f} s", flush=True)
         tn = max(1, st["trades"])
+        if st["server_cpu_s"] is not None:
+            print(f"# CPU per trade during the drain: {st['client_cpu_s'] * 1000 / tn:.3f} ms in this process, "
+                  f"{st['server_cpu_s'] * 1000 / tn:.3f} ms in the PostgreSQL backends "
+                  f"({(st['client_cpu_s'] + st['server_cpu_s']) * 1000 / tn:.3f} ms in all)")
+        else:
+            print(f"# CPU per trade during the drain: {st['client_cpu_s'] * 1000 / tn:.3f} ms in this process")
+        print("# rows inserted per trade during the drain: " + ", ".join(
+            f"{t} {v / tn:.2f}" for t, v in st["rows"].items()))
         print(f"# SQL statements per trade during the drain: {sum(st['sql_n'].values()) / tn:.1f} "
               f"({sum(st['sql_t'].values()) * 1000 / tn:.2f} ms in the database driver per trade, "
               f"{st['drain_s'] * 1000 / tn:.2f} ms wall per trade)")
@@ -829,10 +878,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for line in st["cprofile"].splitlines():
                 if line.strip():
                     print("#   " + line)
-        pg = res["pgbench"] = phase_pgbench(args, url, tmp)
-        print(f"# phase 3: {pg['tool']}: {pg['tps']:.0f} one-row insert transactions/s with {args.clients} "
-              f"connections" + (f", average latency {pg['lat_avg_ms']} ms" if pg["lat_avg_ms"] else ""), flush=True)
-        if args.profile:
+        if args.only:
+            res["pgbench"] = {"tool": "pgbench", "tps": 0.0}
+        pg = res["pgbench"] if args.only else phase_pgbench(args, url, tmp)
+        if not args.only:
+            print(f"# phase 3: {pg['tool']}: {pg['tps']:.0f} one-row insert transactions/s with {args.clients} "
+                  f"connections" + (f", average latency {pg['lat_avg_ms']} ms" if pg["lat_avg_ms"] else ""),
+                  flush=True)
+        if args.profile and not args.only:
             pp = res["post_profile"] = profile_post(url, w, args.profile_orders)
             print(f"# order POST in-process (Flask test client, one at a time, sequencer thread): "
                   f"{pp['total_ms']:.2f} ms per POST; parts (ms per POST):")
@@ -856,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"| answers still pending | {e['pending']} of {e['accepted']} | |")
     print(f"| trades settled/s (sequencer) | {st['trades_per_s']:.0f} | >= 5,000 |")
     print(f"| {pg['tool']} one-row inserts/s | {pg['tps']:.0f} | |")
-    ratio = e["orders_per_s"] / pg["tps"] if pg["tps"] else float("nan")
+    ratio = e["orders_per_s"] / pg["tps"] if pg["tps"] else 0.0 if args.only else float("nan")
     res["vs_pgbench"] = ratio
     print(f"BENCH exchange orders_per_s={e['orders_per_s']:.0f} p99_ms={e['p99']:.1f} "
           f"trades_per_s={st['trades_per_s']:.0f} vs_pgbench={ratio:.3f}", flush=True)

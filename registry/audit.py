@@ -26,9 +26,12 @@ GENESIS = "0" * 64
 _SEAL_LOCK_KEY = 0x7A6875  # arbitrary, fixed: pg_advisory lock id of the sealer
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept: the same value always gives the same text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def record(session: Session, actor: Actor | None, action: str, entity_type: str,

@@ -10,15 +10,19 @@ import enum
 import json
 import sqlite3
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
+    ColumnElement,
     Enum,
     Integer,
     MetaData,
     Table,
+    any_,
     bindparam,
     event,
     insert,
@@ -98,12 +102,25 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def in_list(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN values` for a long list: on PostgreSQL `= ANY(:array)`, one parameter, so the driver
+    does not parse a statement of thousands of placeholders (a new text for every length) each time."""
+    values = list(values)
+    if _is_pg(session):
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)
+
+
 def _enum_value(v: Any) -> Any:
     return v.value if isinstance(v, enum.Enum) else v
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _json_text(v: Any) -> Any:
-    return None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    return None if v is None else _JSON.encode(v)
 
 
 def _copy(session: Session, table: Table, columns: list[str], rows: list[dict[str, Any]], *,

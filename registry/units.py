@@ -544,11 +544,13 @@ class ListedUnits:
 
     def _take(self, ref: str, quantity: int | None) -> list[_Piece]:
         listed = self.listed.get(ref, [])
-        have = sum(p.quantity for p in listed)
-        if quantity is None:
-            quantity = have
-        elif quantity <= 0 or quantity > have:
-            raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
+        # (most takes fit in the first piece: then the total is not needed)
+        if quantity is None or quantity <= 0 or not listed or quantity > listed[0].quantity:
+            have = sum(p.quantity for p in listed)
+            if quantity is None:
+                quantity = have
+            elif quantity <= 0 or quantity > have:
+                raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
         taken: list[_Piece] = []
         while quantity > 0:
             head = listed[0]

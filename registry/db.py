@@ -117,9 +117,10 @@ def _enum_value(v: Any) -> Any:
 
 # Built once: json.dumps with options builds a new encoder on every call (and the C encoder
 # under it; used directly, without the cycle check, for the lists and dicts the sequencer writes).
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)   # CPython's C encoder
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_C_JSON = (json.encoder.c_make_encoder(None, _JSON.default, json.encoder.encode_basestring, None, ":", ",",
-                                       False, False, True) if json.encoder.c_make_encoder else None)
+_C_JSON = (_c_make_encoder(None, _JSON.default, json.encoder.encode_basestring, None, ":", ",",
+                                       False, False, True) if _c_make_encoder else None)
 
 
 def _json_text(v: Any) -> Any:

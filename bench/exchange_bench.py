@@ -843,7 +843,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{time.perf_counter() - t0:.1f} s ({args.traders} buyers, {args.traders} sellers)", flush=True)
         if args.only == "settle":
             res["entry"] = {"orders_per_s": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0, "pending": 0, "accepted": 0}
-        e = res["entry"] if args.only else phase_entry(args, url, w, procs, tmp)
+        else:
+            res["entry"] = phase_entry(args, url, w, procs, tmp)
+        e = res["entry"]
         if not args.only:
             print(f"# phase 1: {e['requests']} requests, {e['accepted']} accepted, codes {e['codes']}, "
                   f"answer status {e['statuses']}, still pending {e['pending']}; engine left "
@@ -868,11 +870,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"# CPU per trade during the drain: {st['client_cpu_s'] * 1000 / tn:.3f} ms in this process")
         print("# rows inserted per trade during the drain: " + ", ".join(
             f"{t} {v / tn:.2f}" for t, v in st["rows"].items()))
-        print(f"# SQL statements per trade during the drain: {sum(st['sql_n'].values()) / tn:.1f} "
+        print(f"# SQL statements per trade during the drain (COPY, sent on the driver itself, not counted): "
+              f"{sum(st['sql_n'].values()) / tn:.3f} "
               f"({sum(st['sql_t'].values()) * 1000 / tn:.2f} ms in the database driver per trade, "
               f"{st['drain_s'] * 1000 / tn:.2f} ms wall per trade)")
         for k, v in sorted(st["sql_n"].items(), key=lambda kv: -kv[1]):
-            print(f"#   {v / tn:6.2f} x  {st['sql_t'].get(k, 0) * 1000 / tn:6.3f} ms  {k}")
+            print(f"#   {v / tn:6.3f} x  {st['sql_t'].get(k, 0) * 1000 / tn:6.3f} ms  {k}")
         if args.profile:
             print(f"# cProfile of a second, untimed drain of {min(st['n'], 1000)} trades (cumulative):")
             for line in st["cprofile"].splitlines():
@@ -880,7 +883,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     print("#   " + line)
         if args.only:
             res["pgbench"] = {"tool": "pgbench", "tps": 0.0}
-        pg = res["pgbench"] if args.only else phase_pgbench(args, url, tmp)
+        else:
+            res["pgbench"] = phase_pgbench(args, url, tmp)
+        pg = res["pgbench"]
         if not args.only:
             print(f"# phase 3: {pg['tool']}: {pg['tps']:.0f} one-row insert transactions/s with {args.clients} "
                   f"connections" + (f", average latency {pg['lat_avg_ms']} ms" if pg["lat_avg_ms"] else ""),

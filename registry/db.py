@@ -134,6 +134,9 @@ def _json_text(v: Any) -> Any:
 # COPY's binary format: nothing to escape or parse, on either side. The value of each column goes
 # by the binary dumper of its PostgreSQL type; text-like types (varchar, text, json) all take the
 # text dumper, as their binary form is their text. A column of any other type makes the COPY textual.
+# The types are read from the server once per process and table (a migration that changes a
+# column's type needs a restart, as it does for the ORM's models); a wrong guess fails loudly, as
+# the binary format checks every value's length.
 _BINARY_AS = {20: 20, 21: 21, 23: 23, 16: 16, 1114: 1114, 1082: 1082, 25: 25, 1043: 25, 114: 25}
 _COPY_TYPES: dict[tuple[str, tuple[str, ...]], list[int] | None] = {}
 

@@ -203,6 +203,7 @@ if len(sys.argv) >= 2 and sys.argv[1] == "--_loadgen":   # before the project's 
 from sqlalchemy import create_engine, event, func, select, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
 
 from exchange import instruments, orders, wallets  # noqa: E402
 from exchange.models import Trade  # noqa: E402
@@ -614,6 +615,33 @@ def place_many(factory: sessionmaker[Session], traders: list[Trader], side: str,
     return time.perf_counter() - t0
 
 
+ROW_TABLES = ("trades", "journals", "postings", "transfers", "movements", "blocks", "audit_records")
+
+
+def row_counts(factory: sessionmaker[Session]) -> dict[str, int]:
+    with factory() as s:
+        return {t: int(s.scalar(text(f"SELECT count(*) FROM {t}")) or 0) for t in ROW_TABLES}
+
+
+def backend_cpu(eng: Engine) -> dict[int, float]:
+    """CPU seconds (user + system, from /proc) of every PostgreSQL backend connected to the bench
+    database but the one asking (`eng` must not be the measured engine: its pool would hand out the
+    very connection to be measured); empty if the server is not on this machine."""
+    with eng.connect() as c:
+        pids = list(c.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND pid <> pg_backend_pid()")).scalars())
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]:
     eng = create_engine(url)
     counter = SqlCounter()
@@ -628,14 +656,21 @@ def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]
     place_buys = place_many(factory, w.buyers, "buy", n, REF_PRICE)
     with factory() as s:
         before = s.scalar(select(func.count()).select_from(Trade)) or 0
+    rows0 = row_counts(factory)
     counter.reset()
     counter.on = True
-    t0 = time.perf_counter()
+    watch = create_engine(url, poolclass=NullPool)
+    pg0 = backend_cpu(watch)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     applied = seq.run_once()
-    drain_s = time.perf_counter() - t0
+    drain_s, client_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    pg1 = backend_cpu(watch)
+    watch.dispose()
     counter.on = False
+    server_cpu_s = sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
     with factory() as s:
         trades = (s.scalar(select(func.count()).select_from(Trade)) or 0) - before
+    rows1 = row_counts(factory)
     prof = None
     if args.profile:   # untimed: the same drain again, smaller, under cProfile
         import cProfile
@@ -649,8 +684,9 @@ def phase_settle(args: argparse.Namespace, url: str, w: World) -> dict[str, Any]
         prof.disable()
     eng.dispose()
     res = {"n": n, "place_sells_s": place_sells, "rest_s": rest_s, "rested": rested, "place_buys_s": place_buys,
-           "applied": applied, "drain_s": drain_s, "trades": trades, "trades_per_s": trades / drain_s,
-           "sql_n": dict(counter.n), "sql_t": dict(counter.t), "entry_orders_per_s_inproc": 2 * n / (
+           "applied": applied, "drain_s": drain_s, "client_cpu_s": client_cpu_s,
+           "server_cpu_s": server_cpu_s if pg1 else None, "trades": trades, "trades_per_s": trades / drain_s,
+           "rows": {t: rows1[t] - rows0[t] for t in ROW_TABLES}, "sql_n": dict(counter.n), "sql_t": dict(counter.t), "entry_orders_per_s_inproc": 2 * n / (
                place_sells + place_buys)}
     if prof is not None:
         import io
@@ -820,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="also time the parts of an order POST in-process and cProfile the settlement drain")
     ap.add_argument("--profile-orders", type=int, default=400, help="order POSTs timed by --profile")
     ap.add_argument("--py-spy", action="store_true", help="py-spy one gunicorn worker during phase 1")
+    ap.add_argument("--only", choices=["settle"],
+                    help="run only this phase (settle: the world and phase 2; the other measures print as 0)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.duration, args.warmup, args.clients, args.traders, args.trades = 2.0, 0.5, 4, 8, 200
@@ -859,11 +897,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         w = build_world(sessionmaker(bind=create_engine(url), expire_on_commit=False), args.traders, per_seller)
         print(f"# {res['server']}, synchronous_commit={res['sync_commit']}; world built in "
               f"{time.perf_counter() - t0:.1f} s ({args.traders} buyers, {args.traders} sellers)", flush=True)
-        e = res["entry"] = phase_entry(args, url, w, procs, tmp)
-        print(f"# phase 1: {e['requests']} requests, {e['accepted']} accepted, codes {e['codes']}, "
-              f"answer status {e['statuses']}, still pending {e['pending']}; engine left "
-              f"{e['db_trades']} trades, orders {e['db_orders']}", flush=True)
-        if e["errors"]:
+        if args.only == "settle":
+            res["entry"] = {"orders_per_s": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0, "pending": 0, "accepted": 0}
+        else:
+            res["entry"] = phase_entry(args, url, w, procs, tmp)
+        e = res["entry"]
+        if not args.only:
+            print(f"# phase 1: {e['requests']} requests, {e['accepted']} accepted, codes {e['codes']}, "
+                  f"answer status {e['statuses']}, still pending {e['pending']}; engine left "
+                  f"{e['db_trades']} trades, orders {e['db_orders']}", flush=True)
+        if e.get("errors"):
             print(f"# phase 1 errors (first): {e['errors']}")
         for name, path in (e.get("pyspy") or {}).items():
             print(f"# py-spy {name} (on-CPU samples, inclusive share):")
@@ -875,24 +918,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"session, no HTTP); resting the sells: {st['rest_s']:.2f} s; draining the buys: "
               f"{st['applied']} commands, {st['trades']} trades in {st['drain_s']:.2f} s", flush=True)
         tn = max(1, st["trades"])
-        print(f"# SQL statements per trade during the drain: {sum(st['sql_n'].values()) / tn:.1f} "
+        if st["server_cpu_s"] is not None:
+            print(f"# CPU per trade during the drain: {st['client_cpu_s'] * 1000 / tn:.3f} ms in this process, "
+                  f"{st['server_cpu_s'] * 1000 / tn:.3f} ms in the PostgreSQL backends "
+                  f"({(st['client_cpu_s'] + st['server_cpu_s']) * 1000 / tn:.3f} ms in all)")
+        else:
+            print(f"# CPU per trade during the drain: {st['client_cpu_s'] * 1000 / tn:.3f} ms in this process")
+        print("# rows inserted per trade during the drain: " + ", ".join(
+            f"{t} {v / tn:.2f}" for t, v in st["rows"].items()))
+        print(f"# SQL statements per trade during the drain (COPY, sent on the driver itself, not counted): "
+              f"{sum(st['sql_n'].values()) / tn:.3f} "
               f"({sum(st['sql_t'].values()) * 1000 / tn:.2f} ms in the database driver per trade, "
               f"{st['drain_s'] * 1000 / tn:.2f} ms wall per trade)")
         for k, v in sorted(st["sql_n"].items(), key=lambda kv: -kv[1]):
-            print(f"#   {v / tn:6.2f} x  {st['sql_t'].get(k, 0) * 1000 / tn:6.3f} ms  {k}")
+            print(f"#   {v / tn:6.3f} x  {st['sql_t'].get(k, 0) * 1000 / tn:6.3f} ms  {k}")
         if args.profile:
             print(f"# cProfile of a second, untimed drain of {min(st['n'], 1000)} trades (cumulative):")
             for line in st["cprofile"].splitlines():
                 if line.strip():
                     print("#   " + line)
-        fl = res["floor"] = phase_floor(args, url, w, procs, tmp)
-        print(f"# phase 1b (floor: parse, one INSERT, commit, answer): {fl['requests']} requests, "
-              f"{fl['accepted']} accepted ({fl['orders_per_s']:.0f}/s), codes {fl['codes']}, p50 "
-              f"{fl['p50']:.1f} ms, p99 {fl['p99']:.1f} ms", flush=True)
-        pg = res["pgbench"] = phase_pgbench(args, url, tmp)
-        print(f"# phase 3: {pg['tool']}: {pg['tps']:.0f} one-row insert transactions/s with {args.clients} "
-              f"connections" + (f", average latency {pg['lat_avg_ms']} ms" if pg["lat_avg_ms"] else ""), flush=True)
-        if args.profile:
+        if args.only:
+            res["floor"] = {"orders_per_s": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+            res["pgbench"] = {"tool": "pgbench", "tps": 0.0}
+        else:
+            fl = res["floor"] = phase_floor(args, url, w, procs, tmp)
+            print(f"# phase 1b (floor: parse, one INSERT, commit, answer): {fl['requests']} requests, "
+                  f"{fl['accepted']} accepted ({fl['orders_per_s']:.0f}/s), codes {fl['codes']}, p50 "
+                  f"{fl['p50']:.1f} ms, p99 {fl['p99']:.1f} ms", flush=True)
+            res["pgbench"] = phase_pgbench(args, url, tmp)
+        pg = res["pgbench"]
+        if not args.only:
+            print(f"# phase 3: {pg['tool']}: {pg['tps']:.0f} one-row insert transactions/s with {args.clients} "
+                  f"connections" + (f", average latency {pg['lat_avg_ms']} ms" if pg["lat_avg_ms"] else ""),
+                  flush=True)
+        if args.profile and not args.only:
             pp = res["post_profile"] = profile_post(url, w, args.profile_orders)
             print(f"# order POST in-process (Flask test client, one at a time, sequencer thread): "
                   f"{pp['total_ms']:.2f} ms per POST; parts (ms per POST):")
@@ -918,9 +977,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"| floor POST p50 / p99 / max ms | {fl['p50']:.1f} / {fl['p99']:.1f} / {fl['max']:.1f} | |")
     print(f"| trades settled/s (sequencer) | {st['trades_per_s']:.0f} | >= 5,000 |")
     print(f"| {pg['tool']} one-row inserts/s | {pg['tps']:.0f} | |")
-    ratio = e["orders_per_s"] / pg["tps"] if pg["tps"] else float("nan")
+    ratio = e["orders_per_s"] / pg["tps"] if pg["tps"] else 0.0 if args.only else float("nan")
     res["vs_pgbench"] = ratio
-    res["vs_floor"] = e["orders_per_s"] / fl["orders_per_s"] if fl["orders_per_s"] else float("nan")
+    res["vs_floor"] = e["orders_per_s"] / fl["orders_per_s"] if fl["orders_per_s"] else 0.0 if args.only else float("nan")
     print(f"BENCH exchange orders_per_s={e['orders_per_s']:.0f} p99_ms={e['p99']:.1f} "
           f"trades_per_s={st['trades_per_s']:.0f} vs_pgbench={ratio:.3f} vs_floor={res['vs_floor']:.3f} "
           f"floor_orders_per_s={fl['orders_per_s']:.0f} floor_p99_ms={fl['p99']:.1f}", flush=True)

@@ -47,7 +47,7 @@ from exchange.models import (
 from exchange.orders import epoch
 from exchange.pricing import buy_hold, fee, notional
 from registry import audit, units
-from registry.db import bulk_insert, bulk_update, utcnow
+from registry.db import bulk_insert, bulk_update, in_list, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -177,21 +177,23 @@ class _Cash:
 
 
 def _orders(session: Session, ids: list[int], *, lock: bool) -> list[_Ord]:
-    stmt = select(*[_ORDERS.c[c] for c in _Ord.COLUMNS]).where(_ORDERS.c.id.in_(ids)).order_by(_ORDERS.c.id)
+    stmt = (select(*[_ORDERS.c[c] for c in _Ord.COLUMNS]).where(in_list(session, _ORDERS.c.id, ids))
+            .order_by(_ORDERS.c.id))
     if lock:
         stmt = stmt.with_for_update(key_share=True)
     return [_Ord(*row) for row in session.execute(stmt)]
 
 
 def _write_orders(session: Session, orders: Iterable[_Ord], now: dt.datetime) -> None:
-    """One bulk UPDATE per set of changed columns."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for o in orders:
-        changes = o.changes()
-        if changes:
-            groups.setdefault(tuple(changes), []).append({"id": o.id, "updated_at": now, **changes})
-    for rows in groups.values():
-        bulk_update(session, _ORDERS, rows)
+    """One bulk UPDATE of the changed orders, setting every column that changed on any of them (an
+    unchanged value is written back as it was): one statement rather than one per set of columns."""
+    changed = [(o, o.changes()) for o in orders]
+    changed = [(o, c) for o, c in changed if c]
+    if not changed:
+        return
+    cols = [c for c in _CHANGING if any(c in ch for _, ch in changed)]
+    bulk_update(session, _ORDERS, [{"id": o.id, "updated_at": now, **{c: getattr(o, c) for c in cols}}
+                                   for o, _ in changed])
 
 
 class _Batch:
@@ -215,7 +217,11 @@ class _Batch:
         self.cash: dict[int, tuple[_Cash, _Cash]] = {}
         self.fees: _Cash | None = None
         self.locked_cash: list[_Cash] = []
-        self.journals = wallets.Journals(session)
+        self.now = utcnow()   # the time of every journal and trade of the batch
+        self.journals = wallets.Journals(session, now=self.now)
+        # A buy order's latest settlement journal in this batch (its index in `journals`): a buy that
+        # fills releases what it held beyond its trades in that same journal, not in one of its own.
+        self.last_settlement: dict[int, int] = {}
         self.units: units.ListedUnits | None = None
 
     def load(self, ids: list[int]) -> None:
@@ -238,7 +244,7 @@ class _Batch:
         holders = sorted({o.holder_id for o in locked})
         fees = wallets.system_account(self.s, CashAccountKind.FEES)
         stmt = (select(_CASH.c.id, _CASH.c.holder_id, _CASH.c.kind, _CASH.c.currency, _CASH.c.balance)
-                .where(or_(_CASH.c.holder_id.in_(holders), _CASH.c.id == fees.id))
+                .where(or_(in_list(self.s, _CASH.c.holder_id, holders), _CASH.c.id == fees.id))
                 .order_by(_CASH.c.id).with_for_update(key_share=True))
         rows = [_Cash(*r) for r in self.s.execute(stmt)]
         have = {a.holder_id for a in rows if a.kind is CashAccountKind.HELD and a.currency == wallets.CURRENCY}
@@ -327,6 +333,7 @@ class _Batch:
             (buyer_held, -(amount + buyer_fee)), (seller_available, amount - seller_fee),
             (self.fees, buyer_fee + seller_fee)], ref=f"trade:{self.inst.id}:{ev.seq}")
         delivery = self.units.deliver(sell.ref, ev.qty, buy.holder_id, memo=f"trade {self.inst.symbol} #{ev.seq}")
+        self.last_settlement[buy.id] = journal
         buy.cash_held -= amount + buyer_fee
         buy.notional_paid += amount
         buy.fees_paid += buyer_fee
@@ -338,7 +345,7 @@ class _Batch:
         trade = {"instrument_id": self.inst.id, "engine_seq": ev.seq, "buy_order_id": buy.id,
                  "sell_order_id": sell.id, "maker_order_id": maker.id, "buyer_id": buy.holder_id,
                  "seller_id": sell.holder_id, "price": ev.price, "qty_kg": ev.qty, "notional": amount,
-                 "buyer_fee": buyer_fee, "seller_fee": seller_fee, "executed_at": utcnow()}
+                 "buyer_fee": buyer_fee, "seller_fee": seller_fee, "executed_at": self.now}
         payload = {"instrument": self.inst.symbol, "engine_seq": ev.seq, "buy_order": buy.id,
                    "sell_order": sell.id, "maker_order": maker.id, "price": ev.price, "qty_kg": ev.qty,
                    "notional": amount, "buyer_fee": buyer_fee, "seller_fee": seller_fee}
@@ -373,7 +380,14 @@ class _Batch:
         released = unlocked = 0
         if o.side == matching.BUY and o.cash_held > 0:
             released = o.cash_held
-            self.release(o, released)
+            journal = self.last_settlement.get(o.id) if o.status is OrderStatus.FILLED else None
+            if journal is None:
+                self.release(o, released)
+            else:   # the surplus of a filled buy goes back in its last trade's settlement journal
+                available, held = self.accounts(o.holder_id)
+                self.journals.fold(journal, [(held, -released), (available, released)],
+                                   memo=f"releases {released} held by {o.ref}")
+                o.cash_held = 0
         elif o.side == matching.SELL and o.filled_kg < o.qty_kg:
             unlocked = self.units.unlock(o.ref)
         self.audit.append((f"order.{o.status.value}", "order", o.id,
@@ -431,6 +445,8 @@ class Sequencer:
 
     def __init__(self, session_factory: sessionmaker[Session], instrument_ids: list[int] | None = None,
                  batch_size: int = 500) -> None:
+        # 500: a batch of 2,000 costs ~8% less CPU per trade but takes ~2 s on a slow machine, as long
+        # as an order POST waits for its answer; a backlog is drained in more, shorter batches.
         self.factory = session_factory
         self.only = instrument_ids
         self.batch_size = batch_size

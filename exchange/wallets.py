@@ -10,6 +10,7 @@ its postings.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -131,16 +132,20 @@ class Journals:
     one INSERT for the journals and one for their postings (`post` costs two flushes each).
 
     Balances move on the locked objects at once, so an overdraft is refused at the journal that
-    would cause it (InsufficientFunds, field "amount"), exactly as `post` refuses it."""
+    would cause it (InsufficientFunds, field "amount"), exactly as `post` refuses it. `now` is the
+    journals' `created_at` (the batch's time; default: when each is queued)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, now: dt.datetime | None = None) -> None:
         self.s = session
+        self.now = now
         self.rows: list[dict[str, object]] = []
-        self.legs: list[list[tuple[int, int]]] = []
+        # Per journal: account id -> amount (one posting per account: legs on one account add up).
+        self.legs: list[dict[int, int]] = []
         self.ids: list[int] = []
 
-    def post(self, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None) -> int:
-        """Queue a balanced journal; returns its index (its id is `ids[index]` after `flush()`)."""
+    @staticmethod
+    def _move(legs: Sequence[tuple[Balanced, int]]) -> list[tuple[Balanced, int]]:
+        """Check and apply a balanced set of legs to the locked balances; returns the nonzero legs."""
         legs = [(a, amt) for a, amt in legs if amt != 0]
         if sum(amt for _, amt in legs) != 0:
             raise ValueError("a journal must balance")
@@ -153,16 +158,38 @@ class Journals:
                     f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
         for a, d in delta.values():
             a.balance += d
-        self.rows.append({"kind": kind, "ref": ref, "memo": None, "created_by_id": None, "created_at": utcnow()})
-        self.legs.append([(a.id, amt) for a, amt in legs])
+        return legs
+
+    def post(self, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None,
+             memo: str | None = None) -> int:
+        """Queue a balanced journal; returns its index (its id is `ids[index]` after `flush()`)."""
+        postings: dict[int, int] = {}
+        for a, amt in self._move(legs):
+            postings[a.id] = postings.get(a.id, 0) + amt
+        self.rows.append({"kind": kind, "ref": ref, "memo": memo, "created_by_id": None,
+                          "created_at": self.now or utcnow()})
+        self.legs.append({acc: amt for acc, amt in postings.items() if amt})
         return len(self.rows) - 1
+
+    def fold(self, index: int, legs: Sequence[tuple[Balanced, int]], memo: str) -> None:
+        """Add balanced legs to the queued journal `index` (e.g. the release of what a filled buy
+        held beyond its last trade, into that trade's settlement): a leg on an account the journal
+        already posts to adds to that posting. `memo` (appended to the journal's) says what was
+        folded in. Same checks as `post`."""
+        postings = self.legs[index]
+        for a, amt in self._move(legs):
+            postings[a.id] = postings.get(a.id, 0) + amt
+            if postings[a.id] == 0:
+                del postings[a.id]
+        row = self.rows[index]
+        row["memo"] = f"{row['memo']}; {memo}" if row["memo"] else memo
 
     def flush(self) -> list[int]:
         if self.rows:
             self.ids = bulk_insert_ids(self.s, cast(Table, Journal.__table__), self.rows)
             bulk_insert(self.s, cast(Table, Posting.__table__), [
                 {"journal_id": jid, "account_id": acc, "amount": amt}
-                for jid, legs in zip(self.ids, self.legs, strict=True) for acc, amt in legs])
+                for jid, legs in zip(self.ids, self.legs, strict=True) for acc, amt in legs.items()])
         return self.ids
 
 

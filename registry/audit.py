@@ -26,9 +26,19 @@ GENESIS = "0" * 64
 _SEAL_LOCK_KEY = 0x7A6875  # arbitrary, fixed: pg_advisory lock id of the sealer
 
 
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)   # CPython's C encoder
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+# The C encoder that `_CANONICAL.encode` builds on every call, built once (the sequencer encodes
+# several payloads per trade); without the cycle check, which audit payloads never need.
+_C_CANONICAL = (_c_make_encoder(None, str, json.encoder.encode_basestring, None, ":", ",", True,
+                                            False, True) if _c_make_encoder else None)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept: the same value always gives the same text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    if _C_CANONICAL is not None and isinstance(value, dict):
+        return "".join(_C_CANONICAL(value, 0))
+    return _CANONICAL.encode(value)
 
 
 def record(session: Session, actor: Actor | None, action: str, entity_type: str,

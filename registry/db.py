@@ -10,15 +10,19 @@ import enum
 import json
 import sqlite3
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
+    ColumnElement,
     Enum,
     Integer,
     MetaData,
     Table,
+    any_,
     bindparam,
     event,
     insert,
@@ -98,25 +102,71 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def in_list(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN values` for a long list: on PostgreSQL `= ANY(:array)`, one parameter, so the driver
+    does not parse a statement of thousands of placeholders (a new text for every length) each time."""
+    values = list(values)
+    if _is_pg(session):
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)
+
+
 def _enum_value(v: Any) -> Any:
     return v.value if isinstance(v, enum.Enum) else v
 
 
+# Built once: json.dumps with options builds a new encoder on every call (and the C encoder
+# under it; used directly, without the cycle check, for the lists and dicts the sequencer writes).
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)   # CPython's C encoder
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_C_JSON = (_c_make_encoder(None, _JSON.default, json.encoder.encode_basestring, None, ":", ",",
+                                       False, False, True) if _c_make_encoder else None)
+
+
 def _json_text(v: Any) -> Any:
-    return None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    if v is None:
+        return None
+    if _C_JSON is not None and isinstance(v, list | dict):
+        return "".join(_C_JSON(v, 0))
+    return _JSON.encode(v)
+
+
+# COPY's binary format: nothing to escape or parse, on either side. The value of each column goes
+# by the binary dumper of its PostgreSQL type; text-like types (varchar, text, json) all take the
+# text dumper, as their binary form is their text. A column of any other type makes the COPY textual.
+# The types are read from the server once per process and table (a migration that changes a
+# column's type needs a restart, as it does for the ORM's models); a wrong guess fails loudly, as
+# the binary format checks every value's length.
+_BINARY_AS = {20: 20, 21: 21, 23: 23, 16: 16, 1114: 1114, 1082: 1082, 25: 25, 1043: 25, 114: 25}
+_COPY_TYPES: dict[tuple[str, tuple[str, ...]], list[int] | None] = {}
+
+
+def _copy_types(cursor: Any, table: Table, columns: list[str]) -> list[int] | None:
+    key = (table.name, tuple(columns))
+    if key not in _COPY_TYPES:
+        cursor.execute("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                       "AND NOT attisdropped", (f'"{table.name}"',))
+        oids = dict(cursor.fetchall())
+        binary = [_BINARY_AS.get(int(oids[c])) for c in columns]
+        _COPY_TYPES[key] = None if None in binary else [int(b) for b in binary if b is not None]
+    return _COPY_TYPES[key]
 
 
 def _copy(session: Session, table: Table, columns: list[str], rows: list[dict[str, Any]], *,
           into: str | None = None) -> None:
-    # COPY's text format takes ints, strings, datetimes and None as they are; enums go by value (as
-    # SQLAlchemy's Enum stores them) and JSON columns as JSON text. Converters are chosen per column
-    # once, not per value: this loop is the sequencer's hottest.
+    # Enums go by value (as SQLAlchemy's Enum stores them) and JSON columns as JSON text; ints,
+    # strings, datetimes and None as they are. Converters are chosen per column once, not per
+    # value: this loop is the sequencer's hottest.
     convert = [_json_text if isinstance(table.c[c].type, JSON) else
                _enum_value if isinstance(table.c[c].type, Enum) else None for c in columns]
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    types = _copy_types(cursor, table, columns)
     cols = ", ".join(f'"{c}"' for c in columns)
     plain = not any(convert)
-    with cursor.copy(f'COPY "{into or table.name}" ({cols}) FROM STDIN') as copy:
+    fmt = " (FORMAT BINARY)" if types else ""
+    with cursor.copy(f'COPY "{into or table.name}" ({cols}) FROM STDIN{fmt}') as copy:
+        if types:
+            copy.set_types(types)
         for row in rows:
             if plain:
                 copy.write_row([row[c] for c in columns])

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from registry import audit
 from registry.actors import Actor
-from registry.db import bulk_insert, bulk_insert_ids, bulk_update, utcnow
+from registry.db import bulk_insert, bulk_insert_ids, bulk_update, in_list, utcnow
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, Suspended
 from registry.holders import account_by_number, account_of
 from registry.models import (
@@ -527,7 +527,7 @@ class ListedUnits:
             rows = session.execute(
                 select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end,
                        Block.account_id, Block.status, Block.hold_ref)
-                .where(Block.hold_ref.in_(sorted(set(refs))), Block.status == BlockStatus.LISTED)
+                .where(in_list(session, Block.hold_ref, sorted(set(refs))), Block.status == BlockStatus.LISTED)
                 .order_by(Block.hold_ref, Block.vintage, Block.batch_id, Block.start).with_for_update())
             for row in rows:
                 p = _Piece(*row)
@@ -544,11 +544,13 @@ class ListedUnits:
 
     def _take(self, ref: str, quantity: int | None) -> list[_Piece]:
         listed = self.listed.get(ref, [])
-        have = sum(p.quantity for p in listed)
-        if quantity is None:
-            quantity = have
-        elif quantity <= 0 or quantity > have:
-            raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
+        # (most takes fit in the first piece: then the total is not needed)
+        if quantity is None or quantity <= 0 or not listed or quantity > listed[0].quantity:
+            have = sum(p.quantity for p in listed)
+            if quantity is None:
+                quantity = have
+            elif quantity <= 0 or quantity > have:
+                raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
         taken: list[_Piece] = []
         while quantity > 0:
             head = listed[0]

@@ -123,8 +123,20 @@ def exchange_problems(s: Session) -> list[str]:
             p.append(f"order {o.id} says filled {o.filled_kg} kg, paid {o.notional_paid}, fees {o.fees_paid}; "
                      f"its trades say {filled[o.id]} kg, {paid[o.id]}, {fees_by[o.id]}")
 
-    # buy orders: cash_held == holds - releases (journals ref order:<id> on the held account) - settlements
+    # buy orders: cash_held == holds - releases (journals ref order:<id> on the held account, and the
+    # release of a filled buy folded into the settlement journal of its last trade) - settlements
     moved: dict[str, int] = defaultdict(int)
+    last_fill: dict[int, int] = {}
+    for t in trades:   # by id: in settlement order
+        last_fill[t.buy_order_id] = t.id
+    settle_legs: dict[int, dict[int, int]] = defaultdict(dict)
+    for jid, acc, amount in s.execute(select(Posting.journal_id, Posting.account_id, Posting.amount)
+                                      .join(Journal, Journal.id == Posting.journal_id)
+                                      .where(Journal.kind == JournalKind.SETTLEMENT)):
+        settle_legs[jid][acc] = settle_legs[jid].get(acc, 0) + amount
+    for t in trades:
+        buy = all_orders[t.buy_order_id]
+        moved[buy.ref] -= settle_legs.get(t.journal_id, {}).get(avail_acc.get(buy.holder_id), 0)
     for ref, acc, amount in s.execute(
             select(Journal.ref, Posting.account_id, Posting.amount).join(Posting, Posting.journal_id == Journal.id)
             .where(Journal.kind.in_([JournalKind.HOLD, JournalKind.RELEASE]), Journal.ref.like("order:%"))):
@@ -174,11 +186,7 @@ def exchange_problems(s: Session) -> list[str]:
 
     # trades: priced within both limits, settled exactly once and exactly
     fees_total = 0
-    postings: dict[int, dict[int, int]] = defaultdict(dict)
-    for jid, acc, amount in s.execute(select(Posting.journal_id, Posting.account_id, Posting.amount)
-                                      .join(Journal, Journal.id == Posting.journal_id)
-                                      .where(Journal.kind == JournalKind.SETTLEMENT)):
-        postings[jid][acc] = postings[jid].get(acc, 0) + amount
+    postings = settle_legs
     transfers = {t.id: t for t in s.scalars(select(Transfer).where(
         Transfer.id.in_([t.transfer_id for t in trades]) if trades else Transfer.id < 0))}
     moved_kg = defaultdict(int, {tid: _i(q) for tid, q in s.execute(
@@ -208,9 +216,16 @@ def exchange_problems(s: Session) -> list[str]:
         if (t.notional, t.buyer_fee, t.seller_fee) != (n, bf, sf):
             p.append(f"trade {t.id}: notional/fees {t.notional}/{t.buyer_fee}/{t.seller_fee}, expected {n}/{bf}/{sf}")
         fees_total += t.buyer_fee + t.seller_fee
-        want = {held_acc.get(buy.holder_id): -(t.notional + t.buyer_fee),
+        # A buy that this trade filled releases what it still held in the same journal: to the
+        # buyer's available account, out of the held one (nothing else may be folded in).
+        folded = postings.get(t.journal_id, {}).get(avail_acc.get(buy.holder_id), 0)
+        if folded and (folded < 0 or buy.status is not OrderStatus.FILLED or last_fill[buy.id] != t.id):
+            p.append(f"trade {t.id}: settlement journal {t.journal_id} releases {folded} of buy order {buy.id} "
+                     f"({buy.status.value}), which is not the trade that filled it")
+        want = {held_acc.get(buy.holder_id): -(t.notional + t.buyer_fee + folded),
                 avail_acc.get(sell.holder_id): t.notional - t.seller_fee,
-                fees_acc.id if fees_acc else None: t.buyer_fee + t.seller_fee}
+                fees_acc.id if fees_acc else None: t.buyer_fee + t.seller_fee,
+                avail_acc.get(buy.holder_id): folded}
         want = {a: v for a, v in want.items() if v}
         if postings.get(t.journal_id) != want:
             p.append(f"trade {t.id}: settlement journal {t.journal_id} posts {postings.get(t.journal_id)}, "

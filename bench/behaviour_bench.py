@@ -57,7 +57,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import registry.db  # noqa: F401  (SQLite pragmas)
-from registry import behaviour, factors, holders, methodologies, partners, projects
+from registry import behaviour, behaviour_prepare, factors, holders, methodologies, partners, projects
 from registry.actors import Actor
 from registry.behaviour_io import CSV_COLUMNS, import_csv
 from registry.db import normalise_url, utcnow
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cpu_py = cpu_here + cpu_child
         # The preparing child's peak is added to ours: an upper bound of the two at once.
         peak_here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if cpu_child else 0.0
+        peak_child = behaviour_prepare.PEAK_KB["last"] / 1024 if cpu_child else 0.0
         peak_mb = peak_here + peak_child
         print(f"# peak RSS MB: importer {peak_here:.0f}, preparing process {peak_child:.0f}")
         rate = args.rows / t_import

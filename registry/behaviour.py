@@ -424,6 +424,8 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
     earlier_ids = left_out.event_ids if left_out is not None else frozenset()
     earlier_per_day = left_out.per_day if left_out is not None else {}
     per_point = rules.grams_per_point
+    caps: dict[str, int] = {}
+    members, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
     for r in rows:
         member_id, uid, before_g, dup, seen = found[r.line_no]
         counted, elsewhere = divmod(int(seen or 0), 2)
@@ -431,12 +433,12 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
             r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
             continue
         if member_id is None:        # staged from the memo
-            member_id = memo.member_of(r)
+            member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
             assert member_id is not None
-            before_g = memo.members[member_id][1]
-        elif member_id in memo.members:   # met since it was staged: the memo is newer than the probe
-            memo.learn(r, member_id, uid, memo.members[member_id][1])
-            before_g = memo.members[member_id][1]
+            before_g = members[member_id][1]
+        elif member_id in members:   # met since it was staged: the memo is newer than the probe
+            memo.learn(r, member_id, uid, members[member_id][1])
+            before_g = members[member_id][1]
         else:
             memo.learn(r, member_id, uid, before_g)
         r.user_id = uid
@@ -449,7 +451,7 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
         assert r.code is not None and r.day is not None
         key = (uid, r.code, r.day)
         n = counts.get(key, counted + earlier_per_day.get(key, 0)) + 1
-        cap = rules.cap(r.code)
+        cap = caps.get(r.code) or caps.setdefault(r.code, rules.cap(r.code))
         if n > cap:
             r.reject(OVER_CAP, f"more than {cap} {r.code} a day")
             continue

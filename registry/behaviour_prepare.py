@@ -26,6 +26,8 @@ from typing import IO, Any
 from registry.behaviour_rules import Row, RowPreparer, Rules
 
 _FRAME = struct.Struct("<Q")
+# The peak resident memory (kB) the last preparing process reported of itself (for the benchmark).
+PEAK_KB: dict[str, int] = {"last": 0}
 
 # PostgreSQL's binary COPY format (https://www.postgresql.org/docs/current/sql-copy.html): a header, per
 # row a 16-bit field count then per field a 32-bit length (-1: NULL) and the value (big-endian
@@ -183,6 +185,7 @@ def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int
             elif kind == "error":
                 raise payload
             else:
+                PEAK_KB["last"] = payload
                 return
     finally:
         proc.stdout.close()
@@ -196,6 +199,19 @@ def _send(out: IO[bytes], message: tuple[str, int, Any]) -> None:
     out.write(_FRAME.pack(len(data)))
     out.write(data)
     out.flush()
+
+
+def _peak_kb() -> int:
+    """This process's peak resident set since it started this program (`VmHWM`: unlike `getrusage`,
+    not the size of the parent it was forked from)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _main() -> None:
@@ -239,7 +255,7 @@ def _main() -> None:
                     chunk = []
             if chunk:
                 send(chunk)
-        _send(out, ("end", sent(), None))
+        _send(out, ("end", sent(), _peak_kb()))
     except BrokenPipeError:
         pass   # the importer stopped reading (it failed or was interrupted)
     except Exception as e:   # noqa: BLE001 - every error is the importer's to raise

@@ -5,14 +5,18 @@ unless the caller names it): re-sending a batch answers with the stored outcomes
 Rows stream through in chunks (`chunk_size`); each chunk is one transaction through `ingest_chunk`:
 
 1. Python (`registry.behaviour_rules.RowPreparer`): fields, type allowed for the partner, claim window,
-   plausibility, the reduction in grams from the calculators (memoised per distinct activity).
+   plausibility, the reduction in grams from the calculators (memoised per distinct activity). For a
+   large CSV file this is done in a child process (`registry.behaviour_prepare`), which on PostgreSQL
+   also packs each row's database-independent fields for binary COPY (`Row.packed_event`,
+   `Row.packed_stage`), so that this process only records.
 2. The rows that passed go into a per-connection scratch table (binary COPY on PostgreSQL,
    executemany on SQLite), and ONE query joins them with the members and external ids (unknown
    user; only for members the import has not met yet: `MemberMemo`) and the accepted events:
    duplicate partner + event id; the user's events of the type that day (the daily cap); the same
-   user, type and time span accepted from another partner. On PostgreSQL this probe is made ahead,
-   on a second connection while the chunk before is being recorded (`Probe`), and used only if
-   nobody else recorded in the programme since its snapshot.
+   user, type and time span accepted from another partner. A large import reads the members behind
+   the partner's external ids into the memo once at its start (`MemberMemo.preload`). On PostgreSQL
+   this probe is made ahead, on a second connection while the chunk before is being recorded
+   (`Probe`), and used only if nobody else recorded in the programme since its snapshot.
 3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
    and computes each accepted row's points with the member's carry (see `Rules`).
 4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
@@ -27,9 +31,9 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
 Chunks of one programme are recorded one at a time (a PostgreSQL advisory lock per chunk
 transaction; SQLite has one writer), so the cap and cross-channel checks see every earlier commit.
 `batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
-after the last committed chunk. `import_rows` prepares the next chunk in the calling thread while a
-second thread records the previous one (and a third probes the one between); at most three chunks
-are in memory.
+after the last committed chunk. `import_rows` prepares (or receives, from the preparing process) the
+next chunk in the calling thread while a second thread records the previous one (and a third probes
+the one between); at most three chunks are in memory here, and two in the preparing process.
 """
 
 from __future__ import annotations

@@ -167,3 +167,34 @@ def test_a_file_prepared_in_a_child_process_is_recorded_as_one_prepared_here(
                                                                           1 if e.line_no <= 11 else 2))
     assert points.balance(session, bw.uid(1)) == sum(e.points for e in stored if e.user_id == bw.uid(1)) > 0
     assert behaviour.check_ledger(session) == []
+
+
+def test_an_import_prepared_apart_that_fails_stops_its_child_and_resumes(session: Session, session_factory: Any,
+                                                                         tmp_path: Path) -> None:
+    bw = build(session, residents=3)
+    start = (utcnow() - dt.timedelta(days=1)).replace(microsecond=0)
+    lines = ["event_id,user,type,started_at,ended_at,mode,distance_km"]
+    lines += [f"r{i},card-{i % 3},CI-TRANSIT,{(start + dt.timedelta(minutes=30 * i)).isoformat()},"
+              f"{(start + dt.timedelta(minutes=30 * i + 20)).isoformat()},bus,{i % 7 + 1}" for i in range(40)]
+    path = tmp_path / "trips.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    calls: list[int] = []
+
+    def stop_after_two(chunk: Any) -> None:
+        calls.append(chunk.rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        behaviour_io.import_csv(session_factory, str(path), "sz-metro", chunk_size=6, prepare_apart=True,
+                                on_chunk=stop_after_two)
+    resumed = behaviour_io.import_csv(session_factory, str(path), "sz-metro", chunk_size=6, prepare_apart=True)
+    assert (resumed.rows, resumed.accepted + resumed.rejected) == (40, 40)
+    assert resumed.reasons == {"over_daily_cap": resumed.rejected}
+    assert points.balance(session, bw.uid(0)) + points.balance(session, bw.uid(1)) \
+        + points.balance(session, bw.uid(2)) == resumed.points
+    session.rollback()   # SQLite: release the session's transaction before the import writes
+    with pytest.raises(InvalidInput):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+        behaviour_io.import_csv(session_factory, str(bad), "sz-metro", prepare_apart=True)

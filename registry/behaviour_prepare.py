@@ -164,8 +164,11 @@ def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int
     for COPY (`Packer`): `started_at`, `ended_at`, `variant`, `quantity` and `factors` are None.
     `on_bytes(n)` hears of the bytes read once per chunk. An error of the child (an unreadable file, a
     bad header: `InvalidInput`) is raised here; closing the iterator stops the child."""
+    # The child imports this very `registry` package, wherever the parent found it.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.Popen([sys.executable, "-m", "registry.behaviour_prepare"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+                            stdout=subprocess.PIPE, env=env)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         pickle.dump((path, preparer, skip, chunk_size, packed), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)

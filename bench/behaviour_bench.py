@@ -57,7 +57,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import registry.db  # noqa: F401  (SQLite pragmas)
-from registry import behaviour, factors, holders, methodologies, partners, projects
+from registry import behaviour, behaviour_prepare, factors, holders, methodologies, partners, projects
 from registry.actors import Actor
 from registry.behaviour_io import CSV_COLUMNS, import_csv
 from registry.db import normalise_url, utcnow
@@ -229,6 +229,12 @@ def _proc_cpu(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's exited, reaped children (the import's preparing process)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def server_cpu(engine: Engine) -> float | None:
     """CPU seconds used so far by the PostgreSQL server of `engine` when it runs on this machine: its
     postmaster with every child, live or exited (the postmaster reaps them). On a server shared with
@@ -263,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-pipeline", action="store_true", help="prepare and record chunks in one thread")
     ap.add_argument("--no-probe-ahead", action="store_true",
                     help="make each chunk's database checks in its own transaction, not ahead")
+    ap.add_argument("--prepare-here", action="store_true",
+                    help="read and prepare the rows in the importing process, not in a child process")
     args = ap.parse_args(argv)
 
     tmpdir = tempfile.mkdtemp(prefix="tanhui_behaviour_bench_")
@@ -288,13 +296,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t_copy = copy_baseline(engine, path)
         print(f"# bare COPY into an unindexed table: {t_copy:.2f} s = {args.rows / t_copy:,.0f} rows/s")
 
-        cpu0, server0 = time.process_time(), server_cpu(engine)
+        cpu0, server0, child0 = time.process_time(), server_cpu(engine), _children_cpu()
         t0 = time.perf_counter()
         result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline,
-                            probe_ahead=not args.no_probe_ahead)
+                            probe_ahead=not args.no_probe_ahead, prepare_apart=False if args.prepare_here else None)
         t_import = time.perf_counter() - t0
-        cpu_py, server1 = time.process_time() - cpu0, server_cpu(engine)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cpu_here, server1 = time.process_time() - cpu0, server_cpu(engine)
+        cpu_child = _children_cpu() - child0
+        cpu_py = cpu_here + cpu_child
+        # The preparing child's peak is added to ours: an upper bound of the two at once.
+        peak_here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_child = behaviour_prepare.PEAK_KB["last"] / 1024 if cpu_child else 0.0
+        peak_mb = peak_here + peak_child
+        print(f"# peak RSS MB: importer {peak_here:.0f}, preparing process {peak_child:.0f}")
         rate = args.rows / t_import
         print(f"# import: {t_import:.2f} s; rows {result.rows}, accepted {result.accepted}, "
               f"rejected {result.rejected}, reduction {result.reduction_g} g, points {result.points}")
@@ -305,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # CPU seconds are steadier than wall time on a shared machine: at 50,000 rows/s on two cores
         # the import may use at most 40 s of CPU per million rows, Python and PostgreSQL together.
         cpu_pg = server1 - server0 if server0 is not None and server1 is not None else None
-        print(f"# CPU seconds: python {cpu_py:.1f}" + (f", postgresql server {cpu_pg:.1f}" if cpu_pg is not None else "")
+        print(f"# CPU seconds: python {cpu_py:.1f} (importer {cpu_here:.1f}, preparing process {cpu_child:.1f})" + (f", postgresql server {cpu_pg:.1f}" if cpu_pg is not None else "")
               + f"; per 1M rows {(cpu_py + (cpu_pg or 0)) * 1e6 / args.rows:.1f}")
 
         t0 = time.perf_counter()

@@ -5,14 +5,18 @@ unless the caller names it): re-sending a batch answers with the stored outcomes
 Rows stream through in chunks (`chunk_size`); each chunk is one transaction through `ingest_chunk`:
 
 1. Python (`registry.behaviour_rules.RowPreparer`): fields, type allowed for the partner, claim window,
-   plausibility, the reduction in grams from the calculators (memoised per distinct activity).
+   plausibility, the reduction in grams from the calculators (memoised per distinct activity). For a
+   large CSV file this is done in a child process (`registry.behaviour_prepare`), which on PostgreSQL
+   also packs each row's database-independent fields for binary COPY (`Row.packed_event`,
+   `Row.packed_stage`), so that this process only records.
 2. The rows that passed go into a per-connection scratch table (binary COPY on PostgreSQL,
    executemany on SQLite), and ONE query joins them with the members and external ids (unknown
    user; only for members the import has not met yet: `MemberMemo`) and the accepted events:
    duplicate partner + event id; the user's events of the type that day (the daily cap); the same
-   user, type and time span accepted from another partner. On PostgreSQL this probe is made ahead,
-   on a second connection while the chunk before is being recorded (`Probe`), and used only if
-   nobody else recorded in the programme since its snapshot.
+   user, type and time span accepted from another partner. A large import reads the members behind
+   the partner's external ids into the memo once at its start (`MemberMemo.preload`). On PostgreSQL
+   this probe is made ahead, on a second connection while the chunk before is being recorded
+   (`Probe`), and used only if nobody else recorded in the programme since its snapshot.
 3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
    and computes each accepted row's points with the member's carry (see `Rules`).
 4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
@@ -27,9 +31,9 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
 Chunks of one programme are recorded one at a time (a PostgreSQL advisory lock per chunk
 transaction; SQLite has one writer), so the cap and cross-channel checks see every earlier commit.
 `batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
-after the last committed chunk. `import_rows` prepares the next chunk in the calling thread while a
-second thread records the previous one (and a third probes the one between); at most three chunks
-are in memory.
+after the last committed chunk. `import_rows` prepares (or receives, from the preparing process) the
+next chunk in the calling thread while a second thread records the previous one (and a third probes
+the one between); at most three chunks are in memory here, and two in the preparing process.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +68,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from registry import audit, partners, points
+from registry import behaviour_prepare as packing
 from registry.behaviour_rules import (
     CLAIMED_ELSEWHERE,
     DUPLICATE,
@@ -238,7 +244,11 @@ SELECT u.line_no, u.member_id, u.uid, u.before_g,
    AND NOT (e.batch_id = :b AND e.line_no >= :from_line)) AS seen
 FROM (SELECT * FROM u ORDER BY uid, code, started_at) u
 """
+# The members behind a partner's external ids, as the lookup joins them (`MemberMemo.preload`).
+_PRELOAD = ("SELECT e.external_id, m.id, m.user_id, m.reduction_g FROM behaviour_external_ids e "
+            "JOIN behaviour_members m ON m.id = e.member_id WHERE e.partner_id = :p")
 _LOOKUP_PG = re.sub(r":(\w+)", r"%(\1)s", _LOOKUP)   # psycopg's parameter style (SQLite takes :name)
+_PRELOAD_PG = re.sub(r":(\w+)", r"%(\1)s", _PRELOAD)
 
 
 @dataclass
@@ -325,6 +335,34 @@ class MemberMemo:
         self.by_user.clear()
         self.members.clear()
 
+    def preload(self, session: Session, partner_id: int, programme_id: int, max_members: int) -> bool:
+        """Remember every member behind the partner's external ids at once (one query instead of
+        two index probes per row the first time each member is met), if there are at most
+        `max_members` of them (and at most half the memo's `limit`). Returns whether it did. The
+        programme's chunk count is read first, so a chunk recorded meanwhile makes the first chunk of
+        this import forget it all again (see `_count_chunk`), as it would forget what it had met."""
+        if self.members:
+            return False
+        args = {"p": partner_id, "programme": programme_id}
+        count = session.scalar(text("SELECT COUNT(*) FROM behaviour_external_ids WHERE partner_id = :p"), args)
+        if int(count or 0) > min(max_members, self.limit // 2):
+            return False
+        head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :programme"),
+                              args) or 0
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
+        cur = raw.cursor()
+        try:
+            cur.execute(_PRELOAD_PG if _is_pg(session) else _PRELOAD, args)
+            by_ref, members = self.by_ref, self.members
+            for external_id, member_id, user_id, reduction_g in cur.fetchall():
+                by_ref[external_id] = member_id
+                members[member_id] = [user_id, reduction_g]
+        finally:
+            cur.close()
+        self.head = head
+        return True
+
     def member_of(self, r: Row) -> int | None:
         return self.by_ref.get(r.user_ref) if r.user_ref is not None else self.by_user.get(r.user_id or 0)
 
@@ -353,6 +391,18 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
             lo = dt.datetime.combine(r.day, dt.time()) - offset
             bounds[r.day] = (lo, lo + one_day)
     known, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
+    if rows and rows[0].packed_stage is not None and _is_pg(session):
+        # Packed by the preparing process: only the user id (from the memo) is added here.
+        parts = [packing.COPY_HEADER]
+        add, int8 = parts.append, packing.int8
+        for r in rows:
+            assert r.packed_stage is not None
+            member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
+            add(r.packed_stage)
+            add(packing.NULL if member_id is None else int8(known[member_id][0]))
+        add(packing.COPY_TRAILER)
+        _copy_packed(session, "behaviour_stage", packing.STAGE_PACKED + ("uid",), parts)
+        return
 
     def staged(r: Row) -> tuple[Any, ...]:
         assert r.day is not None and r.started_at is not None and r.ended_at is not None
@@ -378,6 +428,8 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
     earlier_ids = left_out.event_ids if left_out is not None else frozenset()
     earlier_per_day = left_out.per_day if left_out is not None else {}
     per_point = rules.grams_per_point
+    caps: dict[str, int] = {}
+    members, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
     for r in rows:
         member_id, uid, before_g, dup, seen = found[r.line_no]
         counted, elsewhere = divmod(int(seen or 0), 2)
@@ -385,12 +437,12 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
             r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
             continue
         if member_id is None:        # staged from the memo
-            member_id = memo.member_of(r)
+            member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
             assert member_id is not None
-            before_g = memo.members[member_id][1]
-        elif member_id in memo.members:   # met since it was staged: the memo is newer than the probe
-            memo.learn(r, member_id, uid, memo.members[member_id][1])
-            before_g = memo.members[member_id][1]
+            before_g = members[member_id][1]
+        elif member_id in members:   # met since it was staged: the memo is newer than the probe
+            memo.learn(r, member_id, uid, members[member_id][1])
+            before_g = members[member_id][1]
         else:
             memo.learn(r, member_id, uid, before_g)
         r.user_id = uid
@@ -403,7 +455,7 @@ def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: Mem
         assert r.code is not None and r.day is not None
         key = (uid, r.code, r.day)
         n = counts.get(key, counted + earlier_per_day.get(key, 0)) + 1
-        cap = rules.cap(r.code)
+        cap = caps.get(r.code) or caps.setdefault(r.code, rules.cap(r.code))
         if n > cap:
             r.reject(OVER_CAP, f"more than {cap} {r.code} a day")
             continue
@@ -590,8 +642,41 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
     return result
 
 
+def _copy_packed(session: Session, table: str, columns: tuple[str, ...], parts: list[bytes]) -> None:
+    """COPY rows already in the binary format (header, rows, trailer) into `table` (PostgreSQL)."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as cp:
+        for i in range(0, len(parts), 8192):
+            cp.write(b"".join(parts[i:i + 8192]))
+
+
+_ACCEPTED_TAIL = struct.Struct(">iqiqiii8sii")   # user_id, reduction_g, points, 'accepted', NULL, NULL
+
+
+def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_id: int, rows: list[Row]) -> None:
+    int4, int8, txt = packing.int4, packing.int8, packing.text
+    head = packing.Packer.event_head_for() + int4(batch_id) + int4(partner_id) + int4(programme_id)
+    parts = [packing.COPY_HEADER]
+    add, tail = parts.append, _ACCEPTED_TAIL.pack
+    for r in rows:
+        assert r.packed_event is not None
+        add(head)
+        add(r.packed_event)
+        if r.status == "accepted":
+            add(tail(8, r.user_id, 8, r.reduction_g, 4, r.points, 8, b"accepted", -1, -1))
+        else:
+            add(int8(r.user_id) + int8(0) + int4(0) + txt(r.status) + txt(r.reason) + txt(r.detail))
+    add(packing.COPY_TRAILER)
+    _copy_packed(session, "behaviour_events", ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED
+                 + ("user_id", "reduction_g", "points", "status", "reason", "detail"), parts)
+
+
 def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
     batch_id, partner_id, programme_id = batch.id, partner.id, partner.programme_id   # not ORM reads per row
+    if rows and rows[0].packed_event is not None and _is_pg(session):
+        _insert_packed(session, batch_id, partner_id, programme_id, rows)
+        return
     _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
         (batch_id, r.line_no, partner_id, programme_id, r.event_id, r.user_ref, r.user_id, r.code,
          r.started_at, r.ended_at, r.day, r.variant, r.quantity,
@@ -607,8 +692,14 @@ def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
     if _is_pg(session):
         session.execute(text(_GAIN_DDL + " ON COMMIT DELETE ROWS"))
         _copy_rows(session, "behaviour_member_gain", ("id", "g"), sorted(gained.items()), ("int8", "int8"))
+        # A probe of the primary key per gain, in key order: left to itself the planner merge-joins
+        # with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
+        session.execute(text("SET LOCAL enable_hashjoin = off"))
+        session.execute(text("SET LOCAL enable_mergejoin = off"))
         session.execute(text("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
                              "FROM behaviour_member_gain d WHERE behaviour_members.id = d.id"))
+        session.execute(text("RESET enable_hashjoin"))
+        session.execute(text("RESET enable_mergejoin"))
         session.execute(text("TRUNCATE behaviour_member_gain"))
     else:
         raw = session.connection().connection.driver_connection
@@ -732,10 +823,16 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
                 rows: Iterable[Mapping[str, Any]], *, rules: Rules | None = None, chunk_size: int = 20_000,
                 received_at: dt.datetime | None = None,
                 on_chunk: Callable[[ChunkResult], None] | None = None, pipeline: bool = True,
-                probe_ahead: bool = True) -> BatchResult:
+                probe_ahead: bool = True, preload_members: int = 0,
+                prepared: Callable[[RowPreparer, int, int], Iterator[list[Row]]] | None = None) -> BatchResult:
     """Import a stream of rows (dicts of text/JSON values) for a partner as batch `ref`, one
     transaction per chunk; only one chunk is ever in memory. A complete batch is not imported again
-    (`replayed` is true and nothing changes); an interrupted one resumes after its last chunk."""
+    (`replayed` is true and nothing changes); an interrupted one resumes after its last chunk.
+    `preload_members` > 0: if the partner has at most that many external ids, their members are
+    read once at the start (`MemberMemo.preload`; worth it when the batch has more rows than that).
+    `prepared(preparer, skip, chunk_size)`, if given, replaces `rows`: it yields the batch's rows after
+    line `skip` already prepared by `preparer` (a copy of it), in chunks of `chunk_size`
+    (`registry.behaviour_prepare`)."""
     rules = rules or Rules()
     for attempt in (1, 2):
         try:
@@ -746,7 +843,7 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
                 preparer = RowPreparer(rules, region=partner.region,
                                        allowed=partners.allowed_types(session, partner.id),
                                        received_at=batch.received_at, factors=factor_snapshot(session))
-                code = partner.code
+                code, partner_id, programme_id = partner.code, partner.id, partner.programme_id
             break
         except IntegrityError:
             if attempt == 2:   # the same batch opened concurrently: the second try finds it
@@ -762,6 +859,10 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
     recorder = _Recorder(factory, batch_id, rules, on_chunk)
     with factory() as session:
         probing = pipeline and probe_ahead and _is_pg(session)
+        if preload_members:
+            with _phase("preload"):
+                recorder.memo.preload(session, partner_id, programme_id, preload_members)
+            session.rollback()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-record") as records, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-probe") as probes:
         pending: Future[None] | None = None
@@ -784,16 +885,32 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
             previous_lo = chunk[0].line_no
 
         chunk: list[Row] = []
-        for line_no, raw in enumerate(rows, start=1):
-            if line_no <= done:
-                continue
-            t0 = time.perf_counter()
-            chunk.append(preparer.prepare(line_no, raw))
-            PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
-            if len(chunk) >= chunk_size:
-                submit(chunk)
-                chunk = []
-        submit(chunk)
+        if prepared is not None:
+            # Read and prepared elsewhere (another process): here the chunks are only received.
+            chunks = prepared(preparer, done, chunk_size)
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    chunk = next(chunks, [])
+                    PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
+                    if not chunk:
+                        break
+                    submit(chunk)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+        else:
+            for line_no, raw in enumerate(rows, start=1):
+                if line_no <= done:
+                    continue
+                t0 = time.perf_counter()
+                chunk.append(preparer.prepare(line_no, raw))
+                PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
+                if len(chunk) >= chunk_size:
+                    submit(chunk)
+                    chunk = []
+            submit(chunk)
         if pending is not None:
             pending.result()
     with factory() as session, session.begin():

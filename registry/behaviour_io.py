@@ -10,18 +10,20 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import IO, Any
 
 from registry import behaviour
-from registry.behaviour_rules import Rules
+from registry.behaviour_rules import Row, RowPreparer, Rules
 from registry.errors import InvalidInput
 
 CSV_COLUMNS = ("event_id", "user", "user_id", "type", "started_at", "ended_at", "mode", "distance_km",
                "category", "weight_kg")
 MAX_JSON_ROW = 64 * 1024
 _READ = 64 * 1024
+PREPARE_APART_BYTES = 4 << 20   # ~40,000 rows
 
 
 class _Counted(io.RawIOBase):
@@ -172,12 +174,33 @@ def import_csv(factory: Any, path: str, partner_code: str, *, rules: Rules | Non
                ref: str | None = None, chunk_size: int = 20_000,
                on_bytes: Callable[[int], None] | None = None,
                on_chunk: Callable[[behaviour.ChunkResult], None] | None = None,
-               pipeline: bool = True, probe_ahead: bool = True) -> behaviour.BatchResult:
+               pipeline: bool = True, probe_ahead: bool = True,
+               prepare_apart: bool | None = None) -> behaviour.BatchResult:
     """`flask registry import-behaviour`: stream a partner's CSV file into `registry.behaviour`
     (batch reference: `ref`, default the file's SHA-256, so importing the same file again changes
-    nothing). `factory` is a SQLAlchemy sessionmaker."""
+    nothing). `factory` is a SQLAlchemy sessionmaker. `prepare_apart`: read and prepare the rows in
+    a child process (`registry.behaviour_prepare`) while this one records them; by default (None)
+    for files of `PREPARE_APART_BYTES` or more (a child costs a fraction of a second to start).
+    `on_bytes` then hears of the bytes read a chunk at a time."""
     ref = ref or file_ref(path)
+    size = os.path.getsize(path)
+    # A file of more rows than the partner has external ids reads their members once (~100 bytes a row).
+    preload = size // 100
+    if prepare_apart is None:
+        prepare_apart = pipeline and size >= PREPARE_APART_BYTES
+    if prepare_apart:
+        from registry.behaviour_prepare import prepared_chunks
+
+        with factory() as session:   # PostgreSQL records rows packed for COPY by the child
+            packed = session.get_bind().dialect.name == "postgresql"
+
+        def prepared(preparer: RowPreparer, skip: int, size: int) -> Iterator[list[Row]]:
+            return prepared_chunks(path, preparer, skip, size, on_bytes, packed=packed)
+
+        return behaviour.import_rows(factory, partner_code, ref, "csv", (), rules=rules, chunk_size=chunk_size,
+                                     on_chunk=on_chunk, pipeline=pipeline, probe_ahead=probe_ahead,
+                                     preload_members=preload, prepared=prepared)
     with open(path, "rb") as fp:
         return behaviour.import_rows(factory, partner_code, ref, "csv", csv_rows(fp, on_bytes), rules=rules,
                                      chunk_size=chunk_size, on_chunk=on_chunk, pipeline=pipeline,
-                                     probe_ahead=probe_ahead)
+                                     probe_ahead=probe_ahead, preload_members=preload)

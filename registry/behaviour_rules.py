@@ -106,7 +106,8 @@ class Row:
     """One row on its way in. `status` None means it passed the Python checks so far."""
 
     __slots__ = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day",
-                 "variant", "quantity", "reduction_g", "points", "factors", "status", "reason", "detail")
+                 "variant", "quantity", "reduction_g", "points", "factors", "status", "reason", "detail",
+                 "packed_event", "packed_stage")
 
     def __init__(self, line_no: int) -> None:
         self.line_no = line_no
@@ -125,10 +126,29 @@ class Row:
         self.status: str | None = None
         self.reason: str | None = None
         self.detail: str | None = None
+        # The row's fields that do not depend on the database, already in PostgreSQL's binary COPY
+        # format, when a preparing process made them (`registry.behaviour_prepare`).
+        self.packed_event: bytes | None = None
+        self.packed_stage: bytes | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Compact and quick to load: the prepared rows of a CSV file come from a child process
+        # (`registry.behaviour_prepare`) a chunk at a time.
+        return _row_of, ((self.line_no, self.event_id, self.user_ref, self.user_id, self.code, self.started_at,
+                          self.ended_at, self.day, self.variant, self.quantity, self.reduction_g, self.points,
+                          self.factors, self.status, self.reason, self.detail),)
 
     def reject(self, reason: str, detail: str) -> Row:
         self.status, self.reason, self.detail = "rejected", reason, detail[:300]
         return self
+
+
+def _row_of(state: tuple[Any, ...]) -> Row:
+    r = Row.__new__(Row)
+    (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, r.day, r.variant, r.quantity,
+     r.reduction_g, r.points, r.factors, r.status, r.reason, r.detail) = state
+    r.packed_event = r.packed_stage = None
+    return r
 
 
 def _text(raw: Mapping[str, Any], name: str) -> str | None:

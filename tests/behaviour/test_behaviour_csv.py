@@ -103,3 +103,98 @@ def test_malformed_times_are_invalid_naming_the_field(text: str) -> None:
     with pytest.raises(InvalidInput) as e:
         _when({"at": text}, "at")
     assert e.value.field == "at"
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["prepared-apart", "prepared-here"])
+def test_a_file_prepared_in_a_child_process_is_recorded_as_one_prepared_here(
+        apart: bool, session: Session, session_factory: Any, tmp_path: Path) -> None:
+    """`prepare_apart` reads and prepares the rows in a child process (on PostgreSQL packed for COPY):
+    every stored field and outcome is what preparing them here gives, chunk after chunk."""
+    from registry import behaviour, partners
+    from registry.behaviour_rules import RowPreparer, Rules
+
+    bw = build(session, residents=3)
+    now = utcnow().replace(microsecond=0)
+    day = now - dt.timedelta(days=1)
+
+    def t(x: dt.datetime) -> str:
+        return (x + dt.timedelta(hours=8)).isoformat() + "+08:00"
+
+    lines = ["event_id,user,user_id,type,started_at,ended_at,mode,distance_km,category,weight_kg"]
+    for i in range(12):   # card-1 takes 11 trips in a day: the 11th is over the cap of 10
+        s = day + dt.timedelta(minutes=40 * i)
+        lines.append(f"m{i},card-{1 if i < 11 else 2},,CI-TRANSIT,{t(s)},{t(s + dt.timedelta(minutes=25))},"
+                     f"{'metro' if i % 2 else 'bus'},{[10, 3.5, 7.25][i % 3]},,")
+    s = day + dt.timedelta(hours=20)
+    lines += [
+        f"m0,card-0,,CI-TRANSIT,{t(s)},{t(s + dt.timedelta(minutes=30))},metro,10,,",         # duplicate
+        f"一号,card-9,,CI-TRANSIT,{t(s)},{t(s + dt.timedelta(minutes=30))},metro,10,,",       # unknown user
+        f"bad,card-0,,CI-TRANSIT,{t(s)},{t(s + dt.timedelta(minutes=30))},bus,abc,,",         # invalid
+        f"fast,card-0,,CI-TRANSIT,{t(s)},{t(s + dt.timedelta(minutes=2))},metro,30,,",        # implausible
+        f"old,card-0,,CI-TRANSIT,{t(s - dt.timedelta(days=60))},,metro,10,,",                 # claim window
+        f"bike,card-0,,CI-BIKE,{t(s)},,,,,",                                                   # not allowed
+        f",card-0,,ENG-CHECKIN,{t(s)},,,,,",                                                   # no event id
+        f'"c,1",,{bw.uid(0)},ENG-CHECKIN,{t(s)},,,,,',                                         # by user id
+        f"c2,card-0,,ENG-CHECKIN,{s.isoformat()},,,,,",                                        # no offset
+    ]
+    path = tmp_path / "mixed.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    seen: list[int] = []
+    result = behaviour_io.import_csv(session_factory, str(path), "sz-metro", chunk_size=5,
+                                     prepare_apart=apart, on_bytes=seen.append)
+    assert sum(seen) == path.stat().st_size
+    assert (result.rows, result.accepted) == (21, 13)
+    assert result.reasons == {"duplicate": 1, "implausible": 1, "invalid": 2, "outside_claim_window": 1,
+                              "over_daily_cap": 1, "type_not_allowed": 1, "unknown_user": 1}
+    partner = partners.partner_by_code(session, "sz-metro")
+    batch = session.get(behaviour.BehaviourBatch, result.batch_id)
+    assert batch is not None
+    preparer = RowPreparer(Rules(), region=partner.region, allowed=partners.allowed_types(session, partner.id),
+                           received_at=batch.received_at, factors=behaviour.factor_snapshot(session))
+    expected = [preparer.prepare(n, raw) for n, raw in enumerate(behaviour_io.csv_rows(path.open("rb")), 1)]
+    stored = session.scalars(select(BehaviourEvent).where(BehaviourEvent.batch_id == result.batch_id)
+                             .order_by(BehaviourEvent.line_no)).all()
+    assert len(stored) == len(expected)
+    for e, r in zip(stored, expected, strict=True):
+        assert (e.line_no, e.partner_id, e.programme_id, e.event_id, e.user_ref, e.code, e.started_at, e.ended_at,
+                e.day, e.variant, e.quantity, e.factors) == (
+            r.line_no, partner.id, partner.programme_id, r.event_id, r.user_ref, r.code, r.started_at, r.ended_at,
+            r.day, r.variant, r.quantity, r.factors)
+        if r.status is not None:   # rejected in Python: the same reason and detail
+            assert (e.status, e.reason, e.detail, e.user_id) == (r.status, r.reason, r.detail, r.user_id)
+        elif e.status == "accepted":
+            assert (e.reduction_g, e.user_id) == (r.reduction_g, bw.uid(0 if e.line_no > 12 else
+                                                                          1 if e.line_no <= 11 else 2))
+    assert points.balance(session, bw.uid(1)) == sum(e.points for e in stored if e.user_id == bw.uid(1)) > 0
+    assert behaviour.check_ledger(session) == []
+
+
+def test_an_import_prepared_apart_that_fails_stops_its_child_and_resumes(session: Session, session_factory: Any,
+                                                                         tmp_path: Path) -> None:
+    bw = build(session, residents=3)
+    start = (utcnow() - dt.timedelta(days=1)).replace(microsecond=0)
+    lines = ["event_id,user,type,started_at,ended_at,mode,distance_km"]
+    lines += [f"r{i},card-{i % 3},CI-TRANSIT,{(start + dt.timedelta(minutes=30 * i)).isoformat()},"
+              f"{(start + dt.timedelta(minutes=30 * i + 20)).isoformat()},bus,{i % 7 + 1}" for i in range(40)]
+    path = tmp_path / "trips.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    calls: list[int] = []
+
+    def stop_after_two(chunk: Any) -> None:
+        calls.append(chunk.rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        behaviour_io.import_csv(session_factory, str(path), "sz-metro", chunk_size=6, prepare_apart=True,
+                                on_chunk=stop_after_two)
+    resumed = behaviour_io.import_csv(session_factory, str(path), "sz-metro", chunk_size=6, prepare_apart=True)
+    assert (resumed.rows, resumed.accepted + resumed.rejected) == (40, 40)
+    assert resumed.reasons == {"over_daily_cap": resumed.rejected}
+    assert points.balance(session, bw.uid(0)) + points.balance(session, bw.uid(1)) \
+        + points.balance(session, bw.uid(2)) == resumed.points
+    session.rollback()   # SQLite: release the session's transaction before the import writes
+    with pytest.raises(InvalidInput):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+        behaviour_io.import_csv(session_factory, str(bad), "sz-metro", prepare_apart=True)

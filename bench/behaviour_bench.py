@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         assert result.reasons.get("invalid", 0) == planted["invalid"]
         engine.dispose()
         vs_copy = rate / (args.rows / t_copy)
-        print(f"BENCH behaviour rows_per_s={rate:.0f} peak_mb={peak_mb:.0f} vs_copy={vs_copy:.2f}")
+        print(f"BENCH behaviour rows_per_s={rate:.0f} peak_mb={peak_mb:.0f} vs_copy={vs_copy:.4f}")
         return {"rows_per_s": rate, "peak_mb": peak_mb, "vs_copy": vs_copy, "result": result.as_dict(),
                 "planted": planted, "copy_s": t_copy, "import_s": t_import}
     finally:

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "behaviour_bench.py")
-LINE = re.compile(r"^BENCH behaviour rows_per_s=(\d+) peak_mb=(\d+) vs_copy=(\d+\.\d\d)$")
+LINE = re.compile(r"^BENCH behaviour rows_per_s=(\d+) peak_mb=(\d+) vs_copy=(\d+\.\d{4})$")
 
 
 def load_bench() -> ModuleType:

@@ -28,15 +28,18 @@ from registry.models import (
     Block,
     BlockStatus,
     Holder,
+    Movement,
     MovementKind,
     Project,
     Retirement,
+    Transfer,
+    serial_prefix,
 )
 from registry.units import _retirement_claim, new_certificate_number
 
 _BLOCKS = cast(Table, Block.__table__)
-_TRANSFERS = cast(Table, Retirement.metadata.tables["transfers"])
-_MOVEMENTS = cast(Table, Retirement.metadata.tables["movements"])
+_TRANSFERS = cast(Table, Transfer.__table__)
+_MOVEMENTS = cast(Table, Movement.__table__)
 _RETIREMENTS = cast(Table, Retirement.__table__)
 
 
@@ -99,8 +102,8 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     suspended = sorted(row.project_id for row in batches.values() if row.suspended)
     if suspended:
         raise Suspended(f"project {suspended[0]} is suspended", field="serials")
-    serials = tuple(f"THR-{batches[b.batch_id].project_id:05d}-{batches[b.batch_id].vintage}-"
-                    f"{batches[b.batch_id].number}-{b.start}-{end}" for b, end in taken)
+    prefix = {i: serial_prefix(row.project_id, row.vintage, row.number) for i, row in batches.items()}
+    serials = tuple(f"{prefix[b.batch_id]}-{b.start}-{end}" for b, end in taken)
     now = utcnow()
     seller_account = taken[0][0].account_id
     transfer_id = session.execute(insert(_TRANSFERS).values(

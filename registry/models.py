@@ -241,6 +241,11 @@ class MonitoringReport(Base):
         return self.period_end.year
 
 
+def serial_prefix(project_id: int, vintage: int, batch_number: int) -> str:
+    """The serial text of a batch before its range: `THR-<project>-<vintage>-<batch>` (DESIGN.md)."""
+    return f"THR-{project_id:05d}-{vintage}-{batch_number}"
+
+
 class Batch(Base):
     """One issuance: the credits of one verified monitoring report, serials [1, quantity_kg]."""
 
@@ -265,7 +270,7 @@ class Batch(Base):
     methodology: Mapped[Methodology] = relationship()
 
     def serial_prefix(self) -> str:
-        return f"THR-{self.project_id:05d}-{self.vintage}-{self.number}"
+        return serial_prefix(self.project_id, self.vintage, self.number)
 
     def serial(self, start: int, end: int) -> str:
         """Serial text of the range [start, end] of this batch, as in DESIGN.md."""

@@ -27,6 +27,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     func,
@@ -68,12 +69,17 @@ class PointsEntry(Base):
               sqlite_where=text("kind = 'redeem'"), postgresql_where=text("kind = 'redeem'")),
     )
 
+    # No foreign keys on `user_id` (→ points_accounts) and `batch_id` (→ behaviour_batches): a behaviour
+    # import writes an entry per member in one COPY, and each row's key checks probed and share-locked
+    # its account and the batch (locked already), tripling the cost of the write. The writers name only
+    # users with an account (members get one when they join, `_lock` makes one for a debit) and the
+    # batch they hold locked (`registry.behaviour.complete_batch`); `check` proves both.
     id: Mapped[int] = mapped_column(BigKey, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("points_accounts.user_id"))
+    user_id: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(8))
     points: Mapped[int] = mapped_column(BigInteger)
     expires_on: Mapped[dt.date | None] = mapped_column(Date)
-    batch_id: Mapped[int | None] = mapped_column(ForeignKey("behaviour_batches.id"), index=True)
+    batch_id: Mapped[int | None] = mapped_column(Integer, index=True)
     ref: Mapped[str | None] = mapped_column(String(100))
     reason: Mapped[str | None] = mapped_column(Text)
     actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -222,9 +228,19 @@ def entries(session: Session, user_id: int, limit: int = 50, before_id: int | No
 
 
 def check(session: Session) -> list[str]:
-    """Ledger checks that need nothing but the ledger: no negative balance, and FIFO expiry never
-    took more than had expired (every user's debits ≤ credits)."""
+    """Ledger checks: every entry names a user with a points account and, when it names a behaviour
+    batch, one that exists (the references the table's schema does not hold, see `PointsEntry`); no
+    negative balance, and FIFO expiry never took more than had expired (every user's debits ≤
+    credits)."""
     found = []
+    for user_id, n in session.execute(text(
+            "SELECT e.user_id, COUNT(*) FROM points_entries e WHERE NOT EXISTS "
+            "(SELECT 1 FROM points_accounts a WHERE a.user_id = e.user_id) GROUP BY e.user_id ORDER BY e.user_id")):
+        found.append(f"{n} points entries of user {user_id}, who has no points account")
+    for batch_id, n in session.execute(text(
+            "SELECT e.batch_id, COUNT(*) FROM points_entries e WHERE e.batch_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM behaviour_batches b WHERE b.id = e.batch_id) GROUP BY e.batch_id ORDER BY e.batch_id")):
+        found.append(f"{n} points entries name behaviour batch {batch_id}, which does not exist")
     for user_id, total in session.execute(
             select(PointsEntry.user_id, func.sum(PointsEntry.points)).group_by(PointsEntry.user_id)
             .having(func.sum(PointsEntry.points) < 0)):

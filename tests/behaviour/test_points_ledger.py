@@ -114,3 +114,26 @@ def test_expiry_is_first_in_first_out_and_idempotent(bw: BWorld, session: Sessio
     kinds = session.scalars(select(PointsEntry.kind).where(PointsEntry.user_id == uid).order_by(PointsEntry.id))
     assert list(kinds) == ["earn", "earn", "redeem", "expire", "redeem", "expire"]
     assert behaviour.check_ledger(session) == []
+
+
+def test_check_proves_the_references_the_schema_does_not_hold(bw: BWorld, session: Session) -> None:
+    """points_entries has no foreign keys on user_id and batch_id (a behaviour import writes hundreds of
+    thousands of entries at once); `points.check` names an entry whose user has no points account or
+    whose batch does not exist."""
+    uid = bw.uid(0)
+    points.adjust_points(session, bw.operator.actor, uid, 30, "开户奖励")
+    session.flush()
+    assert points.check(session) == []
+    session.add_all([
+        PointsEntry(user_id=987_654, kind="adjust", points=5, expires_on=dt.date(2027, 12, 31), reason="forged"),
+        PointsEntry(user_id=uid, kind="earn", points=7, expires_on=dt.date(2027, 12, 31), batch_id=876_543,
+                    ref="behaviour:876543"),
+        PointsEntry(user_id=uid, kind="earn", points=8, expires_on=dt.date(2027, 12, 31), batch_id=876_543,
+                    ref="behaviour:876543"),
+    ])
+    session.flush()
+    found = points.check(session)
+    assert found == ["1 points entries of user 987654, who has no points account",
+                     "2 points entries name behaviour batch 876543, which does not exist"]
+    assert set(found) <= set(behaviour.check_ledger(session))
+    session.rollback()

@@ -259,6 +259,23 @@ def server_cpu(engine: Engine) -> float | None:
         return None
 
 
+def backends_cpu(engine: Engine) -> dict[int, float] | None:
+    """CPU seconds so far of each live backend connected to `engine`'s database, when the server runs
+    on this machine (None elsewhere): the import's own work, whatever else the server is doing. The
+    server's background processes (WAL writer, checkpointer) are not in it."""
+    if engine.dialect.name != "postgresql" or not os.path.isdir("/proc"):
+        return None
+    with engine.connect() as c:
+        pids = c.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).all()
+    found = {}
+    for pid in pids:
+        try:
+            found[int(pid)] = _proc_cpu(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--database-url", required=True, help="a database of the bench's own (it is emptied)")
@@ -297,11 +314,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# bare COPY into an unindexed table: {t_copy:.2f} s = {args.rows / t_copy:,.0f} rows/s")
 
         cpu0, server0, child0 = time.process_time(), server_cpu(engine), _children_cpu()
+        own0 = backends_cpu(engine)
         t0 = time.perf_counter()
         result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline,
                             probe_ahead=not args.no_probe_ahead, prepare_apart=False if args.prepare_here else None)
         t_import = time.perf_counter() - t0
-        cpu_here, server1 = time.process_time() - cpu0, server_cpu(engine)
+        cpu_here, server1, own1 = time.process_time() - cpu0, server_cpu(engine), backends_cpu(engine)
         cpu_child = _children_cpu() - child0
         cpu_py = cpu_here + cpu_child
         # The preparing child's peak is added to ours: an upper bound of the two at once.
@@ -318,9 +336,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# chunks checked ahead {behaviour.PROBES['ahead']}, checked again {behaviour.PROBES['again']}")
         # CPU seconds are steadier than wall time on a shared machine: at 50,000 rows/s on two cores
         # the import may use at most 40 s of CPU per million rows, Python and PostgreSQL together.
+        # The server's figure counts every database's work (other suites on a shared server); the
+        # backends of the bench's own database are the import's alone, and are what is summed.
         cpu_pg = server1 - server0 if server0 is not None and server1 is not None else None
-        print(f"# CPU seconds: python {cpu_py:.1f} (importer {cpu_here:.1f}, preparing process {cpu_child:.1f})" + (f", postgresql server {cpu_pg:.1f}" if cpu_pg is not None else "")
-              + f"; per 1M rows {(cpu_py + (cpu_pg or 0)) * 1e6 / args.rows:.1f}")
+        cpu_own = (sum(t - own0.get(pid, 0.0) for pid, t in own1.items())
+                   if own0 is not None and own1 is not None else None)
+        print(f"# CPU seconds: python {cpu_py:.1f} (importer {cpu_here:.1f}, preparing process {cpu_child:.1f})"
+              + (f", postgresql backends of this database {cpu_own:.1f}" if cpu_own is not None else "")
+              + (f" (server in all {cpu_pg:.1f})" if cpu_pg is not None else "")
+              + f"; per 1M rows {(cpu_py + (cpu_own or 0)) * 1e6 / args.rows:.1f}")
 
         t0 = time.perf_counter()
         with factory() as s, s.begin():

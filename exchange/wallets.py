@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from exchange.errors import InsufficientFunds
 from exchange.models import (
@@ -117,6 +118,36 @@ def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, 
     session.add_all([Posting(journal_id=journal.id, account_id=a.id, amount=amt) for a, amt in legs])
     session.flush()
     return journal
+
+
+def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None,
+                memo: str | None = None, user_id: int | None = None) -> int:
+    """`post` on accounts the caller has locked and read as plain rows (id, kind, balance), in three
+    Core statements (the journal, the balances, the postings) and no ORM flush; returns the journal's
+    id. A loaded `CashAccount` object of a leg gets its new balance. Same checks and errors as `post`."""
+    legs = [(a, amt) for a, amt in legs if amt != 0]
+    if sum(amt for _, amt in legs) != 0:
+        raise ValueError("a journal must balance")
+    delta: dict[int, tuple[Balanced, int]] = {}
+    for a, amt in legs:
+        delta[a.id] = (a, delta.get(a.id, (a, 0))[1] + amt)
+    for a, d in delta.values():
+        if a.kind is not CashAccountKind.BANK and a.balance + d < 0:
+            raise InsufficientFunds(
+                f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
+    journal_id = session.execute(insert(_JOURNALS).values(
+        kind=kind, ref=ref, memo=memo, created_by_id=user_id, created_at=utcnow()).returning(_JOURNALS.c.id)).scalar_one()
+    session.execute(_ADD_BALANCE, [{"a_id": acc_id, "d": d} for acc_id, (_, d) in delta.items()])
+    session.execute(insert(_POSTINGS), [{"journal_id": journal_id, "account_id": a.id, "amount": amt}
+                                        for a, amt in legs])
+    for acc_id, (a, d) in delta.items():
+        loaded = session.identity_map.get(inspect(CashAccount).identity_key_from_primary_key((acc_id,)))
+        if loaded is not None:
+            set_committed_value(loaded, "balance", a.balance + d)
+    return journal_id
+
+
+_ADD_BALANCE = update(_CASH).where(_CASH.c.id == bindparam("a_id")).values(balance=_CASH.c.balance + bindparam("d"))
 
 
 class Balanced(Protocol):

@@ -12,7 +12,7 @@ tests/offsets/test_delivered_retirement.py pins the rows it writes to the ones t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -72,12 +72,15 @@ def _buyer_accounts(session: Session, holder_id: int) -> tuple[int, int]:
 
 def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, *, memo: str, beneficiary: str,
                        jurisdiction: str, purpose: str, footprint_ref: str | None = None,
-                       message: str | None = None) -> Retired:
+                       message: str | None = None,
+                       audit_into: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] | None = None,
+                       ) -> Retired:
     """Deliver `quantity` kg listed under `ref` (oldest vintage, batch and serial first) to the
     buyer's holding account and retire exactly those serials for `beneficiary`, in the caller's
     transaction. Raises InvalidInput (the claim), NotFound (the buyer's accounts), Suspended (the
     buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed); nothing
-    is written then."""
+    is written then. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
+    instead of written here."""
     why = _retirement_claim(buyer, beneficiary, jurisdiction, purpose)
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
@@ -133,11 +136,16 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
         {"kind": MovementKind.RETIREMENT, "batch_id": b.batch_id, "start": b.start, "end": end,
          "from_account_id": holding, "to_account_id": sink, "transfer_id": None,
          "retirement_id": retirement_id, "at": now} for b, end in taken])
-    audit.record_many(session, [("units.delivered", "transfer", transfer_id, {
-        "ref": ref, "to_holder_id": buyer.holder_id, "quantity_kg": quantity, "memo": memo,
-        "serials": list(serials)})])
-    audit.record_many(session, [("units.retired", "retirement", retirement_id, {
-        "certificate_number": number, "quantity_kg": quantity, "beneficiary": beneficiary.strip(),
-        "jurisdiction": jurisdiction.strip(), "purpose": why.value, "footprint_ref": footprint_ref,
-        "serials": list(serials)})], actor=buyer)
+    records: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = [
+        (None, "units.delivered", "transfer", transfer_id, {
+            "ref": ref, "to_holder_id": buyer.holder_id, "quantity_kg": quantity, "memo": memo,
+            "serials": list(serials)}),
+        (buyer, "units.retired", "retirement", retirement_id, {
+            "certificate_number": number, "quantity_kg": quantity, "beneficiary": beneficiary.strip(),
+            "jurisdiction": jurisdiction.strip(), "purpose": why.value, "footprint_ref": footprint_ref,
+            "serials": list(serials)})]
+    if audit_into is None:
+        audit.record_each(session, records)
+    else:
+        audit_into.extend(records)
     return Retired(retirement_id, number, quantity, transfer_id, serials)

@@ -120,11 +120,10 @@ def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, 
     return journal
 
 
-def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None,
-                memo: str | None = None, user_id: int | None = None) -> int:
-    """`post` on accounts the caller has locked and read as plain rows (id, kind, balance), in three
-    Core statements (the journal, the balances, the postings) and no ORM flush; returns the journal's
-    id. A loaded `CashAccount` object of a leg gets its new balance. Same checks and errors as `post`."""
+def _checked(legs: Sequence[tuple[Balanced, int]]) -> tuple[list[tuple[Balanced, int]],
+                                                          dict[int, tuple[Balanced, int]]]:
+    """The nonzero legs of a journal and their sum per account id, once checked: they balance
+    (else ValueError) and no account but the bank goes below zero (InsufficientFunds, field amount)."""
     legs = [(a, amt) for a, amt in legs if amt != 0]
     if sum(amt for _, amt in legs) != 0:
         raise ValueError("a journal must balance")
@@ -135,6 +134,15 @@ def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanc
         if a.kind is not CashAccountKind.BANK and a.balance + d < 0:
             raise InsufficientFunds(
                 f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
+    return legs, delta
+
+
+def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None,
+                memo: str | None = None, user_id: int | None = None) -> int:
+    """`post` on accounts the caller has locked and read as plain rows (id, kind, balance), in three
+    Core statements (the journal, the balances, the postings) and no ORM flush; returns the journal's
+    id. A loaded `CashAccount` object of a leg gets its new balance. Same checks and errors as `post`."""
+    legs, delta = _checked(legs)
     journal_id = session.execute(insert(_JOURNALS).values(
         kind=kind, ref=ref, memo=memo, created_by_id=user_id, created_at=utcnow()).returning(_JOURNALS.c.id)).scalar_one()
     session.execute(_ADD_BALANCE, [{"a_id": acc_id, "d": d} for acc_id, (_, d) in delta.items()])
@@ -177,16 +185,7 @@ class Journals:
     @staticmethod
     def _move(legs: Sequence[tuple[Balanced, int]]) -> list[tuple[Balanced, int]]:
         """Check and apply a balanced set of legs to the locked balances; returns the nonzero legs."""
-        legs = [(a, amt) for a, amt in legs if amt != 0]
-        if sum(amt for _, amt in legs) != 0:
-            raise ValueError("a journal must balance")
-        delta: dict[int, tuple[Balanced, int]] = {}
-        for a, amt in legs:
-            delta[a.id] = (a, delta.get(a.id, (a, 0))[1] + amt)
-        for a, d in delta.values():
-            if a.kind is not CashAccountKind.BANK and a.balance + d < 0:
-                raise InsufficientFunds(
-                    f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
+        legs, delta = _checked(legs)
         for a, d in delta.values():
             a.balance += d
         return legs

@@ -17,7 +17,9 @@ from sqlalchemy import Table, bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
+from exchange.models import CashAccount, CashAccountKind
 from exchange.offset_models import OffsetListing, OffsetOrder
+from exchange.wallets import CURRENCY
 from registry.db import utcnow
 
 ORDERS = cast(Table, OffsetOrder.__table__)
@@ -25,9 +27,19 @@ LISTINGS = cast(Table, OffsetListing.__table__)
 COLUMNS = tuple(c.key for c in ORDERS.c)
 _MAPPER = inspect(OffsetOrder)
 _LOCK = select(ORDERS).where(ORDERS.c.id == bindparam("id")).with_for_update(key_share=True)
-_LOCK_LISTING = (select(LISTINGS.c.id, LISTINGS.c.seller_id, LISTINGS.c.status, LISTINGS.c.available_kg)
-                 .where(LISTINGS.c.id == bindparam("id")).with_for_update(key_share=True))
 _INSERT = insert(ORDERS).returning(ORDERS.c.id)
+_CASH = cast(Table, CashAccount.__table__)
+
+
+def _wallet_account(kind: CashAccountKind) -> Any:
+    return (select(_CASH.c.id).where(_CASH.c.holder_id == ORDERS.c.holder_id, _CASH.c.kind == kind,
+                                     _CASH.c.currency == CURRENCY).scalar_subquery().label(f"_{kind.value}_id"))
+
+
+# The order locked with its buyer's (available, held) cash account ids: what paying from the wallet
+# needs, in one statement (the accounts are not locked here: `wallets.hold` locks them in id order).
+_LOCK_WITH_WALLET = (select(ORDERS, _wallet_account(CashAccountKind.AVAILABLE), _wallet_account(CashAccountKind.HELD))
+                     .where(ORDERS.c.id == bindparam("id")).with_for_update(of=ORDERS, key_share=True))
 
 assert all(_MAPPER.get_property_by_column(c).key == c.key for c in ORDERS.c), "attributes named as columns"
 
@@ -64,10 +76,16 @@ def lock_order(session: Session, order_id: int) -> OffsetOrder | None:
     return None if row is None else attach(session, dict(row))
 
 
-def lock_listing(session: Session, listing_id: int) -> Any:
-    """Lock a listing's row as `offsets._lock_listing` does and return (id, seller_id, status,
-    available_kg), without loading an object; None if there is none."""
-    return session.execute(_LOCK_LISTING, {"id": listing_id}).first()
+def lock_order_and_wallet(session: Session, order_id: int) -> tuple[OffsetOrder | None, tuple[int, int] | None]:
+    """`lock_order`, and the (available, held) cash account ids of the order's holder (None if it
+    has not both yet), in one statement."""
+    session.flush()
+    row = session.execute(_LOCK_WITH_WALLET, {"id": order_id}).mappings().first()
+    if row is None:
+        return None, None
+    values = dict(row)
+    ids = values.pop("_available_id"), values.pop("_held_id")
+    return attach(session, values), (ids if None not in ids else None)
 
 
 def set_order(session: Session, order: OffsetOrder, **values: Any) -> None:

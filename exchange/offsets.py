@@ -493,7 +493,9 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
     InsufficientFunds, field payment, leaves the quote as it was). Card: awaiting_payment until the
     card-payment module calls `mark_paid`. Raises Conflict if the quote expired or was used."""
     actor.require_can_move_units()
-    order = get_offset(session, actor, order_id, lock=True)
+    order, wallet = offset_rows.lock_order_and_wallet(session, order_id)
+    if order is None or (order.holder_id != actor.holder_id and not actor.is_operator):
+        raise NotFound(f"no offset order {order_id}", field="order_id")
     now = utcnow()
     if order.payment == "card" and order.status is OffsetStatus.AWAITING_PAYMENT and not _expired(order, now):
         return order
@@ -508,7 +510,7 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
                      {"total": order.total, "expires_at": order.expires_at.isoformat()})
         return order
     try:
-        wallets.hold(session, order.holder_id, order.total, ref=order.ref, user_id=actor.user_id)
+        wallets.hold(session, order.holder_id, order.total, ref=order.ref, user_id=actor.user_id, account_ids=wallet)
     except RegistryError as e:
         raise type(e)(f"the wallet cannot pay {order.total}: {e.message}", field="payment", code=e.code) from None
     _paid(session, order, order.total, actor, now)
@@ -660,9 +662,20 @@ def _buyer_and_footprint(session: Session, order: OffsetOrder) -> tuple[Actor, s
     row = session.execute(_BUYER_OF_ORDER, {"u": order.user_id, "fp": order.footprint_id,
                                             "h": order.holder_id}).first()
     assert row is not None
-    kind, role, fp_id, fp_name = row
+    return _buyer_of_row(order, row)
+
+
+def _buyer_of_row(order: OffsetOrder, row: Any) -> tuple[Actor, str | None]:
+    kind, role, fp_id, fp_name = row[-4:]
     actor = Actor(order.user_id, order.holder_id, kind, role if role is not None else UserRole.TRADER)
     return actor, None if fp_id is None else footprint_ref(fp_id, fp_name)
+
+
+# The fill's listing, locked (as `_lock_listing` locks it), with what `_buyer_and_footprint` reads.
+_LISTING_AND_BUYER = (select(_L.c.id, _L.c.seller_id, *_BUYER_OF_ORDER.selected_columns)
+                      .select_from(_L).join(_H, _H.c.id == bindparam("h"))
+                      .outerjoin(_U, _U.c.id == bindparam("u")).outerjoin(_F, _F.c.id == bindparam("fp"))
+                      .where(_L.c.id == bindparam("l")).with_for_update(of=_L, key_share=True))
 
 
 def delivered_serials(session: Session, transfer_ids: list[int]) -> list[str]:
@@ -709,10 +722,11 @@ def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
     in one INSERT. The money moves last: the platform's fee account is one row every fill (and the
     sequencer's settlement) locks, so it is held only from here to the commit."""
     assert order.listing_id is not None
-    listing = offset_rows.lock_listing(session, order.listing_id)
+    listing = session.execute(_LISTING_AND_BUYER, {"l": order.listing_id, "u": order.user_id,
+                                                   "fp": order.footprint_id, "h": order.holder_id}).first()
     if listing is None:
         raise NotFound(f"no listing {order.listing_id}", field="listing_id")
-    buyer, footprint_ref = _buyer_and_footprint(session, order)
+    buyer, footprint_ref = _buyer_of_row(order, listing)
     records: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
     r = deliver_and_retire(session, buyer, f"listing:{listing.id}", order.quantity_kg,
                            memo=f"offset order {order.id}", beneficiary=order.beneficiary,

@@ -336,16 +336,19 @@ def pay_out(session: Session, actor: Actor | None, holder_id: int, amount: int, 
     return w
 
 
-def hold(session: Session, holder_id: int, amount: int, ref: str, user_id: int | None = None) -> int:
+def hold(session: Session, holder_id: int, amount: int, ref: str, user_id: int | None = None,
+         account_ids: tuple[int, int] | None = None) -> int:
     """Reserve `amount` of the holder's available money (for a buy order); returns the journal's id.
     Raises InsufficientFunds (field "amount"); nothing is written then.
 
     Every buy order comes through here, so it is five Core statements: the conditional UPDATE of the
     available balance is the overdraft check and takes the row lock in the same step (available before
-    held: their id order, as every other writer locks them)."""
+    held: their id order, as every other writer locks them); four when the caller read the holder's
+    (available, held) account ids already (`account_ids`)."""
     amount = _positive(amount)
-    ids = dict(session.execute(select(CashAccount.kind, CashAccount.id).where(
-        CashAccount.holder_id == holder_id, CashAccount.currency == CURRENCY)).tuples().all())
+    ids = ({CashAccountKind.AVAILABLE: account_ids[0], CashAccountKind.HELD: account_ids[1]} if account_ids else
+           dict(session.execute(select(CashAccount.kind, CashAccount.id).where(
+               CashAccount.holder_id == holder_id, CashAccount.currency == CURRENCY)).tuples().all()))
     if len(ids) < 2:
         available, held = holder_accounts(session, holder_id)
         ids = {CashAccountKind.AVAILABLE: available.id, CashAccountKind.HELD: held.id}

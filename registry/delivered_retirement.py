@@ -85,10 +85,13 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
     holding, sink = _buyer_accounts(session, buyer.holder_id)
+    # The listed blocks, locked, with their batch numbers and whether their projects are suspended.
     listed = session.execute(
-        select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end, Block.account_id)
+        select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end, Block.account_id,
+               Batch.number, Project.suspended)
+        .join(Batch, Batch.id == Block.batch_id).join(Project, Project.id == Batch.project_id)
         .where(Block.hold_ref == ref, Block.status == BlockStatus.LISTED)
-        .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update()).all()
+        .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update(of=Block)).all()
     have = sum(b.end - b.start + 1 for b in listed)
     if quantity > have:
         raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
@@ -99,14 +102,10 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
         take = min(left, b.end - b.start + 1)
         taken.append((b, b.start + take - 1))   # the row keeps the head [start, start + take - 1]
         left -= take
-    batches = {row.id: row for row in session.execute(
-        select(Batch.id, Batch.project_id, Batch.vintage, Batch.number, Project.suspended)
-        .join(Project, Project.id == Batch.project_id).where(Batch.id.in_({b.batch_id for b, _ in taken})))}
-    suspended = sorted(row.project_id for row in batches.values() if row.suspended)
+    suspended = sorted({b.project_id for b, _ in taken if b.suspended})
     if suspended:
         raise Suspended(f"project {suspended[0]} is suspended", field="serials")
-    prefix = {i: serial_prefix(row.project_id, row.vintage, row.number) for i, row in batches.items()}
-    serials = tuple(f"{prefix[b.batch_id]}-{b.start}-{end}" for b, end in taken)
+    serials = tuple(f"{serial_prefix(b.project_id, b.vintage, b.number)}-{b.start}-{end}" for b, end in taken)
     now = utcnow()
     seller_account = taken[0][0].account_id
     transfer_id = session.execute(insert(_TRANSFERS).values(

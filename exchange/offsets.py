@@ -32,12 +32,12 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from exchange import wallets
+from exchange import offset_rows, wallets
 from exchange.instruments import get_instrument
 from exchange.models import (
     CashAccount,
@@ -254,65 +254,72 @@ class Preference:
         return out | {"source": self.source}
 
 
+_L = offset_rows.LISTINGS
+_O = offset_rows.ORDERS
+_P = cast(Table, Project.__table__)
+_M = cast(Table, Methodology.__table__)
+_H = cast(Table, Holder.__table__)
+_F = cast(Table, Footprint.__table__)
+
+
 def _instrument_conditions(inst: Instrument) -> list[Any]:
     """Listings whose project and vintage could be delivered into `inst`."""
     if inst.kind is InstrumentKind.PROJECT:
-        return [OffsetListing.project_id == inst.project_id, OffsetListing.vintage == inst.vintage_from]
-    conds: list[Any] = [OffsetListing.vintage >= inst.vintage_from, OffsetListing.vintage <= inst.vintage_to]
+        return [_L.c.project_id == inst.project_id, _L.c.vintage == inst.vintage_from]
+    conds: list[Any] = [_L.c.vintage >= inst.vintage_from, _L.c.vintage <= inst.vintage_to]
     if inst.project_kind:
-        conds.append(Project.kind == inst.project_kind)
+        conds.append(_P.c.kind == inst.project_kind)
     if inst.sector:
-        conds.append(Methodology.sector == inst.sector)
+        conds.append(_M.c.sector == inst.sector)
     return conds
 
 
-def _pick_listing(session: Session, holder_id: int, qty: int, pref: Preference) -> OffsetListing:
-    """The cheapest active listing with `qty` available that matches the preference, locked."""
-    stmt = (select(OffsetListing).join(Project, Project.id == OffsetListing.project_id)
-            .join(Methodology, Methodology.id == Project.methodology_id)
-            .where(OffsetListing.status == ListingStatus.ACTIVE.value, OffsetListing.available_kg >= qty,
-                   OffsetListing.seller_id != holder_id, Project.suspended.is_(False))
-            .order_by(OffsetListing.price, OffsetListing.id).limit(1)
-            .with_for_update(of=OffsetListing).execution_options(populate_existing=True))
+def _reserve_listing(session: Session, holder_id: int, qty: int, pref: Preference) -> Any:
+    """Reserve `qty` on the cheapest active listing that has it available and matches the
+    preference (not the buyer's own, not of a suspended project): one UPDATE .. RETURNING (id,
+    price, fee_bp, available_kg) whose subquery picks and locks the listing. Raises InsufficientUnits (field
+    quantity_kg, code no_supply), NotFound (the preferred instrument)."""
+    pick = (select(_L.c.id).join(_P, _P.c.id == _L.c.project_id).join(_M, _M.c.id == _P.c.methodology_id)
+            .where(_L.c.status == ListingStatus.ACTIVE.value, _L.c.available_kg >= qty, _L.c.seller_id != holder_id,
+                   _P.c.suspended.is_(False))
+            .order_by(_L.c.price, _L.c.id).limit(1).with_for_update(of=_L))
     if pref.vintage is not None:
-        stmt = stmt.where(OffsetListing.vintage == pref.vintage)
+        pick = pick.where(_L.c.vintage == pref.vintage)
     if pref.project_type:
         kinds = {k.value for k in ProjectKind}
-        stmt = stmt.where(Project.kind == pref.project_type if pref.project_type in kinds
-                          else Methodology.sector == pref.project_type)
+        pick = pick.where(_P.c.kind == pref.project_type if pref.project_type in kinds
+                          else _M.c.sector == pref.project_type)
     if pref.instrument:
-        stmt = stmt.where(*_instrument_conditions(get_instrument(session, pref.instrument)))
+        pick = pick.where(*_instrument_conditions(get_instrument(session, pref.instrument)))
+    stmt = (update(_L).where(_L.c.id == pick.scalar_subquery(), _L.c.available_kg >= qty)
+            .values(available_kg=_L.c.available_kg - qty)
+            .returning(_L.c.id, _L.c.price, _L.c.fee_bp, _L.c.available_kg))
     # PostgreSQL re-checks a row it waited for and drops it if a concurrent quote took its supply;
-    # with LIMIT 1 the statement then returns nothing even if another listing would do. A fresh
+    # with LIMIT 1 the statement then changes nothing even if another listing would do. A fresh
     # statement sees the committed state: try again before saying there is no supply.
     for _ in range(3):
-        listing = session.scalar(stmt)
+        listing = session.execute(stmt).first()
         if listing is not None:
-            break
-    if listing is None:
-        raise InsufficientUnits(f"no listing matching the preference has {qty} kg available", field="quantity_kg",
-                                code="no_supply")
-    return listing
+            offset_rows.refresh_loaded(session, OffsetListing, listing.id, available_kg=listing.available_kg)
+            return listing
+    raise InsufficientUnits(f"no listing matching the preference has {qty} kg available", field="quantity_kg",
+                            code="no_supply")
 
 
-def _purpose(session: Session, holder_id: int, footprint: Footprint | None) -> RetirementPurpose:
-    if footprint is not None:
-        return _PURPOSE[footprint.kind]
-    holder = session.get(Holder, holder_id)
-    assert holder is not None
+def _purpose(holder_kind: HolderKind, footprint_kind: FootprintKind | None) -> RetirementPurpose:
+    if footprint_kind is not None:
+        return _PURPOSE[footprint_kind]
     return {HolderKind.INDIVIDUAL: RetirementPurpose.PERSONAL,
-            HolderKind.EVENT_ORGANISER: RetirementPurpose.EVENT_OFFSET}.get(holder.kind,
+            HolderKind.EVENT_ORGANISER: RetirementPurpose.EVENT_OFFSET}.get(holder_kind,
                                                                              RetirementPurpose.ORGANISATIONAL)
 
 
-def _jurisdiction(session: Session, holder_id: int, given: str | None) -> str:
+def _jurisdiction(city: str | None, province: str | None, given: str | None) -> str:
     if given is not None:
         if not given.strip():
             raise InvalidInput("jurisdiction must not be blank", field="jurisdiction")
         return given.strip()
-    holder = session.get(Holder, holder_id)
-    assert holder is not None
-    return holder.city or holder.province or "中国"
+    return city or province or "中国"
 
 
 def covered_kg(session: Session, footprint_id: int) -> tuple[int, int]:
@@ -325,6 +332,21 @@ def covered_kg(session: Session, footprint_id: int) -> tuple[int, int]:
     return retired, live
 
 
+def _covered(kg: Any, statuses: list[OffsetStatus]) -> Any:
+    return (select(func.coalesce(func.sum(kg), 0))
+            .where(_O.c.footprint_id == bindparam("fp"), _O.c.status.in_(statuses)).scalar_subquery())
+
+
+# The quote's reads in one statement: the buyer (purpose, jurisdiction) and, if it covers one, its
+# footprint with what `covered_kg` says is retired and live for it.
+_BUYER = select(_H.c.kind, _H.c.city, _H.c.province).where(_H.c.id == bindparam("h"))
+_BUYER_AND_FOOTPRINT = (
+    select(_H.c.kind, _H.c.city, _H.c.province, _F.c.holder_id.label("fp_holder_id"), _F.c.kind.label("fp_kind"),
+           _F.c.total_kg, _covered(_O.c.filled_kg, [OffsetStatus.RETIRED]).label("retired"),
+           _covered(_O.c.quantity_kg, [*LIVE, OffsetStatus.FILLED]).label("live"))
+    .select_from(_H.outerjoin(_F, _F.c.id == bindparam("fp"))).where(_H.c.id == bindparam("h")))
+
+
 def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
                   footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
                   preference: Mapping[str, Any] | None = None, payment: str = "wallet",
@@ -332,7 +354,10 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     """Quote an offset (status draft): `quantity_kg`, or a footprint's uncovered part (or part of
     it, when both are given). A listing quote
     reserves the quantity until `expires_at`. Raises InvalidInput, NotFound (footprint, instrument),
-    Conflict (footprint already covered), InsufficientUnits (no supply: field quantity_kg)."""
+    Conflict (footprint already covered), InsufficientUnits (no supply: field quantity_kg).
+
+    Core statements: the buyer and footprint in one read, the listing picked and reserved by one
+    UPDATE, the order by one INSERT and the audit record by `record_many`."""
     actor.require_can_move_units()
     if payment not in PAYMENTS:
         raise InvalidInput("payment must be wallet or card", field="payment")
@@ -341,43 +366,45 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     if quantity_kg is None and footprint_id is None:
         raise InvalidInput("give quantity_kg or footprint_id (or both: part of a footprint)", field="quantity_kg")
     pref = Preference.parse(preference)
-    footprint = None
-    if footprint_id is not None:
-        footprint = session.get(Footprint, footprint_id)
-        if footprint is None or footprint.holder_id != actor.holder_id:
+    fp_kind = None
+    if footprint_id is None:
+        buyer = session.execute(_BUYER, {"h": actor.holder_id}).one()
+    else:
+        buyer = session.execute(_BUYER_AND_FOOTPRINT, {"h": actor.holder_id, "fp": footprint_id}).one()
+        if buyer.fp_holder_id is None or buyer.fp_holder_id != actor.holder_id:
             raise NotFound(f"no footprint {footprint_id}", field="footprint_id")
-        retired, live = covered_kg(session, footprint.id)
-        uncovered = footprint.total_kg - retired - live
+        fp_kind = buyer.fp_kind
+        uncovered = buyer.total_kg - int(buyer.retired) - int(buyer.live)
         if uncovered <= 0:
-            raise Conflict(f"footprint {footprint.id} is already covered by retired or pending offsets",
+            raise Conflict(f"footprint {footprint_id} is already covered by retired or pending offsets",
                            field="footprint_id", code="already_covered")
         if quantity_kg is None:
             quantity_kg = uncovered
         elif isinstance(quantity_kg, int) and quantity_kg > uncovered:
-            raise Conflict(f"only {uncovered} kg of footprint {footprint.id} is not yet covered",
+            raise Conflict(f"only {uncovered} kg of footprint {footprint_id} is not yet covered",
                            field="quantity_kg", code="more_than_footprint")
     qty = _int(quantity_kg, "quantity_kg")
     now = utcnow()
-    order = OffsetOrder(holder_id=actor.holder_id, user_id=actor.user_id, footprint_id=footprint_id,
-                        quantity_kg=qty, beneficiary=beneficiary.strip(), message=message,
-                        jurisdiction=_jurisdiction(session, actor.holder_id, jurisdiction),
-                        purpose=_purpose(session, actor.holder_id, footprint).value, preference=pref.as_dict(),
-                        payment=payment, source=pref.source, expires_at=now + ttl, status=OffsetStatus.DRAFT,
-                        paid_amount=0, refunded_amount=0, filled_kg=0, created_at=now, updated_at=now)
+    row: dict[str, Any] = dict(
+        holder_id=actor.holder_id, user_id=actor.user_id, footprint_id=footprint_id, quantity_kg=qty,
+        beneficiary=beneficiary.strip(), message=message,
+        jurisdiction=_jurisdiction(buyer.city, buyer.province, jurisdiction),
+        purpose=_purpose(buyer.kind, fp_kind).value, preference=pref.as_dict(), payment=payment,
+        source=pref.source, listing_id=None, instrument_id=None, expires_at=now + ttl, status=OffsetStatus.DRAFT,
+        reason=None, payment_ref=None, paid_amount=0, refunded_amount=0, refund_ref=None, filled_kg=0,
+        exchange_order_id=None, retirement_id=None, certificate_number=None, resume_attempts=0, resume_error=None,
+        created_at=now, updated_at=now, paid_at=None, filled_at=None, retired_at=None)
     if pref.source == "listing":
-        listing = _pick_listing(session, actor.holder_id, qty, pref)
-        listing.available_kg -= qty
-        order.listing_id, order.reserved_kg, order.price = listing.id, qty, listing.price
-        order.notional = notional_of(listing.price, qty)
-        order.fee = fee_of(order.notional, listing.fee_bp)
+        listing = _reserve_listing(session, actor.holder_id, qty, pref)
+        notional = notional_of(listing.price, qty)
+        row |= dict(listing_id=listing.id, reserved_kg=qty, price=listing.price, notional=notional,
+                    fee=fee_of(notional, listing.fee_bp))
     else:
         from exchange.offset_fill import quote_on_book
         inst, price, notional, fee = quote_on_book(session, pref.instrument or "", qty)
-        order.instrument_id, order.reserved_kg, order.price, order.notional, order.fee = inst.id, 0, price, notional, fee
-    order.total = order.notional + order.fee
-    session.add(order)
-    session.flush()
-    # record_many: one COPY now rather than an ORM object flushed with the order (every quote)
+        row |= dict(instrument_id=inst.id, reserved_kg=0, price=price, notional=notional, fee=fee)
+    row["total"] = row["notional"] + row["fee"]
+    order = offset_rows.insert_order(session, row)
     audit.record_many(session, [("offset.quoted", "offset_order", order.id, {
         "quantity_kg": qty, "footprint_id": footprint_id, "source": order.source,
         "listing_id": order.listing_id, "instrument_id": order.instrument_id, "price": order.price,
@@ -390,7 +417,7 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
 
 
 def _lock(session: Session, order_id: int) -> OffsetOrder:
-    order = session.get(OffsetOrder, order_id, with_for_update={"key_share": True}, populate_existing=True)
+    order = offset_rows.lock_order(session, order_id)
     if order is None:
         raise NotFound(f"no offset order {order_id}", field="order_id")
     return order
@@ -466,7 +493,9 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
     InsufficientFunds, field payment, leaves the quote as it was). Card: awaiting_payment until the
     card-payment module calls `mark_paid`. Raises Conflict if the quote expired or was used."""
     actor.require_can_move_units()
-    order = get_offset(session, actor, order_id, lock=True)
+    order, wallet = offset_rows.lock_order_and_wallet(session, order_id)
+    if order is None or (order.holder_id != actor.holder_id and not actor.is_operator):
+        raise NotFound(f"no offset order {order_id}", field="order_id")
     now = utcnow()
     if order.payment == "card" and order.status is OffsetStatus.AWAITING_PAYMENT and not _expired(order, now):
         return order
@@ -481,7 +510,7 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
                      {"total": order.total, "expires_at": order.expires_at.isoformat()})
         return order
     try:
-        wallets.hold(session, order.holder_id, order.total, ref=order.ref, user_id=actor.user_id)
+        wallets.hold(session, order.holder_id, order.total, ref=order.ref, user_id=actor.user_id, account_ids=wallet)
     except RegistryError as e:
         raise type(e)(f"the wallet cannot pay {order.total}: {e.message}", field="payment", code=e.code) from None
     _paid(session, order, order.total, actor, now)
@@ -489,7 +518,7 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
 
 
 def _paid(session: Session, order: OffsetOrder, amount: int, actor: Actor | None, now: dt.datetime) -> None:
-    order.status, order.paid_amount, order.paid_at, order.updated_at = OffsetStatus.PAID, amount, now, now
+    offset_rows.set_order(session, order, status=OffsetStatus.PAID, paid_amount=amount, paid_at=now, updated_at=now)
     audit.record_many(session, [("offset.paid", "offset_order", order.id,
                                  {"payment": order.payment, "amount": amount, "payment_ref": order.payment_ref})],
                       actor=actor)
@@ -622,16 +651,31 @@ def buyer_actor(session: Session, order: OffsetOrder) -> Actor:
     return _buyer_and_footprint(session, order)[0]
 
 
+_U = cast(Table, User.__table__)
+_BUYER_OF_ORDER = (select(_H.c.kind, _U.c.role, _F.c.id, _F.c.name).select_from(_H)
+                   .outerjoin(_U, _U.c.id == bindparam("u")).outerjoin(_F, _F.c.id == bindparam("fp"))
+                   .where(_H.c.id == bindparam("h")))
+
+
 def _buyer_and_footprint(session: Session, order: OffsetOrder) -> tuple[Actor, str | None]:
     """The buyer (`buyer_actor`) and the reference of the footprint the order covers, in one query."""
-    row = session.execute(select(Holder.kind, User.role, Footprint.id, Footprint.name).select_from(Holder)
-                          .outerjoin(User, User.id == order.user_id)
-                          .outerjoin(Footprint, Footprint.id == order.footprint_id)
-                          .where(Holder.id == order.holder_id)).first()
+    row = session.execute(_BUYER_OF_ORDER, {"u": order.user_id, "fp": order.footprint_id,
+                                            "h": order.holder_id}).first()
     assert row is not None
-    kind, role, fp_id, fp_name = row
+    return _buyer_of_row(order, row)
+
+
+def _buyer_of_row(order: OffsetOrder, row: Any) -> tuple[Actor, str | None]:
+    kind, role, fp_id, fp_name = row[-4:]
     actor = Actor(order.user_id, order.holder_id, kind, role if role is not None else UserRole.TRADER)
     return actor, None if fp_id is None else footprint_ref(fp_id, fp_name)
+
+
+# The fill's listing, locked (as `_lock_listing` locks it), with what `_buyer_and_footprint` reads.
+_LISTING_AND_BUYER = (select(_L.c.id, _L.c.seller_id, *_BUYER_OF_ORDER.selected_columns)
+                      .select_from(_L).join(_H, _H.c.id == bindparam("h"))
+                      .outerjoin(_U, _U.c.id == bindparam("u")).outerjoin(_F, _F.c.id == bindparam("fp"))
+                      .where(_L.c.id == bindparam("l")).with_for_update(of=_L, key_share=True))
 
 
 def delivered_serials(session: Session, transfer_ids: list[int]) -> list[str]:
@@ -651,51 +695,72 @@ def retire_delivered(session: Session, order: OffsetOrder, transfer_ids: list[in
     _retired(session, order, r, kg)
 
 
-def _retired(session: Session, order: OffsetOrder, r: Retirement | Retired, kg: int) -> None:
+def _retired(session: Session, order: OffsetOrder, r: Retirement | Retired, kg: int,
+             audit_into: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] | None = None,
+             **more: Any) -> None:
+    """The order is retired (one UPDATE with `more` columns, e.g. reserved_kg); its audit record is
+    written, or appended to `audit_into`."""
     if r.quantity_kg != kg:
         raise Conflict(f"retired {r.quantity_kg} kg, the fill delivered {kg} kg", code="fill_mismatch")
     now = utcnow()
-    order.retirement_id, order.certificate_number = r.id, r.certificate_number
-    order.filled_kg, order.status, order.retired_at, order.updated_at = kg, OffsetStatus.RETIRED, now, now
-    order.filled_at = order.filled_at or now
-    audit.record_many(session, [("offset.retired", "offset_order", order.id, {
-        "certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
-        "footprint_id": order.footprint_id})])
+    offset_rows.set_order(session, order, retirement_id=r.id, certificate_number=r.certificate_number,
+                          filled_kg=kg, status=OffsetStatus.RETIRED, retired_at=now, updated_at=now,
+                          filled_at=order.filled_at or now, **more)
+    record: tuple[Actor | None, str, str, int | str, dict[str, Any]] = (
+        None, "offset.retired", "offset_order", order.id, {
+            "certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
+            "footprint_id": order.footprint_id})
+    if audit_into is None:
+        audit.record_each(session, [record])
+    else:
+        audit_into.append(record)
 
 
 def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
-    """Delivery versus payment from the listing, then retirement, all in the caller's transaction.
-    The money moves last: the platform's fee account is one row every fill (and the sequencer's
-    settlement) locks, so it is held only from here to the commit."""
+    """Delivery versus payment from the listing, then retirement, all in the caller's transaction,
+    in Core statements (`deliver_and_retire`, `wallets.post_locked`) with the three audit records
+    in one INSERT. The money moves last: the platform's fee account is one row every fill (and the
+    sequencer's settlement) locks, so it is held only from here to the commit."""
     assert order.listing_id is not None
-    listing = _lock_listing(session, order.listing_id)
-    buyer, footprint_ref = _buyer_and_footprint(session, order)
-    r = deliver_and_retire(session, buyer, listing.ref, order.quantity_kg, memo=f"offset order {order.id}",
-                           beneficiary=order.beneficiary, jurisdiction=order.jurisdiction, purpose=order.purpose,
-                           footprint_ref=footprint_ref, message=order.message)
-    _retired(session, order, r, order.quantity_kg)   # sets filled_at, the time of delivery and retirement
-    order.reserved_kg = 0
+    listing = session.execute(_LISTING_AND_BUYER, {"l": order.listing_id, "u": order.user_id,
+                                                   "fp": order.footprint_id, "h": order.holder_id}).first()
+    if listing is None:
+        raise NotFound(f"no listing {order.listing_id}", field="listing_id")
+    buyer, footprint_ref = _buyer_of_row(order, listing)
+    records: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
+    r = deliver_and_retire(session, buyer, f"listing:{listing.id}", order.quantity_kg,
+                           memo=f"offset order {order.id}", beneficiary=order.beneficiary,
+                           jurisdiction=order.jurisdiction, purpose=order.purpose, footprint_ref=footprint_ref,
+                           message=order.message, audit_into=records)
+    # sets filled_at, the time of delivery and retirement
+    _retired(session, order, r, order.quantity_kg, audit_into=records, reserved_kg=0)
     buyer_held, seller_available, fees = _settlement_accounts(session, order.holder_id, listing.seller_id)
-    wallets.post(session, JournalKind.SETTLEMENT, [
+    wallets.post_locked(session, JournalKind.SETTLEMENT, [
         (buyer_held, -order.total), (seller_available, order.notional), (fees, order.fee)], ref=order.ref,
-        memo=f"offset order {order.id} from listing {listing.id}", already_locked=True)
+        memo=f"offset order {order.id} from listing {listing.id}")
+    audit.record_each(session, records)
 
 
-def _settlement_accounts(session: Session, buyer_id: int, seller_id: int) -> tuple[CashAccount, CashAccount,
-                                                                                  CashAccount]:
-    """(buyer's held, seller's available, the platform's fees) cash accounts, locked in id order
-    with one statement (as `wallets.post` would lock them), fresh from the database."""
+_C = cast(Table, CashAccount.__table__)
+_SETTLEMENT_ACCOUNTS = (
+    select(_C.c.id, _C.c.holder_id, _C.c.kind, _C.c.balance).where(_C.c.currency == wallets.CURRENCY, or_(
+        and_(_C.c.holder_id == bindparam("buyer"), _C.c.kind == CashAccountKind.HELD),
+        and_(_C.c.holder_id == bindparam("seller"), _C.c.kind == CashAccountKind.AVAILABLE),
+        and_(_C.c.holder_id.is_(None), _C.c.kind == CashAccountKind.FEES)))
+    .order_by(_C.c.id).with_for_update(key_share=True))
+
+
+def _settlement_accounts(session: Session, buyer_id: int, seller_id: int) -> tuple[Any, Any, Any]:
+    """(buyer's held, seller's available, the platform's fees) cash accounts as rows (id, holder_id,
+    kind, balance), locked in id order with one statement (as `wallets.post` would lock them)."""
     want = [(buyer_id, CashAccountKind.HELD), (seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)]
-    stmt = (select(CashAccount).where(CashAccount.currency == wallets.CURRENCY, or_(
-        and_(CashAccount.holder_id == buyer_id, CashAccount.kind == CashAccountKind.HELD),
-        and_(CashAccount.holder_id == seller_id, CashAccount.kind == CashAccountKind.AVAILABLE),
-        and_(CashAccount.holder_id.is_(None), CashAccount.kind == CashAccountKind.FEES)))
-        .order_by(CashAccount.id).with_for_update(key_share=True).execution_options(populate_existing=True))
-    found = {(a.holder_id, a.kind): a for a in session.scalars(stmt)}
+    params = {"buyer": buyer_id, "seller": seller_id}
+    found = {(a.holder_id, a.kind): a for a in session.execute(_SETTLEMENT_ACCOUNTS, params)}
     if len(found) < len(want):   # a seller without a wallet yet: open it, then lock all three
         wallets.holder_accounts(session, seller_id)
         wallets.system_account(session, CashAccountKind.FEES)
-        found = {(a.holder_id, a.kind): a for a in session.scalars(stmt)}
+        session.flush()
+        found = {(a.holder_id, a.kind): a for a in session.execute(_SETTLEMENT_ACCOUNTS, params)}
     a, b, c = (found[k] for k in want)
     return a, b, c
 

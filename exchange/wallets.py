@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from exchange.errors import InsufficientFunds
 from exchange.models import (
@@ -119,6 +120,44 @@ def post(session: Session, kind: JournalKind, legs: Sequence[tuple[CashAccount, 
     return journal
 
 
+def _checked(legs: Sequence[tuple[Balanced, int]]) -> tuple[list[tuple[Balanced, int]],
+                                                          dict[int, tuple[Balanced, int]]]:
+    """The nonzero legs of a journal and their sum per account id, once checked: they balance
+    (else ValueError) and no account but the bank goes below zero (InsufficientFunds, field amount)."""
+    legs = [(a, amt) for a, amt in legs if amt != 0]
+    if sum(amt for _, amt in legs) != 0:
+        raise ValueError("a journal must balance")
+    delta: dict[int, tuple[Balanced, int]] = {}
+    for a, amt in legs:
+        delta[a.id] = (a, delta.get(a.id, (a, 0))[1] + amt)
+    for a, d in delta.values():
+        if a.kind is not CashAccountKind.BANK and a.balance + d < 0:
+            raise InsufficientFunds(
+                f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
+    return legs, delta
+
+
+def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanced, int]], *, ref: str | None = None,
+                memo: str | None = None, user_id: int | None = None) -> int:
+    """`post` on accounts the caller has locked and read as plain rows (id, kind, balance), in three
+    Core statements (the journal, the balances, the postings) and no ORM flush; returns the journal's
+    id. A loaded `CashAccount` object of a leg gets its new balance. Same checks and errors as `post`."""
+    legs, delta = _checked(legs)
+    journal_id = session.execute(insert(_JOURNALS).values(
+        kind=kind, ref=ref, memo=memo, created_by_id=user_id, created_at=utcnow()).returning(_JOURNALS.c.id)).scalar_one()
+    session.execute(_ADD_BALANCE, [{"a_id": acc_id, "d": d} for acc_id, (_, d) in delta.items()])
+    session.execute(insert(_POSTINGS), [{"journal_id": journal_id, "account_id": a.id, "amount": amt}
+                                        for a, amt in legs])
+    for acc_id, (a, d) in delta.items():
+        loaded = session.identity_map.get(inspect(CashAccount).identity_key_from_primary_key((acc_id,)))
+        if loaded is not None:
+            set_committed_value(loaded, "balance", a.balance + d)
+    return journal_id
+
+
+_ADD_BALANCE = update(_CASH).where(_CASH.c.id == bindparam("a_id")).values(balance=_CASH.c.balance + bindparam("d"))
+
+
 class Balanced(Protocol):
     """What `Journals` needs of an account: a `CashAccount`, or a plain copy of one locked row."""
 
@@ -146,16 +185,7 @@ class Journals:
     @staticmethod
     def _move(legs: Sequence[tuple[Balanced, int]]) -> list[tuple[Balanced, int]]:
         """Check and apply a balanced set of legs to the locked balances; returns the nonzero legs."""
-        legs = [(a, amt) for a, amt in legs if amt != 0]
-        if sum(amt for _, amt in legs) != 0:
-            raise ValueError("a journal must balance")
-        delta: dict[int, tuple[Balanced, int]] = {}
-        for a, amt in legs:
-            delta[a.id] = (a, delta.get(a.id, (a, 0))[1] + amt)
-        for a, d in delta.values():
-            if a.kind is not CashAccountKind.BANK and a.balance + d < 0:
-                raise InsufficientFunds(
-                    f"{a.kind.value} balance {a.balance} is less than {-d} (minor units)", field="amount")
+        legs, delta = _checked(legs)
         for a, d in delta.values():
             a.balance += d
         return legs
@@ -306,16 +336,19 @@ def pay_out(session: Session, actor: Actor | None, holder_id: int, amount: int, 
     return w
 
 
-def hold(session: Session, holder_id: int, amount: int, ref: str, user_id: int | None = None) -> int:
+def hold(session: Session, holder_id: int, amount: int, ref: str, user_id: int | None = None,
+         account_ids: tuple[int, int] | None = None) -> int:
     """Reserve `amount` of the holder's available money (for a buy order); returns the journal's id.
     Raises InsufficientFunds (field "amount"); nothing is written then.
 
     Every buy order comes through here, so it is five Core statements: the conditional UPDATE of the
     available balance is the overdraft check and takes the row lock in the same step (available before
-    held: their id order, as every other writer locks them)."""
+    held: their id order, as every other writer locks them); four when the caller read the holder's
+    (available, held) account ids already (`account_ids`)."""
     amount = _positive(amount)
-    ids = dict(session.execute(select(CashAccount.kind, CashAccount.id).where(
-        CashAccount.holder_id == holder_id, CashAccount.currency == CURRENCY)).tuples().all())
+    ids = ({CashAccountKind.AVAILABLE: account_ids[0], CashAccountKind.HELD: account_ids[1]} if account_ids else
+           dict(session.execute(select(CashAccount.kind, CashAccount.id).where(
+               CashAccount.holder_id == holder_id, CashAccount.currency == CURRENCY)).tuples().all()))
     if len(ids) < 2:
         available, held = holder_accounts(session, holder_id)
         ids = {CashAccountKind.AVAILABLE: available.id, CashAccountKind.HELD: held.id}

@@ -69,6 +69,19 @@ def record_many(session: Session, rows: list[tuple[str, str, int | str, dict[str
         for action, entity_type, entity_id, payload in rows])
 
 
+def record_each(session: Session, rows: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]]) -> None:
+    """`record_many` with an actor per record (actor, action, entity type, entity id, payload): the
+    records of one use case that several actors sign (the fill of an offset order) in one INSERT."""
+    if not rows:
+        return
+    now = utcnow()
+    bulk_insert(session, cast(Table, AuditRecord.__table__), [
+        {"at": now, "actor_user_id": actor.user_id if actor else None,
+         "actor_holder_id": actor.holder_id if actor else None, "action": action, "entity_type": entity_type,
+         "entity_id": str(entity_id), "payload": canonical_json(payload)}
+        for actor, action, entity_type, entity_id, payload in rows])
+
+
 def link_hash(rec: AuditRecord, chain_seq: int, prev_hash: str) -> str:
     body = canonical_json({
         "seq": chain_seq, "id": rec.id, "at": rec.at.isoformat(timespec="microseconds"),

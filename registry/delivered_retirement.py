@@ -12,7 +12,7 @@ tests/offsets/test_delivered_retirement.py pins the rows it writes to the ones t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -72,20 +72,26 @@ def _buyer_accounts(session: Session, holder_id: int) -> tuple[int, int]:
 
 def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, *, memo: str, beneficiary: str,
                        jurisdiction: str, purpose: str, footprint_ref: str | None = None,
-                       message: str | None = None) -> Retired:
+                       message: str | None = None,
+                       audit_into: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] | None = None,
+                       ) -> Retired:
     """Deliver `quantity` kg listed under `ref` (oldest vintage, batch and serial first) to the
     buyer's holding account and retire exactly those serials for `beneficiary`, in the caller's
     transaction. Raises InvalidInput (the claim), NotFound (the buyer's accounts), Suspended (the
     buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed); nothing
-    is written then."""
+    is written then. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
+    instead of written here."""
     why = _retirement_claim(buyer, beneficiary, jurisdiction, purpose)
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
     holding, sink = _buyer_accounts(session, buyer.holder_id)
+    # The listed blocks, locked, with their batch numbers and whether their projects are suspended.
     listed = session.execute(
-        select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end, Block.account_id)
+        select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end, Block.account_id,
+               Batch.number, Project.suspended)
+        .join(Batch, Batch.id == Block.batch_id).join(Project, Project.id == Batch.project_id)
         .where(Block.hold_ref == ref, Block.status == BlockStatus.LISTED)
-        .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update()).all()
+        .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update(of=Block)).all()
     have = sum(b.end - b.start + 1 for b in listed)
     if quantity > have:
         raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
@@ -96,14 +102,10 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
         take = min(left, b.end - b.start + 1)
         taken.append((b, b.start + take - 1))   # the row keeps the head [start, start + take - 1]
         left -= take
-    batches = {row.id: row for row in session.execute(
-        select(Batch.id, Batch.project_id, Batch.vintage, Batch.number, Project.suspended)
-        .join(Project, Project.id == Batch.project_id).where(Batch.id.in_({b.batch_id for b, _ in taken})))}
-    suspended = sorted(row.project_id for row in batches.values() if row.suspended)
+    suspended = sorted({b.project_id for b, _ in taken if b.suspended})
     if suspended:
         raise Suspended(f"project {suspended[0]} is suspended", field="serials")
-    prefix = {i: serial_prefix(row.project_id, row.vintage, row.number) for i, row in batches.items()}
-    serials = tuple(f"{prefix[b.batch_id]}-{b.start}-{end}" for b, end in taken)
+    serials = tuple(f"{serial_prefix(b.project_id, b.vintage, b.number)}-{b.start}-{end}" for b, end in taken)
     now = utcnow()
     seller_account = taken[0][0].account_id
     transfer_id = session.execute(insert(_TRANSFERS).values(
@@ -133,11 +135,16 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
         {"kind": MovementKind.RETIREMENT, "batch_id": b.batch_id, "start": b.start, "end": end,
          "from_account_id": holding, "to_account_id": sink, "transfer_id": None,
          "retirement_id": retirement_id, "at": now} for b, end in taken])
-    audit.record_many(session, [("units.delivered", "transfer", transfer_id, {
-        "ref": ref, "to_holder_id": buyer.holder_id, "quantity_kg": quantity, "memo": memo,
-        "serials": list(serials)})])
-    audit.record_many(session, [("units.retired", "retirement", retirement_id, {
-        "certificate_number": number, "quantity_kg": quantity, "beneficiary": beneficiary.strip(),
-        "jurisdiction": jurisdiction.strip(), "purpose": why.value, "footprint_ref": footprint_ref,
-        "serials": list(serials)})], actor=buyer)
+    records: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = [
+        (None, "units.delivered", "transfer", transfer_id, {
+            "ref": ref, "to_holder_id": buyer.holder_id, "quantity_kg": quantity, "memo": memo,
+            "serials": list(serials)}),
+        (buyer, "units.retired", "retirement", retirement_id, {
+            "certificate_number": number, "quantity_kg": quantity, "beneficiary": beneficiary.strip(),
+            "jurisdiction": jurisdiction.strip(), "purpose": why.value, "footprint_ref": footprint_ref,
+            "serials": list(serials)})]
+    if audit_into is None:
+        audit.record_each(session, records)
+    else:
+        audit_into.extend(records)
     return Retired(retirement_id, number, quantity, transfer_id, serials)

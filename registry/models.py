@@ -206,7 +206,7 @@ class Project(Base):
     @property
     def code(self) -> str:
         """The project's code in serial numbers: its id, zero-padded, with no dash."""
-        return f"{self.id:05d}"
+        return project_code(self.id)
 
 
 class MonitoringReport(Base):
@@ -239,6 +239,11 @@ class MonitoringReport(Base):
     def vintage(self) -> int:
         """The vintage of a period is the year in which it ends."""
         return self.period_end.year
+
+
+def project_code(project_id: int) -> str:
+    """`Project.code` from the project's id (without loading the project)."""
+    return f"{project_id:05d}"
 
 
 def serial_prefix(project_id: int, vintage: int, batch_number: int) -> str:

@@ -277,7 +277,7 @@ def test_crash_inside_the_fill_leaves_nothing_half_done(session, session_factory
     def die(*a, **k):
         raise Killed()
     # the process dies after the units are delivered and retired, before the money moves
-    monkeypatch.setattr(offsets.wallets, "post", die)
+    monkeypatch.setattr(offsets.wallets, "post_locked", die)
     with pytest.raises(Killed):
         offsets.resume_paid(session_factory)
     monkeypatch.undo()

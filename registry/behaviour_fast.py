@@ -97,8 +97,7 @@ class ChunkPacker:
             got = self.hours[key] = _us(t)
         return got
 
-    def _offset(self, v: str) -> int | None:
-        key = v[19:]
+    def _offset(self, key: str) -> int | None:
         off = self.offsets.get(key)
         if off is None:
             if not (len(key) == 6 and key[0] in "+-" and key[3] == ":" and key.isascii()
@@ -115,23 +114,34 @@ class ChunkPacker:
         return off
 
     def _when(self, v: str) -> int | None:
-        """µs since 2000-01-01 UTC of `YYYY-MM-DDTHH:MM:SS±HH:MM` (as `behaviour_rules._when`), else None."""
-        if len(v) != 25 or v[13] != ":" or v[16] != ":":
+        """µs since 2000-01-01 UTC of `YYYY-MM-DDTHH:MM:SS±HH:MM`, with or without 3 or 6 digits of
+        a second (as `behaviour_rules._when` reads it), else None."""
+        n = len(v)
+        if n == 25:
+            fraction, key = 0, v[19:]
+        elif n == 32 or n == 29:
+            digits = v[20:n - 6]
+            if v[19] != "." or not (digits.isascii() and digits.isdigit()):
+                return None
+            fraction, key = int(digits) * (1 if n == 32 else 1000), v[n - 6:]
+        else:
+            return None
+        if v[13] != ":" or v[16] != ":":
             return None
         hour = self.hours.get(v[:13])
         if hour is None:
             hour = self._hour(v)
-        if hour is None:
-            return None
+            if hour is None:
+                return None
         minute, second = _TWO.get(v[14:16]), _TWO.get(v[17:19])
         if minute is None or second is None:
             return None
-        off = self.offsets.get(v[19:])
+        off = self.offsets.get(key)
         if off is None:
-            off = self._offset(v)
+            off = self._offset(key)
             if off is None:
                 return None
-        return hour + minute * 60 + second - off
+        return hour + minute * 60 + second + fraction - off
 
     def _year(self, us: int) -> int:
         hour = us // _HOUR_US

@@ -208,18 +208,32 @@ def _peak_kb() -> int:
     return 0
 
 
+def chunk_packer() -> type[Any]:
+    """`ChunkPacker`: of the compiled build (``python3 -m registry.build``) if present and the
+    environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source `registry.behaviour_fast`."""
+    if os.environ.get("TANHUI_BEHAVIOUR_PURE") != "1":
+        try:
+            from registry._fast_native import ChunkPacker  # type: ignore[import-not-found]
+
+            return ChunkPacker   # type: ignore[no-any-return]
+        except ImportError:
+            pass
+    from registry.behaviour_fast import ChunkPacker as Pure
+
+    return Pure
+
+
 def _send_packed(fp: IO[bytes], on_bytes: Callable[[int], None], preparer: RowPreparer, packer: Packer, skip: int,
                  chunk_size: int, send: Callable[[tuple[Any, ...]], None]) -> None:
     """Read, prepare and pack the records after line `skip` (`behaviour_fast.ChunkPacker`), and
     `send` the columns of each chunk of `chunk_size`."""
-    from registry.behaviour_fast import ChunkPacker
     from registry.behaviour_io import csv_records
 
     got = csv_records(fp, on_bytes)
     if got is None:
         return
     names, records = got
-    chunker = ChunkPacker(preparer, packer, names)
+    chunker = chunk_packer()(preparer, packer, names)
     chunk: list[list[str]] = []
     lo = skip + 1
     for line_no, rec in enumerate(records, start=1):

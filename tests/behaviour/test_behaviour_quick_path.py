@@ -1,12 +1,16 @@
-"""The preparing process's quick path (`registry.behaviour_fast.ChunkPacker`) gives, row by row, the
-columns and packed bytes that `RowPreparer.prepare` then `Packer.pack` give (the long way)."""
+"""The preparing process's quick path (`registry.behaviour_fast.ChunkPacker`, the source and, when
+built, its mypyc build `registry._fast_native`) gives, row by row, the columns and packed bytes that
+`RowPreparer.prepare` then `Packer.pack` give (the long way)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import io
+import os
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +25,18 @@ ALLOWED = frozenset({"CI-TRANSIT", "CI-BIKE", "CI-WASTE", "CI-HOME", "ENG-CHECKI
 NAMES = ["event_id", "user", "user_id", "type", "started_at", "ended_at", "mode", "distance_km", "category",
          "weight_kg"]
 FACTORS = shipped_table()
+IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
+
+
+@pytest.fixture(params=IMPLS, scope="module")
+def impl(request: pytest.FixtureRequest) -> type[Any]:
+    """`ChunkPacker` of the source or of the compiled build."""
+    if request.param == "pure":
+        return ChunkPacker
+    try:
+        return importlib.import_module("registry._fast_native").ChunkPacker  # type: ignore[no-any-return]
+    except ImportError:
+        pytest.skip("compiled build absent (python3 -m registry.build)")
 
 
 def preparer(rules: Rules | None = None) -> RowPreparer:
@@ -35,9 +51,10 @@ def long_way(names: list[str], records: list[list[str]], rules: Rules | None = N
     return chunker.pack_chunk(7, records)
 
 
-def quick_way(names: list[str], records: list[list[str]], rules: Rules | None = None) -> tuple[ChunkPacker, tuple[Any, ...]]:
+def quick_way(impl: type[Any], names: list[str], records: list[list[str]], rules: Rules | None = None
+              ) -> tuple[Any, tuple[Any, ...]]:
     rules = rules or Rules()
-    chunker = ChunkPacker(preparer(rules), Packer(rules), names)
+    chunker = impl(preparer(rules), Packer(rules), names)
     return chunker, chunker.pack_chunk(7, records)
 
 
@@ -50,7 +67,7 @@ def local(t: dt.datetime, offset: str = "+08:00") -> str:
 def ordinary_records(n: int) -> list[list[str]]:
     out = []
     for i in range(n):
-        s = RECEIVED.replace(microsecond=0) - dt.timedelta(days=i % 6, minutes=60 + 37 * i)
+        s = RECEIVED.replace(microsecond=0 if i % 2 else 654321) - dt.timedelta(days=i % 6, minutes=60 + 37 * i)
         e = s + dt.timedelta(minutes=20 + i % 9)
         kind = i % 5
         if kind == 0:
@@ -68,17 +85,25 @@ def ordinary_records(n: int) -> list[list[str]]:
     return out
 
 
-def test_ordinary_records_are_the_long_ways_and_mostly_quick() -> None:
+class _NoLongWay:
+    """The preparer's memos and rules, but no `prepare`."""
+
+    def __init__(self, preparer: RowPreparer) -> None:
+        self.rules, self._qty, self._calc = preparer.rules, preparer._qty, preparer._calc
+
+    def prepare(self, line_no: int, raw: Any) -> Any:
+        raise AssertionError(f"line {line_no} went the long way")
+
+
+def test_ordinary_records_are_the_long_ways_and_mostly_quick(impl: type[Any]) -> None:
     records = ordinary_records(400)
-    chunker, quick = quick_way(NAMES, records)
+    chunker, quick = quick_way(impl, NAMES, records)
     assert quick == long_way(NAMES, records)
     assert all(s is None for s in quick[8])   # every ordinary row passes the Python checks
     assert sum(g > 0 for g in quick[6]) > 200
-    long_calls = []
-    original = chunker.long_row
-    chunker.long_row = lambda line, rec: long_calls.append(line) or original(line, rec)  # type: ignore[method-assign]
-    chunker.pack_chunk(500, records)
-    assert long_calls == []   # met before: every row the quick way
+    chunker.preparer = _NoLongWay(chunker.preparer)
+    again = chunker.pack_chunk(7, records)   # met before: every row the quick way
+    assert again == quick
 
 
 def test_a_file_read_as_records_gives_what_csv_rows_gives() -> None:
@@ -97,9 +122,12 @@ _TIMES = st.one_of(
                      "2026-11-28T10:00:00+08:60", "2026-11-28T10:00:00.5+08:00", "2026-11-28T10:00:00+0800",
                      "2026-11-28T10:00:00-00:00", "2026-11-31T10:00:00+08:00", "２026-11-28T10:00:00+08:00",
                      " 2026-11-28T10:00:00+08:00", "2026-11-28T10:0０:00+08:00", "2026-11-28T1０:00:00+08:00",
-                     "2026-11-28T10:00:00+08:00:00", "2026-11-28T10:00:0a+08:00", "2025-12-31T23:30:00-05:00"]),
-    st.builds(lambda d, m, off: local(RECEIVED.replace(microsecond=0) - dt.timedelta(days=d, minutes=m), off),
-              st.integers(-1, 40), st.integers(-300, 300),
+                     "2026-11-28T10:00:00+08:00:00", "2026-11-28T10:00:0a+08:00", "2025-12-31T23:30:00-05:00",
+                     "2026-11-28T10:00:00.123+08:00", "2026-11-28T10:00:00.123456+08:00", "2026-11-28T10:00:00,123+08:00",
+                     "2026-11-28T10:00:00.12345+08:00", "2026-11-28T10:00:00.1234567+08:00", "2026-11-28T10:00:00.12a+08:00",
+                     "2026-11-28T10:00:00.1234٥6+08:00", "2026-11-28T10:00:00.123456Z+08:0"]),
+    st.builds(lambda d, m, us, off: local(RECEIVED.replace(microsecond=us) - dt.timedelta(days=d, minutes=m), off),
+              st.integers(-1, 40), st.integers(-300, 300), st.sampled_from([0, 0, 1, 999, 123000, 999999]),
               st.sampled_from(["+08:00", "+00:00", "-05:30", "+14:00", "-12:00", "+05:45"])),
 )
 _NUMBERS = st.sampled_from(["", " ", "0", "1", "1.5", " 3.25 ", "12.00", "30", "55", "120", "abc", "-1", "1e1",
@@ -119,7 +147,8 @@ _RECORD = st.tuples(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_RECORD, min_size=1, max_size=30), st.booleans(), st.integers(0, 3))
-def test_any_records_give_the_long_ways_columns(recs: list[tuple[str, ...]], twice: bool, drop: int) -> None:
+def test_any_records_give_the_long_ways_columns(impl: type[Any], recs: list[tuple[str, ...]], twice: bool,
+                                                drop: int) -> None:
     names = list(NAMES)
     records = [list(r) for r in recs]
     if drop:   # a file without some of the columns, or with a short record
@@ -129,7 +158,7 @@ def test_any_records_give_the_long_ways_columns(recs: list[tuple[str, ...]], twi
         records[0] = records[0][:-1]
     if twice:   # the second time round, the memos know every activity and time
         records = records + records
-    assert quick_way(names, records)[1] == long_way(names, records)
+    assert quick_way(impl, names, records)[1] == long_way(names, records)
 
 
 @settings(max_examples=50, deadline=None)
@@ -137,14 +166,14 @@ def test_any_records_give_the_long_ways_columns(recs: list[tuple[str, ...]], twi
        st.builds(Rules, day_utc_offset_h=st.integers(-12, 14), max_duration_h=st.integers(1, 48),
                  claim_window_days=st.integers(1, 60), future_skew_s=st.integers(0, 7200),
                  max_waste_kg=st.integers(1, 60)))
-def test_other_rules_give_the_long_ways_columns(recs: list[tuple[str, ...]], rules: Rules) -> None:
+def test_other_rules_give_the_long_ways_columns(impl: type[Any], recs: list[tuple[str, ...]], rules: Rules) -> None:
     records = [list(r) for r in recs] * 2
-    assert quick_way(NAMES, records, rules)[1] == long_way(NAMES, records, rules)
+    assert quick_way(impl, NAMES, records, rules)[1] == long_way(NAMES, records, rules)
 
 
-def test_a_file_with_an_activity_column_goes_the_long_way() -> None:
+def test_a_file_with_an_activity_column_goes_the_long_way(impl: type[Any]) -> None:
     names = NAMES + ["activity"]
     records = [r + [""] for r in ordinary_records(20)]
-    chunker, quick = quick_way(names, records)
+    chunker, quick = quick_way(impl, names, records)
     assert not chunker.quick
     assert quick == long_way(names, records)

@@ -283,27 +283,15 @@ class ChunkPacker:
         """The records of lines `lo`, `lo + 1`, ... as the columns of a packed chunk:
         (lo, event ids, user refs, user ids, codes, days, grams, points, statuses, reasons, details,
         packed events, packed stages)."""
-        cols: list[list[Any]] = [[] for _ in range(12)]
-        (event_ids, user_refs, user_ids, codes, days, grams, points, statuses, reasons, details, events,
-         stages) = cols
         quick = self.quick_row if self.quick else None
+        rows: list[tuple[Any, ...]] = []
+        add = rows.append
         line = lo
         for rec in records:
             got = quick(line, rec) if quick is not None else None
-            if got is None:
-                got = self.long_row(line, rec)
-            (e, u, i, c, d, g, p, s, r, t, pe, ps) = got
-            event_ids.append(e)
-            user_refs.append(u)
-            user_ids.append(i)
-            codes.append(c)
-            days.append(d)
-            grams.append(g)
-            points.append(p)
-            statuses.append(s)
-            reasons.append(r)
-            details.append(t)
-            events.append(pe)
-            stages.append(ps)
+            add(got if got is not None else self.long_row(line, rec))
             line += 1
+        if not rows:
+            return (lo, *([] for _ in range(12)))
+        cols = [list(c) for c in zip(*rows, strict=True)]
         return (lo, *cols)

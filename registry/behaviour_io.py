@@ -71,7 +71,7 @@ def csv_records(fp: IO[bytes], on_bytes: Callable[[int], None] | None = None
     names = [h.strip() for h in header]
     if "event_id" not in names or "type" not in names:
         raise InvalidInput("the CSV header must name at least event_id and type", field="file")
-    return names, (rec for rec in reader if rec)
+    return names, filter(None, reader)   # not the blank lines (empty records)
 
 
 class _JsonStream:

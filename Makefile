@@ -25,9 +25,11 @@ run: setup
 serve:
 	$(BIN)/flask run --host 127.0.0.1 --port 5000
 
-# The compiled (mypyc) build of matching/engine.py; the tests run against it and the pure source.
+# The compiled (mypyc) builds of matching/engine.py and registry/behaviour_fast.py; the tests run
+# against them and the pure source.
 native: $(VENV)/.installed
 	$(BIN)/python -m matching.build
+	$(BIN)/python -m registry.build
 
 test: native
 	$(BIN)/pytest -q

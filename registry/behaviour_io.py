@@ -49,18 +49,29 @@ def csv_rows(fp: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> It
     unknown columns are ignored). `on_bytes(n)` is told of every block of `_READ` bytes read (progress).
     The file is decoded a block at a time (not a line at a time: a quarter of the cost of a million
     rows)."""
+    got = csv_records(fp, on_bytes)
+    if got is None:
+        return
+    names, records = got
+    for rec in records:
+        yield dict(zip(names, rec, strict=False))
+
+
+def csv_records(fp: IO[bytes], on_bytes: Callable[[int], None] | None = None
+                ) -> tuple[list[str], Iterator[list[str]]] | None:
+    """The header's names (stripped) and the non-empty records of a CSV file as `csv_rows` reads it
+    (`csv_rows` yields ``dict(zip(names, record))``); None for an empty file. Reads the header now:
+    raises InvalidInput if it lacks event_id or type."""
     text = io.TextIOWrapper(io.BufferedReader(_Counted(fp, on_bytes), _READ), encoding="utf-8-sig",
                             newline="")
     reader = csv.reader(text)
     header = next(reader, None)
     if header is None:
-        return
+        return None
     names = [h.strip() for h in header]
     if "event_id" not in names or "type" not in names:
         raise InvalidInput("the CSV header must name at least event_id and type", field="file")
-    for rec in reader:
-        if rec:
-            yield dict(zip(names, rec, strict=False))
+    return names, filter(None, reader)   # not the blank lines (empty records)
 
 
 class _JsonStream:

@@ -129,15 +129,6 @@ class Packer:
                                        _TS2.pack(8, start - self.longest_us, 8, max(day_hi, end))))
 
 
-def _columns(rows: list[Row], days: dict[dt.date, dt.date]) -> tuple[Any, ...]:
-    """A packed chunk as columns (quick to pickle: strings, integers, bytes; each day once)."""
-    return (rows[0].line_no, [r.event_id for r in rows], [r.user_ref for r in rows], [r.user_id for r in rows],
-            [r.code for r in rows], [None if r.day is None else days.setdefault(r.day, r.day) for r in rows],
-            [r.reduction_g for r in rows], [r.points for r in rows], [r.status for r in rows],
-            [r.reason for r in rows], [r.detail for r in rows], [r.packed_event for r in rows],
-            [r.packed_stage for r in rows])
-
-
 def _rows(columns: tuple[Any, ...]) -> list[Row]:
     """The rows of a packed chunk: what recording them needs (no times, variants, quantities, factors:
     those are in `packed_event`)."""
@@ -217,6 +208,46 @@ def _peak_kb() -> int:
     return 0
 
 
+def chunk_packer() -> type[Any]:
+    """`ChunkPacker`: of the compiled build (``python3 -m registry.build``) if present and the
+    environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source `registry.behaviour_fast`."""
+    if os.environ.get("TANHUI_BEHAVIOUR_PURE") != "1":
+        try:
+            from registry._fast_native import ChunkPacker  # type: ignore[import-not-found]
+
+            return ChunkPacker   # type: ignore[no-any-return]
+        except ImportError:
+            pass
+    from registry.behaviour_fast import ChunkPacker as Pure
+
+    return Pure
+
+
+def _send_packed(fp: IO[bytes], on_bytes: Callable[[int], None], preparer: RowPreparer, packer: Packer, skip: int,
+                 chunk_size: int, send: Callable[[tuple[Any, ...]], None]) -> None:
+    """Read, prepare and pack the records after line `skip` (`behaviour_fast.ChunkPacker`), and
+    `send` the columns of each chunk of `chunk_size`."""
+    from registry.behaviour_io import csv_records
+
+    got = csv_records(fp, on_bytes)
+    if got is None:
+        return
+    names, records = got
+    chunker = chunk_packer()(preparer, packer, names)
+    chunk: list[list[str]] = []
+    lo = skip + 1
+    for line_no, rec in enumerate(records, start=1):
+        if line_no <= skip:
+            continue
+        chunk.append(rec)
+        if len(chunk) >= chunk_size:
+            send(chunker.pack_chunk(lo, chunk))
+            lo += len(chunk)
+            chunk = []
+    if chunk:
+        send(chunker.pack_chunk(lo, chunk))
+
+
 def _main() -> None:
     from registry.behaviour_io import csv_rows
 
@@ -224,15 +255,9 @@ def _main() -> None:
     os.dup2(2, 1)   # anything printed goes to standard error, not into the frames
     path, preparer, skip, chunk_size, packed = pickle.load(sys.stdin.buffer)
     packer = Packer(preparer.rules) if packed else None
-    days: dict[dt.date, dt.date] = {}
 
     def send(chunk: list[Row]) -> None:
-        if packer is None:
-            _send(out, ("rows", sent(), chunk))
-        else:
-            for r in chunk:
-                packer.pack(r)
-            _send(out, ("packed", sent(), _columns(chunk, days)))
+        _send(out, ("rows", sent(), chunk))
 
     read = 0
 
@@ -247,17 +272,21 @@ def _main() -> None:
 
     try:
         with open(path, "rb") as fp:
-            chunk: list[Row] = []
-            prepare = preparer.prepare
-            for line_no, raw in enumerate(csv_rows(fp, on_bytes), start=1):
-                if line_no <= skip:
-                    continue
-                chunk.append(prepare(line_no, raw))
-                if len(chunk) >= chunk_size:
+            if packer is not None:
+                _send_packed(fp, on_bytes, preparer, packer, skip, chunk_size, lambda cols: _send(
+                    out, ("packed", sent(), cols)))
+            else:
+                chunk: list[Row] = []
+                prepare = preparer.prepare
+                for line_no, raw in enumerate(csv_rows(fp, on_bytes), start=1):
+                    if line_no <= skip:
+                        continue
+                    chunk.append(prepare(line_no, raw))
+                    if len(chunk) >= chunk_size:
+                        send(chunk)
+                        chunk = []
+                if chunk:
                     send(chunk)
-                    chunk = []
-            if chunk:
-                send(chunk)
         _send(out, ("end", sent(), _peak_kb()))
     except BrokenPipeError:
         pass   # the importer stopped reading (it failed or was interrupted)

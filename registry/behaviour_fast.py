@@ -1,0 +1,297 @@
+"""The preparing process's quick path: a CSV record straight to the columns of a packed chunk.
+
+`RowPreparer.prepare` then `Packer.pack` build a `Row` from a dict per record, parse the times into
+datetimes and pack them; ~20 µs a row. Most rows of a feed are ordinary: a time like
+``2026-11-24T13:45:12+08:00`` (the hour and the offset met before), a type allowed, a quantity and
+an activity already computed, nothing to reject. `ChunkPacker` recognises those from the record's
+text, computes with integer microseconds, and packs them directly, reading the preparer's own memos
+(the quantities' exact values, the calculations). Any record it does not recognise as such, and
+every record that would be rejected, goes the long way (`prepare` + `pack`), so each row's outcome,
+reason and detail are the preparer's by construction; the tests compare the two paths row by row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from typing import Any
+
+from registry.behaviour_rules import BEHAVIOUR_TYPES, Row, RowPreparer, _Invalid
+
+_LEN = struct.Struct(">i")
+_INT4 = struct.Struct(">ii")
+_IDENT = struct.Struct(">iii")   # line number (int4), then the event id's length
+_INT8 = struct.Struct(">iq")
+_TS2 = struct.Struct(">iqiq")
+_NULL = struct.pack(">i", -1)
+_EPOCH = dt.datetime(2000, 1, 1)
+_EPOCH_DAY = _EPOCH.date()
+_US = dt.timedelta(microseconds=1)
+_DAY_US = 86_400_000_000
+_TWO = {f"{i:02d}": i * 1_000_000 for i in range(60)}   # "00".."59": seconds (or minutes / 60) in µs
+_HOUR_US = 3_600_000_000
+
+
+class _Activity:
+    """A distinct activity's packed code and tail (variant, quantity, factors), grams, points, and
+    the exact quantity with the speed limit still to check against each row's duration."""
+
+    __slots__ = ("code", "tail", "reduction_g", "points", "num", "den", "max_kmh")
+
+    def __init__(self, code: bytes, tail: bytes, reduction_g: int, points: int, num: int, den: int,
+                 max_kmh: int | None) -> None:
+        self.code, self.tail, self.reduction_g, self.points = code, tail, reduction_g, points
+        self.num, self.den, self.max_kmh = num, den, max_kmh
+
+
+_NO_COLUMNS = (-1, -1)
+
+
+def _us(t: dt.datetime) -> int:
+    return (t - _EPOCH) // _US
+
+
+class ChunkPacker:
+    """Prepares and packs the records of a CSV file with the header `names`, as the columns
+    `registry.behaviour_prepare` sends (see `pack_chunk`)."""
+
+    def __init__(self, preparer: RowPreparer, packer: Any, names: list[str]) -> None:
+        self.preparer, self.packer, self.names = preparer, packer, names
+        self.width = len(names)
+        at = {n: i for i, n in enumerate(names)}   # the last of a repeated name, as dict(zip(...)) keeps
+        self.at = at
+        # The quick path reads only these columns; a file with an `activity` column goes the long way.
+        self.quick = "activity" not in at and "event_id" in at and "type" in at and "started_at" in at
+        self.i_event, self.i_type, self.i_start = at.get("event_id", -1), at.get("type", -1), at.get("started_at", -1)
+        self.i_end, self.i_user, self.i_uid = at.get("ended_at", -1), at.get("user", -1), at.get("user_id", -1)
+        rules = preparer.rules
+        self.allowed = frozenset(c for c in preparer.allowed if c in BEHAVIOUR_TYPES)
+        self.earliest, self.latest = _us(preparer.earliest), _us(preparer.latest)
+        self.day_offset = rules.day_utc_offset_h * 3_600_000_000
+        self.longest = rules.max_duration_h * 3_600_000_000
+        self.hours: dict[str, int] = {}              # "2026-11-24T13" -> µs of that hour (naive)
+        self.years: dict[int, int] = {}              # hours since 2000-01-01 UTC -> the year (UTC)
+        self.offsets: dict[str, int] = {}            # "+08:00" -> µs
+        self.days: dict[int, tuple[dt.date, bytes, int, bytes]] = {}
+        self.dates: dict[dt.date, dt.date] = {}
+        self.texts: dict[str, bytes] = {}
+        self.activities: dict[tuple[str, str, str, int], _Activity] = {}
+        self.stage_head: bytes = packer.stage_head
+        # The columns of each type's activity: mode or category, then the quantity.
+        i_mode, i_km, i_cat, i_kg = at.get("mode", -1), at.get("distance_km", -1), at.get("category", -1), \
+            at.get("weight_kg", -1)
+        self.columns: dict[str, tuple[int, int]] = {"CI-TRANSIT": (i_mode, i_km), "CI-BIKE": (-1, i_km),
+                                                    "CI-NEV": (-1, i_km), "CI-WASTE": (i_cat, i_kg)}
+
+    # -- times ---------------------------------------------------------------------------------------
+    def _hour(self, v: str) -> int | None:
+        key = v[:13]
+        got = self.hours.get(key)
+        if got is None:
+            if not (key[4:5] == "-" and key[7:8] == "-" and key[10:11] == "T" and key.isascii()):
+                return None
+            try:
+                t = dt.datetime.fromisoformat(key + ":00:00")
+            except ValueError:
+                return None
+            got = self.hours[key] = _us(t)
+        return got
+
+    def _offset(self, key: str) -> int | None:
+        off = self.offsets.get(key)
+        if off is None:
+            if not (len(key) == 6 and key[0] in "+-" and key[3] == ":" and key.isascii()
+                    and key[1:3].isdigit() and key[4:].isdigit()):
+                return None
+            try:
+                t = dt.datetime.fromisoformat("2000-01-01T00:00:00" + key)
+            except ValueError:
+                return None
+            delta = t.utcoffset()
+            if delta is None:
+                return None
+            off = self.offsets[key] = delta // _US
+        return off
+
+    def _when(self, v: str) -> int | None:
+        """µs since 2000-01-01 UTC of `YYYY-MM-DDTHH:MM:SS±HH:MM`, with or without 3 or 6 digits of
+        a second (as `behaviour_rules._when` reads it), else None."""
+        n = len(v)
+        if n == 25:
+            fraction, key = 0, v[19:]
+        elif n == 32 or n == 29:
+            digits = v[20:n - 6]
+            if v[19] != "." or not (digits.isascii() and digits.isdigit()):
+                return None
+            fraction, key = int(digits) * (1 if n == 32 else 1000), v[n - 6:]
+        else:
+            return None
+        if v[13] != ":" or v[16] != ":":
+            return None
+        hour = self.hours.get(v[:13])
+        if hour is None:
+            hour = self._hour(v)
+            if hour is None:
+                return None
+        minute, second = _TWO.get(v[14:16]), _TWO.get(v[17:19])
+        if minute is None or second is None:
+            return None
+        off = self.offsets.get(key)
+        if off is None:
+            off = self._offset(key)
+            if off is None:
+                return None
+        return hour + minute * 60 + second + fraction - off
+
+    def _year(self, us: int) -> int:
+        hour = us // _HOUR_US
+        year = self.years.get(hour)
+        if year is None:
+            year = self.years[hour] = (_EPOCH + dt.timedelta(microseconds=us)).year
+        return year
+
+    # -- packing -------------------------------------------------------------------------------------
+    def _text(self, v: str) -> bytes:
+        b = self.texts.get(v)
+        if b is None:
+            raw = v.encode()
+            b = self.texts[v] = _LEN.pack(len(raw)) + raw
+        return b
+
+    def _day(self, index: int) -> tuple[dt.date, bytes, int, bytes]:
+        got = self.days.get(index)
+        if got is None:
+            day = _EPOCH_DAY + dt.timedelta(days=index)
+            day = self.dates.setdefault(day, day)
+            lo = index * _DAY_US - self.day_offset
+            hi = lo + _DAY_US
+            got = self.days[index] = (day, _INT4.pack(4, index), hi, _TS2.pack(8, lo, 8, hi))
+        return got
+
+    def _activity(self, code: str, a: str, b: str, year: int) -> _Activity | None:
+        """What the row's activity contributes (`RowPreparer._compute` of code, mode or category `a`,
+        quantity `b`, year), if the preparer's memos already hold it and no check fails, else None."""
+        prep, rules = self.preparer, self.preparer.rules
+        variant: str | None = None
+        quantity: str | None = None
+        num = den = 0
+        max_kmh: int | None = None
+        reduction_g, points, factors = 0, 0, None
+        if BEHAVIOUR_TYPES[code] == "engagement":
+            points = int(rules.engagement_points.get(code, 0))
+        else:
+            if code == "CI-TRANSIT" or code == "CI-BIKE" or code == "CI-NEV":
+                quantity = b.strip()
+                value = prep._qty.get(quantity) if quantity else None
+                if value is None:
+                    return None
+                num, den = value
+                if code == "CI-TRANSIT":
+                    variant = a.strip() or None
+                limit_key = variant if variant is not None else code
+                max_km = rules.max_km.get(limit_key)
+                if max_km is not None and num > max_km * den:
+                    return None
+                max_kmh = rules.max_kmh.get(limit_key) if num > 0 else None
+            elif code == "CI-WASTE":
+                quantity = b.strip()
+                value = prep._qty.get(quantity) if quantity else None
+                if value is None:
+                    return None
+                num, den = value
+                if num > rules.max_waste_kg * den:
+                    return None
+                variant = a.strip() or None
+            result = prep._calc.get((code, variant, quantity, year, None))
+            if result is None or isinstance(result, _Invalid):
+                return None
+            reduction_g, factors = result
+        tail = b"".join(_NULL if v is None else self._text(v) for v in (variant, quantity, factors))
+        got = _Activity(self._text(code), tail, reduction_g, points, num, den, max_kmh)
+        self.activities[(code, a, b, year)] = got
+        return got
+
+    def quick_row(self, line_no: int, rec: list[str]) -> tuple[Any, ...] | None:
+        """The row's columns (event id, user ref, user id, code, day, grams, points, status, reason,
+        detail, packed event, packed stage) if the quick path knows it is pending, else None."""
+        if len(rec) != self.width:
+            return None
+        event_id = rec[self.i_event].strip()
+        if not event_id or len(event_id) > 64:
+            return None
+        user_ref: str | None = None
+        user_id: int | None = None
+        if self.i_user >= 0:
+            user_ref = rec[self.i_user].strip() or None
+        if user_ref is not None:
+            if len(user_ref) > 64:
+                return None
+        elif self.i_uid >= 0:
+            text = rec[self.i_uid].strip()
+            if not (text.isascii() and text.isdigit() and len(text) < 18):
+                return None
+            user_id = int(text)
+        else:
+            return None
+        code = rec[self.i_type].strip()
+        if code not in self.allowed:
+            return None
+        s_us = self._when(rec[self.i_start])
+        if s_us is None:
+            return None
+        e_us = s_us
+        if self.i_end >= 0 and rec[self.i_end] != "":
+            end = self._when(rec[self.i_end])
+            if end is None:
+                return None
+            e_us = end
+        if e_us < s_us or e_us - s_us > self.longest or e_us < self.earliest or e_us > self.latest:
+            return None
+        i_a, i_b = self.columns.get(code, _NO_COLUMNS)
+        year = self.years.get(s_us // _HOUR_US) or self._year(s_us)
+        key = (code, rec[i_a] if i_a >= 0 else "", rec[i_b] if i_b >= 0 else "", year)
+        act = self.activities.get(key) or self._activity(*key)
+        if act is None:
+            return None
+        if act.max_kmh is not None:
+            seconds = (e_us - s_us) // 1_000_000
+            if seconds <= 0 or act.num * 3600 > act.max_kmh * seconds * act.den:
+                return None
+        day_index = (s_us + self.day_offset) // _DAY_US
+        day, day_b, day_hi, bounds = self.days.get(day_index) or self._day(day_index)
+        raw = event_id.encode()
+        if user_ref is None:
+            ident = b"".join((_IDENT.pack(4, line_no, len(raw)), raw, _NULL))
+        else:
+            user_b = user_ref.encode()
+            ident = b"".join((_IDENT.pack(4, line_no, len(raw)), raw, _LEN.pack(len(user_b)), user_b))
+        times = _TS2.pack(8, s_us, 8, e_us)
+        event = b"".join((ident, act.code, times, day_b, act.tail))
+        stage = b"".join((self.stage_head, ident, _NULL if user_id is None else _INT8.pack(8, user_id),
+                          act.code, times, bounds, _TS2.pack(8, s_us - self.longest, 8, max(day_hi, e_us))))
+        return (event_id, user_ref, user_id, code, day, act.reduction_g, act.points, None, None, None, event, stage)
+
+    def long_row(self, line_no: int, rec: list[str]) -> tuple[Any, ...]:
+        """The row's columns the long way: `RowPreparer.prepare` of the record's dict, then `Packer.pack`."""
+        r: Row = self.preparer.prepare(line_no, dict(zip(self.names, rec, strict=False)))
+        self.packer.pack(r)
+        day = None if r.day is None else self.dates.setdefault(r.day, r.day)
+        return (r.event_id, r.user_ref, r.user_id, r.code, day, r.reduction_g, r.points, r.status, r.reason,
+                r.detail, r.packed_event, r.packed_stage)
+
+    def pack_chunk(self, lo: int, records: list[list[str]]) -> tuple[Any, ...]:
+        """The records of lines `lo`, `lo + 1`, ... as the columns of a packed chunk:
+        (lo, event ids, user refs, user ids, codes, days, grams, points, statuses, reasons, details,
+        packed events, packed stages)."""
+        quick = self.quick_row if self.quick else None
+        rows: list[tuple[Any, ...]] = []
+        add = rows.append
+        line = lo
+        for rec in records:
+            got = quick(line, rec) if quick is not None else None
+            add(got if got is not None else self.long_row(line, rec))
+            line += 1
+        if not rows:
+            return (lo, *([] for _ in range(12)))
+        cols = [list(c) for c in zip(*rows, strict=True)]
+        return (lo, *cols)

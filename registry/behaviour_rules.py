@@ -172,9 +172,12 @@ def _when(raw: Mapping[str, Any], name: str) -> dt.datetime:
     offset = _OFFSETS.get(v[-6:])
     if offset is not None and v[10:11] in ("T", " "):
         try:
-            return dt.datetime.fromisoformat(v[:-6]) - offset
+            naive = dt.datetime.fromisoformat(v[:-6])
         except ValueError:
             pass
+        else:
+            if naive.tzinfo is None:   # "…:00.-12+08:00": the naive part parsed with an offset of its own
+                return naive - offset
     try:
         t = dt.datetime.fromisoformat(v)
     except ValueError:
@@ -215,7 +218,7 @@ class RowPreparer:
             if len(user_ref) > 64:
                 return row.reject(INVALID, "user is at most 64 characters")
             row.user_ref = user_ref
-        elif user_id is not None and user_id.isdigit() and len(user_id) < 18:
+        elif user_id is not None and user_id.isascii() and user_id.isdigit() and len(user_id) < 18:
             row.user_id = int(user_id)
         else:
             return row.reject(INVALID, "user (the partner's id) or user_id (a registry user id) is required")

@@ -125,7 +125,8 @@ _TIMES = st.one_of(
                      "2026-11-28T10:00:00+08:00:00", "2026-11-28T10:00:0a+08:00", "2025-12-31T23:30:00-05:00",
                      "2026-11-28T10:00:00.123+08:00", "2026-11-28T10:00:00.123456+08:00", "2026-11-28T10:00:00,123+08:00",
                      "2026-11-28T10:00:00.12345+08:00", "2026-11-28T10:00:00.1234567+08:00", "2026-11-28T10:00:00.12a+08:00",
-                     "2026-11-28T10:00:00.1234٥6+08:00", "2026-11-28T10:00:00.123456Z+08:0"]),
+                     "2026-11-28T10:00:00.1234٥6+08:00", "2026-11-28T10:00:00.123456Z+08:0",
+                     "2026-11-28T10:00:00.-12+08:00"]),
     st.builds(lambda d, m, us, off: local(RECEIVED.replace(microsecond=us) - dt.timedelta(days=d, minutes=m), off),
               st.integers(-1, 40), st.integers(-300, 300), st.sampled_from([0, 0, 1, 999, 123000, 999999]),
               st.sampled_from(["+08:00", "+00:00", "-05:30", "+14:00", "-12:00", "+05:45"])),
@@ -135,7 +136,7 @@ _NUMBERS = st.sampled_from(["", " ", "0", "1", "1.5", " 3.25 ", "12.00", "30", "
 _RECORD = st.tuples(
     st.sampled_from(["", " ", "e1", " e2 ", "e" * 64, "e" * 65, "一号", "a,b"]),           # event_id
     st.sampled_from(["", " ", "card-1", " card-2", "u" * 64, "u" * 65, "我"]),                # user
-    st.sampled_from(["", "42", " 7 ", "4x", "١٢", "1" * 17, "1" * 18, "-3"]),            # user_id
+    st.sampled_from(["", "42", " 7 ", "4x", "١٢", "²", "1" * 17, "1" * 18, "-3"]),       # user_id
     st.sampled_from(sorted(ALLOWED) + ["CI-NEV", "", "ci-bike", " CI-BIKE ", "NOPE"]),       # type
     _TIMES, _TIMES,
     st.sampled_from(["", "bus", "metro", " metro ", "ferry", "BUS"]),                       # mode
@@ -177,3 +178,16 @@ def test_a_file_with_an_activity_column_goes_the_long_way(impl: type[Any]) -> No
     chunker, quick = quick_way(impl, names, records)
     assert not chunker.quick
     assert quick == long_way(names, records)
+
+
+def test_digits_python_reads_but_int_does_not_and_an_offset_inside_the_seconds_are_invalid() -> None:
+    """"²" is a digit to str.isdigit but not to int; "10:00:00.-12" parses with an offset of its own,
+    once "+08:00" has been met. Both used to stop the import (ValueError, TypeError); each is a row
+    rejected as invalid."""
+    prep = RowPreparer(Rules(), region="CN-GD-SZ", allowed=ALLOWED, received_at=RECEIVED, factors=FACTORS)
+    ok = {"event_id": "e1", "user": "card-1", "type": "ENG-CHECKIN", "started_at": local(RECEIVED, "+08:00")}
+    assert prep.prepare(1, ok).status is None
+    bad_user = prep.prepare(2, {**ok, "user": "", "user_id": "²"})
+    assert (bad_user.status, bad_user.reason) == ("rejected", "invalid") and "user_id" in (bad_user.detail or "")
+    bad_time = prep.prepare(3, {**ok, "started_at": "2026-11-28T10:00:00.-12+08:00"})
+    assert (bad_time.status, bad_time.reason) == ("rejected", "invalid") and "started_at" in (bad_time.detail or "")

@@ -77,6 +77,7 @@ from registry.behaviour_rules import (
     Row,
     RowPreparer,
     Rules,
+    fewer_collections,
 )
 from registry.db import Base, utcnow
 from registry.errors import Conflict
@@ -833,7 +834,17 @@ def import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, sou
     `prepared(preparer, skip, chunk_size)`, if given, replaces `rows`: it yields the batch's rows after
     line `skip` already prepared by `preparer` (a copy of it), in chunks of `chunk_size`
     (`registry.behaviour_prepare`)."""
-    rules = rules or Rules()
+    with fewer_collections():
+        return _import_rows(factory, partner_code, ref, source, rows, rules=rules or Rules(), chunk_size=chunk_size,
+                            received_at=received_at, on_chunk=on_chunk, pipeline=pipeline,
+                            probe_ahead=probe_ahead, preload_members=preload_members, prepared=prepared)
+
+
+def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, source: str,
+                 rows: Iterable[Mapping[str, Any]], *, rules: Rules, chunk_size: int,
+                 received_at: dt.datetime | None, on_chunk: Callable[[ChunkResult], None] | None,
+                 pipeline: bool, probe_ahead: bool, preload_members: int,
+                 prepared: Callable[[RowPreparer, int, int], Iterator[list[Row]]] | None) -> BatchResult:
     for attempt in (1, 2):
         try:
             with factory() as session, session.begin():

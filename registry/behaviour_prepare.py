@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from registry.behaviour_rules import Row, RowPreparer, Rules
+from registry.behaviour_rules import Row, RowPreparer, Rules, fewer_collections
 
 _FRAME = struct.Struct("<Q")
 # The peak resident memory (kB) the last preparing process reported of itself (for the benchmark).
@@ -271,7 +271,7 @@ def _main() -> None:
         return n
 
     try:
-        with open(path, "rb") as fp:
+        with fewer_collections(), open(path, "rb") as fp:
             if packer is not None:
                 _send_packed(fp, on_bytes, preparer, packer, skip, chunk_size, lambda cols: _send(
                     out, ("packed", sent(), cols)))

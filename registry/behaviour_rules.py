@@ -13,8 +13,11 @@ because a calculator is a pure function of its activity and the factor snapshot 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -100,6 +103,39 @@ class Rules:
 
     def expires_on(self, earned_at: dt.datetime) -> dt.date:
         return dt.date(earned_at.year + self.expiry_years, 12, 31)
+
+
+# Collection thresholds while an import runs (`fewer_collections`): the cyclic garbage collector's
+# youngest generation is collected after 100,000 allocations instead of 700, the older ones rarely.
+_IMPORT_THRESHOLDS = (100_000, 50, 1000)
+
+
+class _Quiet:
+    lock = threading.Lock()
+    depth = 0                                         # imports running in this process
+    saved: tuple[int, ...] = (700, 10, 10)            # the thresholds before the first of them
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run an import with far fewer automatic garbage collections. Its chunks hold tens of thousands
+    of live rows and the member memo hundreds of thousands of entries, none of them garbage, which
+    every collection walks again: with the default thresholds collections took about a quarter of
+    the importing process's CPU (2.2 of 8.2 s for 300,000 rows, 1,881 young and 5 full ones).
+    Garbage is still collected, less often; the thresholds are the process's, so they are set
+    while any import runs and restored when the last one ends."""
+    with _Quiet.lock:
+        if _Quiet.depth == 0:
+            _Quiet.saved = gc.get_threshold()
+            gc.set_threshold(*_IMPORT_THRESHOLDS)
+        _Quiet.depth += 1
+    try:
+        yield
+    finally:
+        with _Quiet.lock:
+            _Quiet.depth -= 1
+            if _Quiet.depth == 0:
+                gc.set_threshold(*_Quiet.saved)
 
 
 class Row:

@@ -191,3 +191,31 @@ def test_digits_python_reads_but_int_does_not_and_an_offset_inside_the_seconds_a
     assert (bad_user.status, bad_user.reason) == ("rejected", "invalid") and "user_id" in (bad_user.detail or "")
     bad_time = prep.prepare(3, {**ok, "started_at": "2026-11-28T10:00:00.-12+08:00"})
     assert (bad_time.status, bad_time.reason) == ("rejected", "invalid") and "started_at" in (bad_time.detail or "")
+
+
+def test_an_import_collects_garbage_less_often_and_restores_the_thresholds() -> None:
+    import gc
+    import threading
+
+    from registry import behaviour_rules
+
+    before = gc.get_threshold()
+    inside, entered, leave = [], threading.Event(), threading.Event()
+
+    def other_import() -> None:
+        with behaviour_rules.fewer_collections():
+            entered.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=other_import)
+    with pytest.raises(RuntimeError):
+        with behaviour_rules.fewer_collections():
+            inside.append(gc.get_threshold())
+            t.start()
+            entered.wait(5)
+            raise RuntimeError("a failed chunk")
+    inside.append(gc.get_threshold())     # the other import still runs: still fewer collections
+    leave.set()
+    t.join(5)
+    assert inside == [behaviour_rules._IMPORT_THRESHOLDS] * 2
+    assert gc.get_threshold() == before

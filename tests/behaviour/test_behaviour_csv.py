@@ -114,8 +114,9 @@ def test_a_file_prepared_in_a_child_process_is_recorded_as_one_prepared_here(
     from registry.behaviour_rules import RowPreparer, Rules
 
     bw = build(session, residents=3)
-    now = utcnow().replace(microsecond=0)
-    day = now - dt.timedelta(days=1)
+    # A fixed time of day (00:10 UTC, 08:10 in China), whenever the test runs: the 11 trips must fall
+    # in one calendar day of the programme (UTC+8), and the two check-ins below in two.
+    day = (utcnow() - dt.timedelta(days=2)).replace(hour=0, minute=10, second=0, microsecond=0)
 
     def t(x: dt.datetime) -> str:
         return (x + dt.timedelta(hours=8)).isoformat() + "+08:00"
@@ -135,7 +136,7 @@ def test_a_file_prepared_in_a_child_process_is_recorded_as_one_prepared_here(
         f"bike,card-0,,CI-BIKE,{t(s)},,,,,",                                                   # not allowed
         f",card-0,,ENG-CHECKIN,{t(s)},,,,,",                                                   # no event id
         f'"c,1",,{bw.uid(0)},ENG-CHECKIN,{t(s)},,,,,',                                         # by user id
-        f"c2,card-0,,ENG-CHECKIN,{s.isoformat()},,,,,",                                        # no offset
+        f"c2,card-0,,ENG-CHECKIN,{(s - dt.timedelta(days=1)).isoformat()},,,,,",               # no offset
     ]
     path = tmp_path / "mixed.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -279,31 +279,47 @@ def _reserve_listing(session: Session, holder_id: int, qty: int, pref: Preferenc
     preference (not the buyer's own, not of a suspended project): one UPDATE .. RETURNING (id,
     price, fee_bp, available_kg, seller_id) whose subquery picks and locks the listing. Raises InsufficientUnits (field
     quantity_kg, code no_supply), NotFound (the preferred instrument)."""
-    pick = (select(_L.c.id).join(_P, _P.c.id == _L.c.project_id).join(_M, _M.c.id == _P.c.methodology_id)
-            .where(_L.c.status == ListingStatus.ACTIVE.value, _L.c.available_kg >= qty, _L.c.seller_id != holder_id,
-                   _P.c.suspended.is_(False))
-            .order_by(_L.c.price, _L.c.id).limit(1).with_for_update(of=_L))
-    if pref.vintage is not None:
-        pick = pick.where(_L.c.vintage == pref.vintage)
-    if pref.project_type:
-        kinds = {k.value for k in ProjectKind}
-        pick = pick.where(_P.c.kind == pref.project_type if pref.project_type in kinds
-                          else _M.c.sector == pref.project_type)
+    kind = None if not pref.project_type else "kind" if pref.project_type in _PROJECT_KINDS else "sector"
+    params = {"r_qty": qty, "r_holder": holder_id, "r_vintage": pref.vintage, "r_type": pref.project_type}
     if pref.instrument:
-        pick = pick.where(*_instrument_conditions(get_instrument(session, pref.instrument)))
-    stmt = (update(_L).where(_L.c.id == pick.scalar_subquery(), _L.c.available_kg >= qty)
-            .values(available_kg=_L.c.available_kg - qty)
-            .returning(_L.c.id, _L.c.price, _L.c.fee_bp, _L.c.available_kg, _L.c.seller_id))
+        stmt = _reservation(pref.vintage is not None, kind, get_instrument(session, pref.instrument))
+    else:   # the usual ones: built once per shape of preference
+        stmt = _RESERVATIONS.get((pref.vintage is not None, kind))
+        if stmt is None:
+            stmt = _RESERVATIONS[(pref.vintage is not None, kind)] = _reservation(pref.vintage is not None, kind, None)
     # PostgreSQL re-checks a row it waited for and drops it if a concurrent quote took its supply;
     # with LIMIT 1 the statement then changes nothing even if another listing would do. A fresh
     # statement sees the committed state: try again before saying there is no supply.
     for _ in range(3):
-        listing = session.execute(stmt).first()
+        listing = session.execute(stmt, params).first()
         if listing is not None:
             offset_rows.refresh_loaded(session, OffsetListing, listing.id, available_kg=listing.available_kg)
             return listing
     raise InsufficientUnits(f"no listing matching the preference has {qty} kg available", field="quantity_kg",
                             code="no_supply")
+
+
+_PROJECT_KINDS = frozenset(k.value for k in ProjectKind)
+_RESERVATIONS: dict[tuple[bool, str | None], Any] = {}
+
+
+def _reservation(by_vintage: bool, project_type: str | None, inst: Instrument | None) -> Any:
+    """The reservation's UPDATE for a shape of preference (parameters r_qty, r_holder,
+    r_vintage, r_type; `project_type` says which column r_type is matched to: kind or sector). The
+    parameters are not named as columns: an UPDATE would set a column its parameter is named as."""
+    pick = (select(_L.c.id).join(_P, _P.c.id == _L.c.project_id).join(_M, _M.c.id == _P.c.methodology_id)
+            .where(_L.c.status == ListingStatus.ACTIVE.value, _L.c.available_kg >= bindparam("r_qty"),
+                   _L.c.seller_id != bindparam("r_holder"), _P.c.suspended.is_(False))
+            .order_by(_L.c.price, _L.c.id).limit(1).with_for_update(of=_L))
+    if by_vintage:
+        pick = pick.where(_L.c.vintage == bindparam("r_vintage"))
+    if project_type is not None:
+        pick = pick.where((_P.c.kind if project_type == "kind" else _M.c.sector) == bindparam("r_type"))
+    if inst is not None:
+        pick = pick.where(*_instrument_conditions(inst))
+    return (update(_L).where(_L.c.id == pick.scalar_subquery(), _L.c.available_kg >= bindparam("r_qty"))
+            .values(available_kg=_L.c.available_kg - bindparam("r_qty"))
+            .returning(_L.c.id, _L.c.price, _L.c.fee_bp, _L.c.available_kg, _L.c.seller_id))
 
 
 def _purpose(holder_kind: HolderKind, footprint_kind: FootprintKind | None) -> RetirementPurpose:

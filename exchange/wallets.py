@@ -158,6 +158,10 @@ def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanc
 _ADD_BALANCE = update(_CASH).where(_CASH.c.id == bindparam("a_id")).values(balance=_CASH.c.balance + bindparam("d"))
 
 
+_INSERT_JOURNALS = insert(_JOURNALS).returning(_JOURNALS.c.id, sort_by_parameter_order=True)
+_INSERT_POSTINGS = insert(_POSTINGS)
+
+
 @dataclass(frozen=True, slots=True)
 class LockedJournal:
     """One journal for `post_locked_many`: its kind, legs on locked accounts, ref, memo and author."""
@@ -195,15 +199,15 @@ def post_locked_many(session: Session, journals: Sequence[LockedJournal]) -> lis
     if not checked:
         return []
     now = utcnow()
-    ids = list(session.scalars(insert(_JOURNALS).returning(_JOURNALS.c.id, sort_by_parameter_order=True), [
+    ids = list(session.scalars(_INSERT_JOURNALS, [
         {"kind": j.kind, "ref": j.ref, "memo": j.memo, "created_by_id": j.user_id, "created_at": now}
         for j, _ in checked]))
     start = {a.id: a.balance for j in journals for a, _ in j.legs}
     moved = [{"a_id": acc_id, "d": b - start[acc_id]} for acc_id, b in balances.items() if b != start[acc_id]]
     if moved:
         session.execute(_ADD_BALANCE, moved)
-    session.execute(insert(_POSTINGS), [{"journal_id": jid, "account_id": a.id, "amount": amt}
-                                        for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
+    session.execute(_INSERT_POSTINGS, [{"journal_id": jid, "account_id": a.id, "amount": amt}
+                                       for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
     for acc_id, b in balances.items():
         loaded = session.identity_map.get(inspect(CashAccount).identity_key_from_primary_key((acc_id,)))
         if loaded is not None:

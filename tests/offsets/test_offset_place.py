@@ -184,3 +184,19 @@ def test_at_once_on_the_order_book_places_the_buy_and_finishes_when_the_engine_a
         AuditRecord.entity_type == "offset_order", AuditRecord.entity_id == str(o.id)).order_by(AuditRecord.id)))
     assert actions == ["offset.quoted", "offset.paid", "offset.buy_placed", "offset.filled", "offset.retired"]
     assert _problems(session) == []
+
+
+@pytest.mark.parametrize("project_type, found", [("project", True), ("programme", False), ("energy", True),
+                                                 ("forestry", False)])
+def test_the_preferred_project_type_picks_the_listing(session: Any, project_type: str, found: bool) -> None:
+    """A project kind matches the project's kind, anything else the methodology's sector."""
+    _, buyer, listings, _ = _market(session)
+    pref = {"project_type": project_type, "vintage": 2024}
+    if not found:
+        with pytest.raises(RegistryError) as e:
+            offsets.place_offset(session, buyer.actor, beneficiary="x", quantity_kg=700, preference=pref)
+        assert (e.value.field, e.value.code) == ("quantity_kg", "no_supply")
+        return
+    done = offsets.place_offset(session, buyer.actor, beneficiary="x", quantity_kg=700, preference=pref)
+    session.commit()
+    assert done.status is OffsetStatus.RETIRED and done.listing_id == listings[1].id

@@ -63,7 +63,7 @@ from exchange.pricing import notional as notional_of
 from registry import audit, units
 from registry.actors import Actor
 from registry.db import utcnow
-from registry.delivered_retirement import Retired, deliver_and_retire
+from registry.delivered_retirement import BuyerAccounts, Retired, account_columns, deliver_and_retire
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
 from registry.models import (
     Batch,
@@ -361,6 +361,10 @@ _BUYER_AND_FOOTPRINT = (
            _F.c.name.label("fp_name"), _F.c.total_kg, _covered(_O.c.filled_kg, [OffsetStatus.RETIRED]).label("retired"),
            _covered(_O.c.quantity_kg, [*LIVE, OffsetStatus.FILLED]).label("live"))
     .select_from(_H.outerjoin(_F, _F.c.id == bindparam("fp"))).where(_H.c.id == bindparam("h")))
+# The same with what the fill needs of the buyer (`BuyerAccounts`), for an order placed at once.
+_ACCOUNT_COLUMNS = (*account_columns(bindparam("h")), _H.c.suspended, _H.c.suspension_reason)
+_BUYER_TO_FILL = _BUYER.add_columns(*_ACCOUNT_COLUMNS)
+_BUYER_AND_FOOTPRINT_TO_FILL = _BUYER_AND_FOOTPRINT.add_columns(*_ACCOUNT_COLUMNS)
 
 
 def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
@@ -385,12 +389,14 @@ class _Quote:
     order: OffsetOrder
     footprint_ref: str | None   # the footprint's reference on the certificate, if the order covers one
     listing: Any                # the listing reserved (id, price, fee_bp, available_kg, seller_id); None: the book
+    accounts: BuyerAccounts | None = None   # the buyer's registry accounts, if asked for
 
 
 def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None, footprint_id: int | None,
            message: str | None, jurisdiction: str | None, preference: Mapping[str, Any] | None, payment: str,
-           ttl: dt.timedelta) -> _Quote:
-    """`create_offset` but for its audit record (`_quoted_record`), which the caller writes."""
+           ttl: dt.timedelta, to_fill: bool = False) -> _Quote:
+    """`create_offset` but for its audit record (`_quoted_record`), which the caller writes.
+    `to_fill`: the buyer's registry accounts are read with it (`_Quote.accounts`)."""
     actor.require_can_move_units()
     if payment not in PAYMENTS:
         raise InvalidInput("payment must be wallet or card", field="payment")
@@ -401,9 +407,10 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
     pref = Preference.parse(preference)
     fp_kind, fp_ref = None, None
     if footprint_id is None:
-        buyer = session.execute(_BUYER, {"h": actor.holder_id}).one()
+        buyer = session.execute(_BUYER_TO_FILL if to_fill else _BUYER, {"h": actor.holder_id}).one()
     else:
-        buyer = session.execute(_BUYER_AND_FOOTPRINT, {"h": actor.holder_id, "fp": footprint_id}).one()
+        buyer = session.execute(_BUYER_AND_FOOTPRINT_TO_FILL if to_fill else _BUYER_AND_FOOTPRINT,
+                                {"h": actor.holder_id, "fp": footprint_id}).one()
         if buyer.fp_holder_id is None or buyer.fp_holder_id != actor.holder_id:
             raise NotFound(f"no footprint {footprint_id}", field="footprint_id")
         fp_kind, fp_ref = buyer.fp_kind, footprint_ref(footprint_id, buyer.fp_name)
@@ -438,7 +445,9 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
         inst, price, notional, fee = quote_on_book(session, pref.instrument or "", qty)
         row |= dict(instrument_id=inst.id, reserved_kg=0, price=price, notional=notional, fee=fee)
     row["total"] = row["notional"] + row["fee"]
-    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing)
+    accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason)
+                if to_fill else None)
+    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts)
 
 
 def _quoted_record(order: OffsetOrder, actor: Actor) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
@@ -874,7 +883,8 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
         raise InvalidInput("confirm pays from the wallet at once; a card payment is quoted without it, then confirmed",
                            field="confirm", code="confirm_needs_wallet")
     quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
-                   message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl)
+                   message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl,
+                   to_fill=True)
     order, listing = quote.order, quote.listing
     if listing is None:
         audit.record_each(session, [_quoted_record(order, actor)])
@@ -888,7 +898,8 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
             r = deliver_and_retire(session, actor, f"listing:{listing.id}", order.quantity_kg,
                                    memo=f"offset order {order.id}", beneficiary=order.beneficiary,
                                    jurisdiction=order.jurisdiction, purpose=order.purpose,
-                                   footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled)
+                                   footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled,
+                                   accounts=quote.accounts)
     except RegistryError as e:
         failed = e
     available, held, seller, fees = _locked_accounts(session, _PLACE_ACCOUNTS, order.holder_id, listing.seller_id, [

@@ -74,34 +74,59 @@ _INSERT_BLOCK = insert(_BLOCKS)
 _INSERT_MOVEMENTS = insert(_MOVEMENTS)
 
 
+@dataclass(frozen=True, slots=True)
+class BuyerAccounts:
+    """What `deliver_and_retire` needs of the buyer: its holding and retirement account ids (None:
+    it has none) and its suspension. A caller that reads the buyer anyway reads it in the same
+    query (`account_columns`, with the holder's `suspended` and `suspension_reason`)."""
+
+    holding_id: int | None
+    retirement_id: int | None
+    suspended: bool
+    suspension_reason: str | None
+
+    def checked(self, holder_id: int) -> tuple[int, int]:
+        """(holding, retirement) account ids. Raises NotFound, Suspended."""
+        if self.holding_id is None:
+            raise NotFound(f"holder {holder_id} has no holding account", field="account")
+        if self.retirement_id is None:
+            raise NotFound(f"holder {holder_id} has no holding or retirement account", field="account")
+        if self.suspended:
+            raise Suspended(f"holder {holder_id} is suspended: {self.suspension_reason}", field="account")
+        return self.holding_id, self.retirement_id
+
+
+def account_columns(holder_id: Any) -> list[Any]:
+    """The buyer's holding and retirement account ids as two labelled columns (holding_id,
+    retirement_id) of a query about the holder `holder_id` (a column or parameter)."""
+    return [select(Account.id).where(Account.holder_id == holder_id, Account.kind == kind)
+            .scalar_subquery().label(f"{kind.value}_id") for kind in (AccountKind.HOLDING, AccountKind.RETIREMENT)]
+
+
 def _buyer_accounts(session: Session, holder_id: int) -> tuple[int, int]:
     """(holding, retirement) account ids of the buyer. Raises NotFound, Suspended."""
     rows = session.execute(_ACCOUNTS, {"h": holder_id}).all()
     ids = {kind: acc_id for kind, acc_id, _, _ in rows}
-    if AccountKind.HOLDING not in ids:
-        raise NotFound(f"holder {holder_id} has no holding account", field="account")
-    if AccountKind.RETIREMENT not in ids:
-        raise NotFound(f"holder {holder_id} has no holding or retirement account", field="account")
-    if rows[0].suspended:
-        raise Suspended(f"holder {holder_id} is suspended: {rows[0].suspension_reason}", field="account")
-    return ids[AccountKind.HOLDING], ids[AccountKind.RETIREMENT]
+    return BuyerAccounts(ids.get(AccountKind.HOLDING), ids.get(AccountKind.RETIREMENT),
+                         bool(rows and rows[0].suspended), rows[0].suspension_reason if rows else None).checked(holder_id)
 
 
 def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, *, memo: str, beneficiary: str,
                        jurisdiction: str, purpose: str, footprint_ref: str | None = None,
                        message: str | None = None,
                        audit_into: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] | None = None,
-                       ) -> Retired:
+                       accounts: BuyerAccounts | None = None) -> Retired:
     """Deliver `quantity` kg listed under `ref` (oldest vintage, batch and serial first) to the
     buyer's holding account and retire exactly those serials for `beneficiary`, in the caller's
     transaction. Raises InvalidInput (the claim), NotFound (the buyer's accounts), Suspended (the
     buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed); nothing
     is written then. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
-    instead of written here."""
+    instead of written here. `accounts`: the buyer's accounts, if the caller read them already."""
     why = _retirement_claim(buyer, beneficiary, jurisdiction, purpose)
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
-    holding, sink = _buyer_accounts(session, buyer.holder_id)
+    holding, sink = (_buyer_accounts(session, buyer.holder_id) if accounts is None
+                     else accounts.checked(buyer.holder_id))
     listed = session.execute(_LISTED, {"ref": ref}).all()
     have = sum(b.end - b.start + 1 for b in listed)
     if quantity > have:

@@ -17,6 +17,10 @@ Payment and fill are separate transactions on purpose: the money is safe (held) 
 fill interrupted by a crash is finished by `resume_paid` (a scheduled job and a CLI command); every
 step locks the order row and checks its state, so nothing is retired or refunded twice.
 
+Placed at once (`place_offset`, the API's `confirm: true`; wallet only): the quote, the payment and
+the fill from a listing in the caller's one transaction, writing what the three steps write; a crash
+leaves nothing to resume, since nothing of the order committed.
+
 Card payments (Stripe, in `exchange.payments`) call `mark_paid` when the payment succeeded and
 register a refunder with `set_card_refunder` that returns money to the card.
 

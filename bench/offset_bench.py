@@ -73,6 +73,11 @@ BASE_URL = "https://tanhui.example"
 FIRST_VINTAGE = 2015
 MAX_KG = 3000
 PHASES = ("quote", "pay", "fill", "certificate", "pdf")
+ONE_SHOT_PHASES = ("place", "certificate", "pdf")
+
+
+def phases_of(one_shot: bool) -> tuple[str, ...]:
+    return ONE_SHOT_PHASES if one_shot else PHASES
 
 
 @dataclass
@@ -140,29 +145,34 @@ class PhaseCounter(SqlCounter):
 
 def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, vintage: int, qty: int,
               key: certificates.SigningKey, times: dict[str, list[float]] | None, pdf: bool = True,
-              counter: PhaseCounter | None = None) -> bytes:
+              counter: PhaseCounter | None = None, one_shot: bool = False) -> bytes:
     """One order end to end; returns the served certificate JSON."""
     marks = [time.perf_counter()]
     cpu = [time.process_time()]
     phase = counter.mark if counter is not None else (lambda _: None)
+    order = dict(footprint_id=footprint_id, quantity_kg=qty, beneficiary="基准测试 benchmark",
+                 preference={"vintage": vintage})
     with factory() as s:
-        phase("quote")
-        with s.begin():
-            o = offsets.create_offset(s, buyer, footprint_id=footprint_id, quantity_kg=qty,
-                                      beneficiary="基准测试 benchmark", preference={"vintage": vintage})
-            oid = o.id
-        marks.append(time.perf_counter())
-        cpu.append(time.process_time())
-        phase("pay")
-        with s.begin():
-            offsets.confirm_offset(s, buyer, oid)
-        marks.append(time.perf_counter())
-        cpu.append(time.process_time())
-        phase("fill")
-        with s.begin():
-            done = offsets.fulfil(s, oid)
-            assert done.status is OffsetStatus.RETIRED, (done.status, done.reason)
-            number = done.certificate_number
+        if one_shot:
+            phase("place")
+            with s.begin():
+                done = offsets.place_offset(s, buyer, **order)   # type: ignore[arg-type]
+        else:
+            phase("quote")
+            with s.begin():
+                oid = offsets.create_offset(s, buyer, **order).id   # type: ignore[arg-type]
+            marks.append(time.perf_counter())
+            cpu.append(time.process_time())
+            phase("pay")
+            with s.begin():
+                offsets.confirm_offset(s, buyer, oid)
+            marks.append(time.perf_counter())
+            cpu.append(time.process_time())
+            phase("fill")
+            with s.begin():
+                done = offsets.fulfil(s, oid)
+        assert done.status is OffsetStatus.RETIRED, (done.status, done.reason)
+        number = done.certificate_number
         marks.append(time.perf_counter())
         cpu.append(time.process_time())
         phase("certificate")
@@ -177,9 +187,9 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
     marks.append(time.perf_counter())
     cpu.append(time.process_time())
     if times is not None:
-        for name, a, b in zip(PHASES, marks[:-1], marks[1:], strict=True):
+        for name, a, b in zip(phases_of(one_shot), marks[:-1], marks[1:], strict=True):
             times[name].append((b - a) * 1000)
-        for name, a, b in zip(PHASES, cpu[:-1], cpu[1:], strict=True):
+        for name, a, b in zip(phases_of(one_shot), cpu[:-1], cpu[1:], strict=True):
             times[f"cpu {name}"].append((b - a) * 1000)
         times["order"].append((marks[-1] - marks[0]) * 1000)
     return certificates.document_bytes(doc)
@@ -216,7 +226,8 @@ def cpu_seconds(pids: set[int]) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pdf: bool = True) -> None:
+def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pdf: bool = True,
+           one_shot: bool = False) -> None:
     engine = create_engine(setup.url, pool_size=2)
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     key = certificates.SigningKey.from_pem(setup.key_pem)
@@ -227,16 +238,18 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
     backends = track_backends(engine)
     for i, q in enumerate(qtys[:warmup]):
         counter.on = i > 0   # the first order fills caches (e.g. the shipped factors' rows)
-        one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter)
+        one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter,
+                  one_shot)
     counter.on = False
     go.wait()
-    times: dict[str, list[float]] = {p: [] for p in (*PHASES, "order", *(f"cpu {p}" for p in PHASES))}
+    names = phases_of(one_shot)
+    times: dict[str, list[float]] = {p: [] for p in (*names, "order", *(f"cpu {p}" for p in names))}
     docs = []
     server0, client0 = cpu_seconds(backends), time.process_time()
     start = time.perf_counter()
     for q in qtys[warmup:]:
         docs.append(one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, times,
-                              pdf))
+                              pdf, one_shot=one_shot))
     end = time.perf_counter()
     client, server1 = time.process_time() - client0, cpu_seconds(backends)
     engine.dispose()
@@ -264,23 +277,24 @@ def check(url: str) -> list[str]:
 
 
 def run(setup: Setup, workers: int, orders: int, warmup: int, pdf: bool = True,
-        profile: int = 0) -> list[dict[str, Any]]:
+        profile: int = 0, one_shot: bool = False) -> list[dict[str, Any]]:
     if workers == 1:
         q: Any = _List()
         if not profile:
-            worker(setup, 0, orders, warmup, q, _Go(), pdf)
+            worker(setup, 0, orders, warmup, q, _Go(), pdf, one_shot)
             return q.items
         import cProfile
         import pstats
         prof = cProfile.Profile()
-        prof.runcall(worker, setup, 0, orders, warmup, q, _Go(), pdf)
+        prof.runcall(worker, setup, 0, orders, warmup, q, _Go(), pdf, one_shot)
         stats = pstats.Stats(prof, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(profile)
         stats.sort_stats("cumulative").print_stats(profile)
         return q.items
     ctx = mp.get_context("fork")
     out, go = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=worker, args=(setup, k, orders, warmup, out, go, pdf)) for k in range(workers)]
+    procs = [ctx.Process(target=worker, args=(setup, k, orders, warmup, out, go, pdf, one_shot))
+             for k in range(workers)]
     for p in procs:
         p.start()
     time.sleep(0.5 + 0.2 * warmup)   # let the warm-ups finish before the timed start
@@ -328,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="skip the PDF (to see its share; the target includes it)")
     ap.add_argument("--pdf-repeat", type=int, default=30,
                     help="afterwards, render one certificate's PDF this many times alone (0: skip)")
+    ap.add_argument("--one-shot", action="store_true",
+                    help="each order placed and completed in one transaction (offsets.place_offset, as POST "
+                         "/offsets with confirm: true) instead of quote, pay and fill in three")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="with --workers 1: cProfile the worker and print its top N functions (slows it down)")
     a = ap.parse_args(argv)
@@ -340,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         url = dbs.create("offsets")
         migrate(url)
         setup = build(url, a.workers, a.orders + a.warmup)
-        results = run(setup, a.workers, a.orders, a.warmup, a.pdf, a.profile)
+        results = run(setup, a.workers, a.orders, a.warmup, a.pdf, a.profile, a.one_shot)
         problems = check(url)
         assert not problems, "invariants violated after the benchmark:\n" + "\n".join(problems[:20])
     finally:
@@ -350,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rate = n / wall
     public = certificates.SigningKey.from_pem(setup.key_pem).public_key_pem()
     verify = verify_all([d for r in results for d in r["docs"]], public)
-    phases = {p: [x for r in results for x in r["times"][p]] for p in (*PHASES, "order") if a.pdf or p != "pdf"}
+    names = phases_of(a.one_shot)
+    phases = {p: [x for r in results for x in r["times"][p]] for p in (*names, "order") if a.pdf or p != "pdf"}
     counted = sum(r["counted_orders"] for r in results)
     statements: Counter[str] = Counter()
     for r in results:
@@ -358,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pdf_ms = pdf_micro(results[0]["docs"][0], a.pdf_repeat) if a.pdf_repeat else []
     print(f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}, "
           f"{os.cpu_count()} CPUs; {'PostgreSQL' if is_pg(a.database_url) else 'SQLite'}; {a.workers} worker(s) "
-          f"x {a.orders} timed orders ({a.warmup} warm-up each){'' if a.pdf else '; WITHOUT the PDF'}")
+          f"x {a.orders} timed orders ({a.warmup} warm-up each){'' if a.pdf else '; WITHOUT the PDF'}; "
+          + ("one transaction an order (place_offset)" if a.one_shot else "quote, pay and fill in three transactions"))
     for p, xs in phases.items():
         cpu = [x for r in results for x in r["times"].get(f"cpu {p}", [])]
         print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms"
@@ -370,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             per_phase[k.split(":", 1)[0]] += v
         print(f"# SQL statements per order (counted on {counted} warm-up orders): "
               f"{sum(statements.values()) / counted:.1f} = "
-              + ", ".join(f"{p} {per_phase[p] / counted:.1f}" for p in PHASES[:-1]))
+              + ", ".join(f"{p} {per_phase[p] / counted:.1f}" for p in names[:-1]))
         for k, v in sorted(statements.items()):
             print(f"#   {k:55s} {v / counted:5.1f}")
     if pdf_ms:
@@ -391,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     vp99 = pct(verify, 99)
     print(f"BENCH offset offsets_per_s={rate:.1f} verify_p99_ms={vp99:.2f}", flush=True)
     return {"orders": n, "wall_s": wall, "offsets_per_s": rate, "verify_p99_ms": vp99,
-            "phases_p50": {p: pct(xs, 50) for p, xs in phases.items()}, "pdf": a.pdf}
+            "phases_p50": {p: pct(xs, 50) for p, xs in phases.items()}, "pdf": a.pdf, "one_shot": a.one_shot,
+            "statements_per_order": sum(statements.values()) / counted if counted else None}
 
 
 if __name__ == "__main__":

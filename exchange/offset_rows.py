@@ -11,6 +11,7 @@ order with one INSERT .. RETURNING and attaches the object it returns.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, inspect, select, update
@@ -92,9 +93,15 @@ def set_order(session: Session, order: OffsetOrder, **values: Any) -> None:
     """UPDATE the order's row and set the same values on its object as committed state. Like an
     ORM flush, `updated_at` is set to now unless given."""
     values.setdefault("updated_at", utcnow())
-    session.execute(update(ORDERS).where(ORDERS.c.id == order.id).values(**values))
+    session.execute(_update(tuple(values)), {"o_id": order.id, **{f"o_{k}": v for k, v in values.items()}})
     for k, v in values.items():
         set_committed_value(order, k, v)
+
+
+@functools.lru_cache(maxsize=64)
+def _update(columns: tuple[str, ...]) -> Any:
+    """The UPDATE of these columns of one order, built once (parameters o_id and o_<column>)."""
+    return update(ORDERS).where(ORDERS.c.id == bindparam("o_id")).values({c: bindparam(f"o_{c}") for c in columns})
 
 
 def insert_order(session: Session, values: dict[str, Any]) -> OffsetOrder:

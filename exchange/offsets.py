@@ -17,6 +17,10 @@ Payment and fill are separate transactions on purpose: the money is safe (held) 
 fill interrupted by a crash is finished by `resume_paid` (a scheduled job and a CLI command); every
 step locks the order row and checks its state, so nothing is retired or refunded twice.
 
+Placed at once (`place_offset`, the API's `confirm: true`; wallet only): the quote, the payment and
+the fill from a listing in the caller's one transaction, writing what the three steps write; a crash
+leaves nothing to resume, since nothing of the order committed.
+
 Card payments (Stripe, in `exchange.payments`) call `mark_paid` when the payment succeeded and
 register a refunder with `set_card_refunder` that returns money to the card.
 
@@ -63,7 +67,7 @@ from exchange.pricing import notional as notional_of
 from registry import audit, units
 from registry.actors import Actor
 from registry.db import utcnow
-from registry.delivered_retirement import Retired, deliver_and_retire
+from registry.delivered_retirement import BuyerAccounts, Retired, account_columns, deliver_and_retire
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
 from registry.models import (
     Batch,
@@ -277,33 +281,49 @@ def _instrument_conditions(inst: Instrument) -> list[Any]:
 def _reserve_listing(session: Session, holder_id: int, qty: int, pref: Preference) -> Any:
     """Reserve `qty` on the cheapest active listing that has it available and matches the
     preference (not the buyer's own, not of a suspended project): one UPDATE .. RETURNING (id,
-    price, fee_bp, available_kg) whose subquery picks and locks the listing. Raises InsufficientUnits (field
+    price, fee_bp, available_kg, seller_id) whose subquery picks and locks the listing. Raises InsufficientUnits (field
     quantity_kg, code no_supply), NotFound (the preferred instrument)."""
-    pick = (select(_L.c.id).join(_P, _P.c.id == _L.c.project_id).join(_M, _M.c.id == _P.c.methodology_id)
-            .where(_L.c.status == ListingStatus.ACTIVE.value, _L.c.available_kg >= qty, _L.c.seller_id != holder_id,
-                   _P.c.suspended.is_(False))
-            .order_by(_L.c.price, _L.c.id).limit(1).with_for_update(of=_L))
-    if pref.vintage is not None:
-        pick = pick.where(_L.c.vintage == pref.vintage)
-    if pref.project_type:
-        kinds = {k.value for k in ProjectKind}
-        pick = pick.where(_P.c.kind == pref.project_type if pref.project_type in kinds
-                          else _M.c.sector == pref.project_type)
+    kind = None if not pref.project_type else "kind" if pref.project_type in _PROJECT_KINDS else "sector"
+    params = {"r_qty": qty, "r_holder": holder_id, "r_vintage": pref.vintage, "r_type": pref.project_type}
     if pref.instrument:
-        pick = pick.where(*_instrument_conditions(get_instrument(session, pref.instrument)))
-    stmt = (update(_L).where(_L.c.id == pick.scalar_subquery(), _L.c.available_kg >= qty)
-            .values(available_kg=_L.c.available_kg - qty)
-            .returning(_L.c.id, _L.c.price, _L.c.fee_bp, _L.c.available_kg))
+        stmt = _reservation(pref.vintage is not None, kind, get_instrument(session, pref.instrument))
+    else:   # the usual ones: built once per shape of preference
+        stmt = _RESERVATIONS.get((pref.vintage is not None, kind))
+        if stmt is None:
+            stmt = _RESERVATIONS[(pref.vintage is not None, kind)] = _reservation(pref.vintage is not None, kind, None)
     # PostgreSQL re-checks a row it waited for and drops it if a concurrent quote took its supply;
     # with LIMIT 1 the statement then changes nothing even if another listing would do. A fresh
     # statement sees the committed state: try again before saying there is no supply.
     for _ in range(3):
-        listing = session.execute(stmt).first()
+        listing = session.execute(stmt, params).first()
         if listing is not None:
             offset_rows.refresh_loaded(session, OffsetListing, listing.id, available_kg=listing.available_kg)
             return listing
     raise InsufficientUnits(f"no listing matching the preference has {qty} kg available", field="quantity_kg",
                             code="no_supply")
+
+
+_PROJECT_KINDS = frozenset(k.value for k in ProjectKind)
+_RESERVATIONS: dict[tuple[bool, str | None], Any] = {}
+
+
+def _reservation(by_vintage: bool, project_type: str | None, inst: Instrument | None) -> Any:
+    """The reservation's UPDATE for a shape of preference (parameters r_qty, r_holder,
+    r_vintage, r_type; `project_type` says which column r_type is matched to: kind or sector). The
+    parameters are not named as columns: an UPDATE would set a column its parameter is named as."""
+    pick = (select(_L.c.id).join(_P, _P.c.id == _L.c.project_id).join(_M, _M.c.id == _P.c.methodology_id)
+            .where(_L.c.status == ListingStatus.ACTIVE.value, _L.c.available_kg >= bindparam("r_qty"),
+                   _L.c.seller_id != bindparam("r_holder"), _P.c.suspended.is_(False))
+            .order_by(_L.c.price, _L.c.id).limit(1).with_for_update(of=_L))
+    if by_vintage:
+        pick = pick.where(_L.c.vintage == bindparam("r_vintage"))
+    if project_type is not None:
+        pick = pick.where((_P.c.kind if project_type == "kind" else _M.c.sector) == bindparam("r_type"))
+    if inst is not None:
+        pick = pick.where(*_instrument_conditions(inst))
+    return (update(_L).where(_L.c.id == pick.scalar_subquery(), _L.c.available_kg >= bindparam("r_qty"))
+            .values(available_kg=_L.c.available_kg - bindparam("r_qty"))
+            .returning(_L.c.id, _L.c.price, _L.c.fee_bp, _L.c.available_kg, _L.c.seller_id))
 
 
 def _purpose(holder_kind: HolderKind, footprint_kind: FootprintKind | None) -> RetirementPurpose:
@@ -342,9 +362,13 @@ def _covered(kg: Any, statuses: list[OffsetStatus]) -> Any:
 _BUYER = select(_H.c.kind, _H.c.city, _H.c.province).where(_H.c.id == bindparam("h"))
 _BUYER_AND_FOOTPRINT = (
     select(_H.c.kind, _H.c.city, _H.c.province, _F.c.holder_id.label("fp_holder_id"), _F.c.kind.label("fp_kind"),
-           _F.c.total_kg, _covered(_O.c.filled_kg, [OffsetStatus.RETIRED]).label("retired"),
+           _F.c.name.label("fp_name"), _F.c.total_kg, _covered(_O.c.filled_kg, [OffsetStatus.RETIRED]).label("retired"),
            _covered(_O.c.quantity_kg, [*LIVE, OffsetStatus.FILLED]).label("live"))
     .select_from(_H.outerjoin(_F, _F.c.id == bindparam("fp"))).where(_H.c.id == bindparam("h")))
+# The same with what the fill needs of the buyer (`BuyerAccounts`), for an order placed at once.
+_ACCOUNT_COLUMNS = (*account_columns(bindparam("h")), _H.c.suspended, _H.c.suspension_reason)
+_BUYER_TO_FILL = _BUYER.add_columns(*_ACCOUNT_COLUMNS)
+_BUYER_AND_FOOTPRINT_TO_FILL = _BUYER_AND_FOOTPRINT.add_columns(*_ACCOUNT_COLUMNS)
 
 
 def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
@@ -357,7 +381,26 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     Conflict (footprint already covered), InsufficientUnits (no supply: field quantity_kg).
 
     Core statements: the buyer and footprint in one read, the listing picked and reserved by one
-    UPDATE, the order by one INSERT and the audit record by `record_many`."""
+    UPDATE, the order by one INSERT and the audit record by `record_each`."""
+    quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
+                   message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl)
+    audit.record_each(session, [_quoted_record(quote.order, actor)])
+    return quote.order
+
+
+@dataclass(frozen=True, slots=True)
+class _Quote:
+    order: OffsetOrder
+    footprint_ref: str | None   # the footprint's reference on the certificate, if the order covers one
+    listing: Any                # the listing reserved (id, price, fee_bp, available_kg, seller_id); None: the book
+    accounts: BuyerAccounts | None = None   # the buyer's registry accounts, if asked for
+
+
+def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None, footprint_id: int | None,
+           message: str | None, jurisdiction: str | None, preference: Mapping[str, Any] | None, payment: str,
+           ttl: dt.timedelta, to_fill: bool = False) -> _Quote:
+    """`create_offset` but for its audit record (`_quoted_record`), which the caller writes.
+    `to_fill`: the buyer's registry accounts are read with it (`_Quote.accounts`)."""
     actor.require_can_move_units()
     if payment not in PAYMENTS:
         raise InvalidInput("payment must be wallet or card", field="payment")
@@ -366,14 +409,15 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     if quantity_kg is None and footprint_id is None:
         raise InvalidInput("give quantity_kg or footprint_id (or both: part of a footprint)", field="quantity_kg")
     pref = Preference.parse(preference)
-    fp_kind = None
+    fp_kind, fp_ref = None, None
     if footprint_id is None:
-        buyer = session.execute(_BUYER, {"h": actor.holder_id}).one()
+        buyer = session.execute(_BUYER_TO_FILL if to_fill else _BUYER, {"h": actor.holder_id}).one()
     else:
-        buyer = session.execute(_BUYER_AND_FOOTPRINT, {"h": actor.holder_id, "fp": footprint_id}).one()
+        buyer = session.execute(_BUYER_AND_FOOTPRINT_TO_FILL if to_fill else _BUYER_AND_FOOTPRINT,
+                                {"h": actor.holder_id, "fp": footprint_id}).one()
         if buyer.fp_holder_id is None or buyer.fp_holder_id != actor.holder_id:
             raise NotFound(f"no footprint {footprint_id}", field="footprint_id")
-        fp_kind = buyer.fp_kind
+        fp_kind, fp_ref = buyer.fp_kind, footprint_ref(footprint_id, buyer.fp_name)
         uncovered = buyer.total_kg - int(buyer.retired) - int(buyer.live)
         if uncovered <= 0:
             raise Conflict(f"footprint {footprint_id} is already covered by retired or pending offsets",
@@ -394,6 +438,7 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
         reason=None, payment_ref=None, paid_amount=0, refunded_amount=0, refund_ref=None, filled_kg=0,
         exchange_order_id=None, retirement_id=None, certificate_number=None, resume_attempts=0, resume_error=None,
         created_at=now, updated_at=now, paid_at=None, filled_at=None, retired_at=None)
+    listing = None
     if pref.source == "listing":
         listing = _reserve_listing(session, actor.holder_id, qty, pref)
         notional = notional_of(listing.price, qty)
@@ -404,13 +449,17 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
         inst, price, notional, fee = quote_on_book(session, pref.instrument or "", qty)
         row |= dict(instrument_id=inst.id, reserved_kg=0, price=price, notional=notional, fee=fee)
     row["total"] = row["notional"] + row["fee"]
-    order = offset_rows.insert_order(session, row)
-    audit.record_many(session, [("offset.quoted", "offset_order", order.id, {
-        "quantity_kg": qty, "footprint_id": footprint_id, "source": order.source,
+    accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason)
+                if to_fill else None)
+    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts)
+
+
+def _quoted_record(order: OffsetOrder, actor: Actor) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
+    return (actor, "offset.quoted", "offset_order", order.id, {
+        "quantity_kg": order.quantity_kg, "footprint_id": order.footprint_id, "source": order.source,
         "listing_id": order.listing_id, "instrument_id": order.instrument_id, "price": order.price,
-        "notional": order.notional, "fee": order.fee, "total": order.total, "payment": payment,
-        "beneficiary": order.beneficiary, "expires_at": order.expires_at.isoformat()})], actor=actor)
-    return order
+        "notional": order.notional, "fee": order.fee, "total": order.total, "payment": order.payment,
+        "beneficiary": order.beneficiary, "expires_at": order.expires_at.isoformat()})
 
 
 # ---- reading and expiry ----------------------------------------------------------------------
@@ -512,16 +561,25 @@ def confirm_offset(session: Session, actor: Actor, order_id: int) -> OffsetOrder
     try:
         wallets.hold(session, order.holder_id, order.total, ref=order.ref, user_id=actor.user_id, account_ids=wallet)
     except RegistryError as e:
-        raise type(e)(f"the wallet cannot pay {order.total}: {e.message}", field="payment", code=e.code) from None
+        raise _wallet_refused(order, e) from None
     _paid(session, order, order.total, actor, now)
     return order
 
 
+def _wallet_refused(order: OffsetOrder, e: RegistryError) -> RegistryError:
+    """The wallet could not hold the order's total (InsufficientFunds): the same error, field payment."""
+    return type(e)(f"the wallet cannot pay {order.total}: {e.message}", field="payment", code=e.code)
+
+
 def _paid(session: Session, order: OffsetOrder, amount: int, actor: Actor | None, now: dt.datetime) -> None:
     offset_rows.set_order(session, order, status=OffsetStatus.PAID, paid_amount=amount, paid_at=now, updated_at=now)
-    audit.record_many(session, [("offset.paid", "offset_order", order.id,
-                                 {"payment": order.payment, "amount": amount, "payment_ref": order.payment_ref})],
-                      actor=actor)
+    audit.record_each(session, [_paid_record(order, amount, actor)])
+
+
+def _paid_record(order: OffsetOrder, amount: int,
+                 actor: Actor | None) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
+    return (actor, "offset.paid", "offset_order", order.id,
+            {"payment": order.payment, "amount": amount, "payment_ref": order.payment_ref})
 
 
 def mark_paid(session: Session, order_id: int, *, payment_ref: str, amount: int | None = None) -> OffsetOrder:
@@ -753,16 +811,35 @@ _SETTLEMENT_ACCOUNTS = (
 def _settlement_accounts(session: Session, buyer_id: int, seller_id: int) -> tuple[Any, Any, Any]:
     """(buyer's held, seller's available, the platform's fees) cash accounts as rows (id, holder_id,
     kind, balance), locked in id order with one statement (as `wallets.post` would lock them)."""
-    want = [(buyer_id, CashAccountKind.HELD), (seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)]
+    a, b, c = _locked_accounts(session, _SETTLEMENT_ACCOUNTS, buyer_id, seller_id, [
+        (buyer_id, CashAccountKind.HELD), (seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)])
+    return a, b, c
+
+
+# What an order placed at once pays and settles with: the buyer's available and held, the seller's
+# available and the platform's fees, locked together in id order.
+_PLACE_ACCOUNTS = (
+    select(_C.c.id, _C.c.holder_id, _C.c.kind, _C.c.balance).where(_C.c.currency == wallets.CURRENCY, or_(
+        and_(_C.c.holder_id == bindparam("buyer"), _C.c.kind == CashAccountKind.AVAILABLE),
+        and_(_C.c.holder_id == bindparam("buyer"), _C.c.kind == CashAccountKind.HELD),
+        and_(_C.c.holder_id == bindparam("seller"), _C.c.kind == CashAccountKind.AVAILABLE),
+        and_(_C.c.holder_id.is_(None), _C.c.kind == CashAccountKind.FEES)))
+    .order_by(_C.c.id).with_for_update(key_share=True))
+
+
+def _locked_accounts(session: Session, stmt: Any, buyer_id: int, seller_id: int,
+                     want: list[tuple[int | None, CashAccountKind]]) -> list[Any]:
+    """The accounts `want` (holder, kind) that `stmt` locks, as rows in the order asked; a wallet
+    not opened yet (the seller's, or a buyer's without money) is opened first."""
     params = {"buyer": buyer_id, "seller": seller_id}
-    found = {(a.holder_id, a.kind): a for a in session.execute(_SETTLEMENT_ACCOUNTS, params)}
-    if len(found) < len(want):   # a seller without a wallet yet: open it, then lock all three
-        wallets.holder_accounts(session, seller_id)
+    found = {(a.holder_id, a.kind): a for a in session.execute(stmt, params)}
+    if len(found) < len(want):   # open what is missing, then lock them all
+        for holder_id in sorted({h for h, _ in want if h is not None}):
+            wallets.holder_accounts(session, holder_id)
         wallets.system_account(session, CashAccountKind.FEES)
         session.flush()
-        found = {(a.holder_id, a.kind): a for a in session.execute(_SETTLEMENT_ACCOUNTS, params)}
-    a, b, c = (found[k] for k in want)
-    return a, b, c
+        found = {(a.holder_id, a.kind): a for a in session.execute(stmt, params)}
+    return [found[k] for k in want]
 
 
 def fulfil(session: Session, order_id: int) -> OffsetOrder:
@@ -783,6 +860,74 @@ def fulfil(session: Session, order_id: int) -> OffsetOrder:
     except RegistryError as e:
         session.refresh(order)
         refund(session, order, f"the fill could not complete: {e.message}")
+    return order
+
+
+def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
+                 footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
+                 preference: Mapping[str, Any] | None = None, payment: str = "wallet",
+                 ttl: dt.timedelta = QUOTE_TTL) -> OffsetOrder:
+    """Quote, pay from the wallet, fill and retire at once (an order placed and completed in one
+    request): what `create_offset`, `confirm_offset` and `fulfil` do in three transactions, in the
+    caller's one, with the same rows and audit records (offset.quoted, offset.paid, units.delivered,
+    units.retired, offset.retired). The order ends retired with its certificate number, or refunded
+    with the reason if the fill could not complete (as `fulfil` refunds it). From the order book the
+    IOC buy is placed, and `fulfil` finishes the order once the engine answered.
+
+    Raises what `create_offset` raises, InvalidInput (field confirm) for a card payment, and what
+    `confirm_offset` raises when the wallet cannot pay (InsufficientFunds, field payment): the quote
+    is written by then, so the caller must roll back.
+
+    From a listing the order, the listing and the cash accounts are each locked once: the listing
+    by the quote's reservation, the order is the one inserted, and the four cash accounts (the
+    buyer's available and held, the seller's, the fees) in id order after the delivery, as the fill
+    locks them; so the money moves last and the fees account is held only from there to the commit."""
+    actor.require_can_move_units()
+    if payment == "card":
+        raise InvalidInput("confirm pays from the wallet at once; a card payment is quoted without it, then confirmed",
+                           field="confirm", code="confirm_needs_wallet")
+    quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
+                   message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl,
+                   to_fill=True)
+    order, listing = quote.order, quote.listing
+    if listing is None:
+        audit.record_each(session, [_quoted_record(order, actor)])
+        confirm_offset(session, actor, order.id)
+        return fulfil(session, order.id)
+    records = [_quoted_record(order, actor), _paid_record(order, order.total, actor)]
+    filled: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
+    failed: RegistryError | None = None
+    try:
+        with session.begin_nested():
+            r = deliver_and_retire(session, actor, f"listing:{listing.id}", order.quantity_kg,
+                                   memo=f"offset order {order.id}", beneficiary=order.beneficiary,
+                                   jurisdiction=order.jurisdiction, purpose=order.purpose,
+                                   footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled,
+                                   accounts=quote.accounts)
+    except RegistryError as e:
+        failed = e
+    available, held, seller, fees = _locked_accounts(session, _PLACE_ACCOUNTS, order.holder_id, listing.seller_id, [
+        (order.holder_id, CashAccountKind.AVAILABLE), (order.holder_id, CashAccountKind.HELD),
+        (listing.seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)])
+    journals = [wallets.LockedJournal(JournalKind.HOLD, [(available, -order.total), (held, order.total)],
+                                      ref=order.ref, user_id=actor.user_id)]
+    if failed is None:
+        journals.append(wallets.LockedJournal(
+            JournalKind.SETTLEMENT, [(held, -order.total), (seller, order.notional), (fees, order.fee)],
+            ref=order.ref, memo=f"offset order {order.id} from listing {listing.id}"))
+    try:
+        wallets.post_locked_many(session, journals)
+    except RegistryError as e:
+        raise _wallet_refused(order, e) from None
+    now = utcnow()
+    if failed is not None:
+        offset_rows.set_order(session, order, status=OffsetStatus.PAID, paid_amount=order.total, paid_at=now,
+                              updated_at=now)
+        audit.record_each(session, records)
+        return refund(session, order, f"the fill could not complete: {failed.message}")
+    _retired(session, order, r, order.quantity_kg, audit_into=filled, reserved_kg=0, paid_amount=order.total,
+             paid_at=now)
+    audit.record_each(session, records + filled)
     return order
 
 

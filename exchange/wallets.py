@@ -158,6 +158,63 @@ def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanc
 _ADD_BALANCE = update(_CASH).where(_CASH.c.id == bindparam("a_id")).values(balance=_CASH.c.balance + bindparam("d"))
 
 
+_INSERT_JOURNALS = insert(_JOURNALS).returning(_JOURNALS.c.id, sort_by_parameter_order=True)
+_INSERT_POSTINGS = insert(_POSTINGS)
+
+
+@dataclass(frozen=True, slots=True)
+class LockedJournal:
+    """One journal for `post_locked_many`: its kind, legs on locked accounts, ref, memo and author."""
+
+    kind: JournalKind
+    legs: Sequence[tuple[Balanced, int]]
+    ref: str | None = None
+    memo: str | None = None
+    user_id: int | None = None
+
+
+@dataclass(slots=True)
+class _At:
+    """An account as a journal of the batch sees it: its balance after the journals before it."""
+
+    id: int
+    kind: CashAccountKind
+    balance: int
+
+
+def post_locked_many(session: Session, journals: Sequence[LockedJournal]) -> list[int]:
+    """`post_locked` for several journals in order, in three Core statements in all (the journals,
+    the balances, the postings); returns their ids. Each journal is checked on the balances the
+    ones before it left, as consecutive `post` calls would be: InsufficientFunds (field "amount") at
+    the first that would overdraw an account, and nothing is written then. The accounts must be
+    locked by the caller and read as plain rows (id, kind, balance); their loaded `CashAccount`
+    objects, if any, get the new balances."""
+    balances: dict[int, int] = {}
+    checked: list[tuple[LockedJournal, list[tuple[Balanced, int]]]] = []
+    for j in journals:
+        legs, delta = _checked([(_At(a.id, a.kind, balances.get(a.id, a.balance)), amt) for a, amt in j.legs])
+        for acc_id, (a, d) in delta.items():
+            balances[acc_id] = a.balance + d
+        checked.append((j, legs))
+    if not checked:
+        return []
+    now = utcnow()
+    ids = list(session.scalars(_INSERT_JOURNALS, [
+        {"kind": j.kind, "ref": j.ref, "memo": j.memo, "created_by_id": j.user_id, "created_at": now}
+        for j, _ in checked]))
+    start = {a.id: a.balance for j in journals for a, _ in j.legs}
+    moved = [{"a_id": acc_id, "d": b - start[acc_id]} for acc_id, b in balances.items() if b != start[acc_id]]
+    if moved:
+        session.execute(_ADD_BALANCE, moved)
+    session.execute(_INSERT_POSTINGS, [{"journal_id": jid, "account_id": a.id, "amount": amt}
+                                       for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
+    for acc_id, b in balances.items():
+        loaded = session.identity_map.get(inspect(CashAccount).identity_key_from_primary_key((acc_id,)))
+        if loaded is not None:
+            set_committed_value(loaded, "balance", b)
+    return ids
+
+
 class Balanced(Protocol):
     """What `Journals` needs of an account: a `CashAccount`, or a plain copy of one locked row."""
 

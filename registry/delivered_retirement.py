@@ -54,44 +54,80 @@ class Retired:
     serials: tuple[str, ...]
 
 
+# Every fill runs these: built once (building and keying a statement costs more than running it).
+_ACCOUNTS = (select(Account.kind, Account.id, Holder.suspended, Holder.suspension_reason)
+             .join(Holder, Holder.id == Account.holder_id)
+             .where(Account.holder_id == bindparam("h"),
+                    Account.kind.in_([AccountKind.HOLDING, AccountKind.RETIREMENT])))
+# The listed blocks, locked, with their batch numbers and whether their projects are suspended.
+_LISTED = (select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end, Block.account_id,
+                  Batch.number, Project.suspended)
+           .join(Batch, Batch.id == Block.batch_id).join(Project, Project.id == Batch.project_id)
+           .where(Block.hold_ref == bindparam("ref"), Block.status == BlockStatus.LISTED)
+           .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update(of=Block))
+_TRANSFER = insert(_TRANSFERS).returning(_TRANSFERS.c.id)
+_RETIREMENT = insert(_RETIREMENTS).returning(_RETIREMENTS.c.id)
+_RETIRE_HEADS = update(_BLOCKS).where(_BLOCKS.c.id == bindparam("b_id")).values(
+    end=bindparam("b_end"), quantity=bindparam("b_qty"), account_id=bindparam("b_sink"), status=BlockStatus.RETIRED,
+    hold_ref=None, retirement_id=bindparam("b_retirement"), updated_at=bindparam("b_now"))
+_INSERT_BLOCK = insert(_BLOCKS)
+_INSERT_MOVEMENTS = insert(_MOVEMENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerAccounts:
+    """What `deliver_and_retire` needs of the buyer: its holding and retirement account ids (None:
+    it has none) and its suspension. A caller that reads the buyer anyway reads it in the same
+    query (`account_columns`, with the holder's `suspended` and `suspension_reason`)."""
+
+    holding_id: int | None
+    retirement_id: int | None
+    suspended: bool
+    suspension_reason: str | None
+
+    def checked(self, holder_id: int) -> tuple[int, int]:
+        """(holding, retirement) account ids. Raises NotFound, Suspended."""
+        if self.holding_id is None:
+            raise NotFound(f"holder {holder_id} has no holding account", field="account")
+        if self.retirement_id is None:
+            raise NotFound(f"holder {holder_id} has no holding or retirement account", field="account")
+        if self.suspended:
+            raise Suspended(f"holder {holder_id} is suspended: {self.suspension_reason}", field="account")
+        return self.holding_id, self.retirement_id
+
+
+def account_columns(holder_id: Any) -> list[Any]:
+    """The buyer's holding and retirement account ids as two labelled columns (holding_id,
+    retirement_id) of a query about the holder `holder_id` (a column or parameter)."""
+    return [select(Account.id).where(Account.holder_id == holder_id, Account.kind == kind)
+            .scalar_subquery().label(f"{kind.value}_id") for kind in (AccountKind.HOLDING, AccountKind.RETIREMENT)]
+
+
 def _buyer_accounts(session: Session, holder_id: int) -> tuple[int, int]:
     """(holding, retirement) account ids of the buyer. Raises NotFound, Suspended."""
-    rows = session.execute(select(Account.kind, Account.id, Holder.suspended, Holder.suspension_reason)
-                           .join(Holder, Holder.id == Account.holder_id)
-                           .where(Account.holder_id == holder_id,
-                                  Account.kind.in_([AccountKind.HOLDING, AccountKind.RETIREMENT]))).all()
+    rows = session.execute(_ACCOUNTS, {"h": holder_id}).all()
     ids = {kind: acc_id for kind, acc_id, _, _ in rows}
-    if AccountKind.HOLDING not in ids:
-        raise NotFound(f"holder {holder_id} has no holding account", field="account")
-    if AccountKind.RETIREMENT not in ids:
-        raise NotFound(f"holder {holder_id} has no holding or retirement account", field="account")
-    if rows[0].suspended:
-        raise Suspended(f"holder {holder_id} is suspended: {rows[0].suspension_reason}", field="account")
-    return ids[AccountKind.HOLDING], ids[AccountKind.RETIREMENT]
+    return BuyerAccounts(ids.get(AccountKind.HOLDING), ids.get(AccountKind.RETIREMENT),
+                         bool(rows and rows[0].suspended), rows[0].suspension_reason if rows else None).checked(holder_id)
 
 
 def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, *, memo: str, beneficiary: str,
                        jurisdiction: str, purpose: str, footprint_ref: str | None = None,
                        message: str | None = None,
                        audit_into: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] | None = None,
-                       ) -> Retired:
+                       accounts: BuyerAccounts | None = None) -> Retired:
     """Deliver `quantity` kg listed under `ref` (oldest vintage, batch and serial first) to the
     buyer's holding account and retire exactly those serials for `beneficiary`, in the caller's
     transaction. Raises InvalidInput (the claim), NotFound (the buyer's accounts), Suspended (the
     buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed); nothing
     is written then. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
-    instead of written here."""
+    instead of written here. `accounts`: the buyer's accounts, if the caller read them already."""
     why = _retirement_claim(buyer, beneficiary, jurisdiction, purpose)
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
-    holding, sink = _buyer_accounts(session, buyer.holder_id)
-    # The listed blocks, locked, with their batch numbers and whether their projects are suspended.
-    listed = session.execute(
-        select(Block.id, Block.batch_id, Block.project_id, Block.vintage, Block.start, Block.end, Block.account_id,
-               Batch.number, Project.suspended)
-        .join(Batch, Batch.id == Block.batch_id).join(Project, Project.id == Batch.project_id)
-        .where(Block.hold_ref == ref, Block.status == BlockStatus.LISTED)
-        .order_by(Block.vintage, Block.batch_id, Block.start).with_for_update(of=Block)).all()
+    holding, sink = (_buyer_accounts(session, buyer.holder_id) if accounts is None
+                     else accounts.checked(buyer.holder_id))
+    listed = session.execute(_LISTED, {"ref": ref}).all()
     have = sum(b.end - b.start + 1 for b in listed)
     if quantity > have:
         raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
@@ -108,27 +144,25 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     serials = tuple(f"{serial_prefix(b.project_id, b.vintage, b.number)}-{b.start}-{end}" for b, end in taken)
     now = utcnow()
     seller_account = taken[0][0].account_id
-    transfer_id = session.execute(insert(_TRANSFERS).values(
+    transfer_id = session.execute(_TRANSFER, dict(
         from_account_id=seller_account, to_account_id=holding, quantity_kg=quantity, memo=memo,
-        created_by_id=buyer.user_id, created_at=now).returning(_TRANSFERS.c.id)).scalar_one()
+        created_by_id=buyer.user_id, created_at=now)).scalar_one()
     number = new_certificate_number()
-    retirement_id = session.execute(insert(_RETIREMENTS).values(
+    retirement_id = session.execute(_RETIREMENT, dict(
         certificate_number=number, holder_id=buyer.holder_id, account_id=sink, quantity_kg=quantity,
         beneficiary=beneficiary.strip(), jurisdiction=jurisdiction.strip(), purpose=why, footprint_ref=footprint_ref,
-        message=message, created_by_id=buyer.user_id, retired_at=now).returning(_RETIREMENTS.c.id)).scalar_one()
+        message=message, created_by_id=buyer.user_id, retired_at=now)).scalar_one()
     # The taken rows keep their heads, now retired to the buyer (listed -> held -> retired, as the
     # movements below say); a row's start never changes, so no insert can collide on (batch, start).
-    session.execute(update(_BLOCKS).where(_BLOCKS.c.id == bindparam("b_id")).values(
-        end=bindparam("b_end"), quantity=bindparam("b_qty"), account_id=sink, status=BlockStatus.RETIRED,
-        hold_ref=None, retirement_id=retirement_id, updated_at=now),
-        [{"b_id": b.id, "b_end": end, "b_qty": end - b.start + 1} for b, end in taken])
+    session.execute(_RETIRE_HEADS, [{"b_id": b.id, "b_end": end, "b_qty": end - b.start + 1, "b_sink": sink,
+                                     "b_retirement": retirement_id, "b_now": now} for b, end in taken])
     last, last_end = taken[-1]
     if last_end < last.end:   # the remainder of the last block stays listed under `ref`, as a new row
-        session.execute(insert(_BLOCKS).values(
+        session.execute(_INSERT_BLOCK, dict(
             batch_id=last.batch_id, project_id=last.project_id, vintage=last.vintage, start=last_end + 1,
             end=last.end, quantity=last.end - last_end, account_id=last.account_id, status=BlockStatus.LISTED,
             hold_ref=ref, updated_at=now))
-    session.execute(insert(_MOVEMENTS), [
+    session.execute(_INSERT_MOVEMENTS, [
         {"kind": MovementKind.TRANSFER, "batch_id": b.batch_id, "start": b.start, "end": end,
          "from_account_id": b.account_id, "to_account_id": holding, "transfer_id": transfer_id,
          "retirement_id": None, "at": now} for b, end in taken] + [

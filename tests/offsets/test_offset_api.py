@@ -125,3 +125,63 @@ def test_neutrality_statement(client, session, market) -> None:
         "name": "me", "region": "CN-GD", "electricity_kwh": 100}}).json
     assert client.get(f"/api/v1/footprints/{me['id']}/neutrality").status_code == 404
     assert client.get(f"/footprints/{me['id']}/neutrality").status_code == 404
+
+
+def test_offset_at_once_over_http(client, session, market) -> None:
+    """confirm: true quotes, pays from the wallet, fills and retires in one request (201, retired,
+    with the certificate's links); with a card, or a wallet that cannot pay, it is refused naming
+    the field and nothing is written."""
+    m = market
+    offsets.create_listing(session, m.seller.actor, project_id=m.project.id, vintage=2024, quantity_kg=200_000,
+                           price=60_00)
+    buyer = _h(session, m.buyer)
+    session.commit()
+    fp = client.post("/api/v1/footprints", headers=buyer, json={"kind": "event", "inputs": CONFERENCE}).json
+    r = client.post("/api/v1/offsets", headers=buyer | {"Idempotency-Key": "now-1"}, json={
+        "footprint_id": fp["id"], "beneficiary": "大湾区低碳论坛 2026", "message": "碳中和", "confirm": True})
+    assert r.status_code == 201, r.json
+    assert (r.json["status"], r.json["paid_amount"], r.json["filled_kg"], r.json["refunded_amount"]) == (
+        "retired", 464_883, 77_095, 0)
+    assert r.json["quote"]["total"] == 464_883 and r.json["reason"] is None and r.json["retired_at"] is not None
+    no = r.json["certificate_number"]
+    assert no and r.json["certificate"] == {
+        "number": no, "json": f"/api/v1/retirements/{no}/certificate.json",
+        "pdf": f"/api/v1/retirements/{no}/certificate.pdf", "page": f"/retirements/{no}"}
+    again = client.post("/api/v1/offsets", headers=buyer | {"Idempotency-Key": "now-1"}, json={
+        "footprint_id": fp["id"], "beneficiary": "大湾区低碳论坛 2026", "message": "碳中和", "confirm": True})
+    assert again.status_code == 201 and again.json == r.json and again.headers.get("Idempotent-Replayed") == "true"
+    doc = client.get(r.json["certificate"]["json"]).json
+    assert certificates.verify_document(doc, client.get(certificates.PUBLIC_KEY_PATH).data).ok
+    assert doc["certificate"]["footprint_ref"] == f"footprint:{fp['id']} 大湾区低碳论坛 2026"
+    pdf = client.get(r.json["certificate"]["pdf"])
+    assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")
+    assert client.get(f"/api/v1/offsets/{r.json['id']}", headers=buyer).json["status"] == "retired"
+    assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH - 464_883, 0)
+    session.rollback()
+
+    def orders() -> int:
+        return client.get("/api/v1/offsets", headers=buyer).json["total"]
+    # without confirm (or with false): a draft, as before
+    d = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 1_000, "beneficiary": "x", "confirm": False})
+    assert d.status_code == 201 and d.json["status"] == "draft" and d.json["paid_amount"] == 0
+    n = orders()
+    card = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 1_000, "beneficiary": "x",
+                                                               "payment": "card", "confirm": True})
+    assert card.status_code == 422 and card.json["error"]["field"] == "confirm", card.json
+    assert card.json["error"]["code"] == "confirm_needs_wallet"
+    bad = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 1_000, "beneficiary": "x", "confirm": "yes"})
+    assert bad.status_code == 422 and bad.json["error"]["field"] == "confirm", bad.json
+    bad = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 0, "beneficiary": "x", "confirm": True})
+    assert bad.status_code == 422 and bad.json["error"]["field"] == "quantity_kg", bad.json
+    poor = client.post("/api/v1/offsets", headers=buyer, json={"quantity_kg": 100_000, "beneficiary": "x",
+                                                               "confirm": True})
+    assert poor.status_code == 409 and poor.json["error"]["field"] == "payment", poor.json
+    assert poor.json["error"]["message"].startswith("the wallet cannot pay 603000: available balance 535117 is less than 603000")
+    assert orders() == n and client.get("/api/v1/offset-listings").json[0]["available_kg"] == 200_000 - 77_095 - 1_000
+    session.expire_all()
+    assert wallets.balance(session, m.buyer.holder.id) == wallets.Balance(CASH - 464_883, 0)
+    assert offsets.check(session) == [] and wallets.check(session) == []
+
+    spec = client.get("/api/v1/openapi.json").json
+    confirm = spec["components"]["schemas"]["OffsetCreate"]["properties"]["confirm"]
+    assert confirm["type"] == "boolean" and confirm["default"] is False and "wallet" in confirm["description"]

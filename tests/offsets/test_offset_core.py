@@ -93,7 +93,14 @@ def _run(session: Any, path: tuple[Any, ...], buyer: Any, batches: list[Any], **
     steps.append(_order(done))
     session.expire_all()
     steps.append(_order(session.get(OffsetOrder, oid)))
-    out: dict[str, Any] = {"steps": steps, "audit": _audit(session, oid), "cash": _cash(session, done),
+    return {"steps": steps} | written(session, done, batches, body)
+
+
+def written(session: Any, done: OffsetOrder, batches: list[Any], body: Any = certificates.certificate_body) -> dict[str, Any]:
+    """What an order wrote, its ids and times left out: its audit records, cash journals, its listing's
+    availability and, once retired, the registry's rows (`_state`) and the certificate body."""
+    oid = done.id
+    out: dict[str, Any] = {"audit": _audit(session, oid), "cash": _cash(session, done),
                            "listing": session.get(OffsetListing, done.listing_id).available_kg}
     if done.status is OffsetStatus.RETIRED:
         r = session.get(Retirement, done.retirement_id)

@@ -114,10 +114,22 @@ def _fresh(session: Session, order_id: int) -> None:
         session.rollback()
 
 
-@endpoint(bp, "/offsets", "POST", summary="Quote an offset (draft): price, fee and total, supply held briefly",
+@endpoint(bp, "/offsets", "POST", summary="Quote an offset (draft): price, fee and total, supply held briefly; "
+          "with confirm: true, pay from the wallet, fill and retire it at once",
           tags=("offsets",), auth=True, body=o.OffsetCreate, response=o.OffsetOut, status=201)
 def create_offset(session: Session, actor: Actor, *, body: dict[str, Any]) -> Any:
-    return offset_view(session, offsets.create_offset(session, actor, **body), actor)
+    if not body.pop("confirm"):
+        return offset_view(session, offsets.create_offset(session, actor, **body), actor)
+    order = offsets.place_offset(session, actor, **body)
+    if order.source != "exchange" or order.status is not OffsetStatus.PAID:
+        return offset_view(session, order, actor)
+    order_id = order.id
+
+    def bought() -> Any:   # the IOC buy is committed: give the engine a bounded time, as confirm does
+        s = db.session
+        _await_engine(s, order_id)
+        return offset_view(s, offsets.get_offset(s, actor, order_id), actor)
+    return AfterCommit(bought)
 
 
 @endpoint(bp, "/offsets/<int:order_id>/confirm", "POST",

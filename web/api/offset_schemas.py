@@ -75,6 +75,12 @@ class OffsetCreate(Schema):
     jurisdiction = fields.String(validate=validate.Length(min=1, max=100))
     preference = fields.Nested(Preference, load_default=dict)
     payment = fields.String(load_default="wallet", validate=validate.OneOf(["wallet", "card"]))
+    # JSON true or false only ("yes", "1" would move money by accident)
+    confirm = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
+        "description": "true: place and complete the order at once (wallet payment only): quoted, paid from the "
+                       "wallet, filled and retired in one transaction; the answer is the order as it ends, retired "
+                       "with its certificate or refunded with the reason. false (default): a draft quote to confirm "
+                       "with POST /offsets/{id}/confirm"})
 
     @validates_schema
     def _one_of(self, data: dict[str, object], **_: object) -> None:

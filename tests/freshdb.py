@@ -21,11 +21,18 @@ import registry.db  # noqa: F401  (SQLite pragmas and BEGIN IMMEDIATE listeners)
 
 
 def truncate_pg(engine: Engine) -> None:
+    """Empty every table and restart every sequence. DELETE with the session's triggers off (the
+    guards of the audit log and final blocks, the foreign keys' checks), not TRUNCATE: the tests'
+    tables hold a few rows, and TRUNCATE of 50 tables (new files for each) took 0.3-0.5 s a test,
+    about a third of the PostgreSQL suite."""
     with engine.begin() as conn:
         tables = [r[0] for r in conn.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
-        if tables:
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        for t in tables:
+            conn.execute(text(f'DELETE FROM "{t}"'))
+        conn.execute(text("SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value, false) "
+                          "FROM pg_sequences WHERE schemaname = 'public'"))
         conn.execute(text("ALTER TABLE audit_records ENABLE TRIGGER USER"))
         conn.execute(text("ALTER TABLE blocks ENABLE TRIGGER USER"))
 

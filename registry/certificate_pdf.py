@@ -31,7 +31,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from reportlab.lib import colors  # type: ignore[import-untyped]
@@ -287,11 +287,14 @@ class Part(NamedTuple):
 @dataclass(frozen=True)
 class Lines:
     """A paragraph broken into lines: each line its width and parts; `leading` points apart, the
-    first baseline `first` points below the top."""
+    first baseline `first` points below the top. `drawn`: what `_Writer` wrote for it where it
+    was drawn (`_Pages.draw_lines`), remembered with it."""
     lines: tuple[tuple[float, tuple[Part, ...]], ...]
     leading: float
     first: float
     align: str = "left"
+    drawn: dict[tuple[float, ...], tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @property
     def height(self) -> float:
@@ -317,10 +320,31 @@ def _atoms(spans: Iterable[Span], cjk: str) -> list[_Atom]:
     atoms: list[_Atom] = []
     glue = False     # does a Latin piece here continue the last word (a word across spans)?
     hold = False     # did the last word end with an opening mark (nothing may break after it)?
+    for span in spans:
+        if not glue and not hold and (not atoms or atoms[-1].kind != _WORD):
+            # Nothing of this span joins what came before: its atoms are the span's alone.
+            cached, glue, hold = _span_atoms(span, cjk)
+            atoms.extend(cached)
+        else:
+            glue, hold = _add_span(atoms, span, cjk, glue, hold)
+    return atoms
 
+
+@functools.lru_cache(maxsize=2048)
+def _span_atoms(span: Span, cjk: str) -> tuple[tuple[_Atom, ...], bool, bool]:
+    """The atoms of a span that starts afresh, and the state after it; remembered, as spans recur
+    next to others that do not (the offline note before a certificate's number). Shared: an atom
+    is copied before a later span joins it (`_add_span`)."""
+    atoms: list[_Atom] = []
+    glue, hold = _add_span(atoms, span, cjk, False, False)
+    return tuple(atoms), glue, hold
+
+
+def _add_span(atoms: list[_Atom], span: Span, cjk: str, glue: bool, hold: bool) -> tuple[bool, bool]:
     def add(text: str, part: Part, width: float, join: bool) -> None:
         last = atoms[-1] if atoms else None
         if join and last is not None and last.kind == _WORD:
+            last = atoms[-1] = _Atom(_WORD, [*last.parts], last.width)   # it may be a remembered one
             prev = last.parts[-1]
             if prev[1:] == part[1:]:
                 last.parts[-1] = prev._replace(text=prev.text + text)
@@ -330,37 +354,36 @@ def _atoms(spans: Iterable[Span], cjk: str) -> list[_Atom]:
         else:
             atoms.append(_Atom(_WORD, [part], width))
 
-    for span in spans:
-        for latin, run in script_runs(span.text):
-            font = span.font if latin else cjk
-            table = _widths_of(font)
-            size = span.size
-            if latin:
-                for piece in _PIECES.findall(run):
-                    if piece == "\n":
-                        atoms.append(_Atom(_NEWLINE, [], 0.0))
-                        glue = hold = False
-                        continue
-                    if piece[0] == " ":
-                        piece = " "   # runs of spaces show as one, as in reportlab's paragraphs
-                    width = size * sum(map(table.__getitem__, piece))
-                    part = Part(piece, font, size, span.color, span.rise, span.link)
-                    if piece == " ":
-                        atoms.append(_Atom(_SPACE, [part], width))
-                        glue = hold = False
-                    else:
-                        add(piece, part, width, glue or hold or piece[0] in NO_LINE_START)
-                        glue, hold = True, piece[-1] in NO_LINE_END
-            else:
-                for ch in run:
-                    if ch == "\n":
-                        atoms.append(_Atom(_NEWLINE, [], 0.0))
-                        glue = hold = False
-                        continue
-                    add(ch, Part(ch, font, size, span.color, span.rise, span.link), size * table[ch],
-                        hold or ch in NO_LINE_START)
-                    glue, hold = False, ch in NO_LINE_END
-    return atoms
+    for latin, run in script_runs(span.text):
+        font = span.font if latin else cjk
+        table = _widths_of(font)
+        size = span.size
+        if latin:
+            for piece in _PIECES.findall(run):
+                if piece == "\n":
+                    atoms.append(_Atom(_NEWLINE, [], 0.0))
+                    glue = hold = False
+                    continue
+                if piece[0] == " ":
+                    piece = " "   # runs of spaces show as one, as in reportlab's paragraphs
+                width = size * sum(map(table.__getitem__, piece))
+                part = Part(piece, font, size, span.color, span.rise, span.link)
+                if piece == " ":
+                    atoms.append(_Atom(_SPACE, [part], width))
+                    glue = hold = False
+                else:
+                    add(piece, part, width, glue or hold or piece[0] in NO_LINE_START)
+                    glue, hold = True, piece[-1] in NO_LINE_END
+        else:
+            for ch in run:
+                if ch == "\n":
+                    atoms.append(_Atom(_NEWLINE, [], 0.0))
+                    glue = hold = False
+                    continue
+                add(ch, Part(ch, font, size, span.color, span.rise, span.link), size * table[ch],
+                    hold or ch in NO_LINE_START)
+                glue, hold = False, ch in NO_LINE_END
+    return glue, hold
 
 
 def _split_word(atom: _Atom, width: float) -> list[_Atom]:
@@ -954,7 +977,28 @@ class _Pages:
 
     def draw_lines(self, lines: Lines, x: float, top: float, width: float,
                    start: int = 0, stop: int | None = None) -> None:
-        """Lines `start:stop` of a paragraph, the first of them `lines.first` below `top`."""
+        """Lines `start:stop` of a paragraph, the first of them `lines.first` below `top`.
+
+        `_Writer`'s operators and links for them are remembered with the paragraph, by where it is
+        drawn: most of a certificate's paragraphs stand where they stood on the one before."""
+        out = self.out
+        if not isinstance(out, _Writer):
+            self._draw_lines(lines, x, top, width, start, stop)
+            return
+        key = (x, top, width, start, -1 if stop is None else stop)
+        drawn = lines.drawn.get(key)
+        if drawn is None:
+            code, links = len(out.code), len(out.links)
+            self._draw_lines(lines, x, top, width, start, stop)
+            if len(lines.drawn) >= 16:
+                lines.drawn.clear()
+            lines.drawn[key] = (tuple(out.code[code:]), tuple(out.links[links:]))
+        else:
+            out.code.extend(drawn[0])
+            if drawn[1]:
+                out.links.extend(drawn[1])
+
+    def _draw_lines(self, lines: Lines, x: float, top: float, width: float, start: int, stop: int | None) -> None:
         baseline = top - lines.first
         for line_width, parts in lines.lines[start:stop]:
             if lines.align == "center":

@@ -105,6 +105,7 @@ def test_the_bytes_do_not_depend_on_what_was_rendered_before() -> None:
     pdf._widths.clear()
     pdf._line_code.clear()
     pdf._paragraph.cache_clear()
+    pdf._span_atoms.cache_clear()
     cold = pdf.render_pdf(short)
     long_bytes = pdf.render_pdf(long_)
     assert len(re.findall(rb"/Type /Page\b(?!s)", long_bytes)) >= 2

@@ -412,12 +412,18 @@ def _split_word(atom: _Atom, width: float) -> list[_Atom]:
 
 def _merged(atoms: list[_Atom]) -> tuple[Part, ...]:
     out: list[Part] = []
+    texts: list[str] = []
+    look: tuple[Any, ...] | None = None
     for atom in atoms:
         for part in atom.parts:
-            if out and out[-1][1:] == part[1:]:
-                out[-1] = out[-1]._replace(text=out[-1].text + part.text)
-            else:
-                out.append(part)
+            key = part[1:]
+            if key != look:
+                if look is not None:
+                    out.append(Part("".join(texts), *look))
+                texts, look = [], key
+            texts.append(part.text)
+    if look is not None:
+        out.append(Part("".join(texts), *look))
     return tuple(out)
 
 
@@ -600,28 +606,37 @@ class QrCode:
         canvas.restoreState()
 
     def operators(self, x: float, y: float) -> list[str]:
-        """The operators `draw` has reportlab's canvas write, written here (tested the same): the
-        dash arrays from the rows' runs by C-level calls, ~2x faster than from `dashes`."""
+        """The operators `draw` has reportlab's canvas write, written here (tested the same).
+
+        The dash arrays of all rows come from one string: the rows' modules as letters, a space
+        where the colour changes, each run looked up by its letters: ~0.07 ms for a version 5
+        symbol, where a dash array by row as `dashes` makes it took ~0.12 ms."""
         m = self.size / (len(self.matrix) + 2 * QUIET_ZONE)
         # reportlab merges the translation and the scaling into one matrix, from the translation
         # as it formatted it.
         tx, ty = (float(v) for v in fp_str(x + QUIET_ZONE * m, y + self.size - QUIET_ZONE * m).split())
         out = ["q", f"{fp_str(m, 0, 0, -m, tx, ty)} cm", "0 0 0 RG", "1 w", "0 J"]
-        find, runs = _ALTERNATING.findall, _RUN_LENGTH.__getitem__
+        rows: list[tuple[str, int, int]] = []
+        dark: list[bytes] = []
         for row, modules in enumerate(self.matrix):
             first = modules.find(1)
             if first < 0:
                 continue
             last = modules.rfind(1) + 1
-            mid = _ROW_MIDDLE[row] if row < len(_ROW_MIDDLE) else fp_str(row + 0.5)
-            out.append(f"[{' '.join(map(runs, find(modules, first, last)))} 1] 0 d\n"
-                       f"n {first} {mid} m {last} {mid} l S")
+            rows.append((_ROW_MIDDLE[row], first, last))
+            dark.append(modules[first:last])
+        runs = (b"|".join(dark).translate(_LETTERS).decode("ascii")
+                .replace("ab", "a b").replace("ba", "b a").replace("|", " | "))
+        dashes = " ".join(map(_RUN_LENGTH.__getitem__, runs.split())).split(" | ")
+        out.extend(f"[{dash} 1] 0 d\nn {first} {mid} m {last} {mid} l S"
+                   for (mid, first, last), dash in zip(rows, dashes, strict=True))
         out.append("Q")
         return out
 
 
 _ALTERNATING = re.compile(rb"\x01+|\x00+")
-_RUN_LENGTH = {bytes([v]) * n: str(n) for v in (0, 1) for n in range(1, 178)}   # 177: version 40
+_LETTERS = bytes.maketrans(b"\x00\x01", b"ab")
+_RUN_LENGTH = {"|": "|", **{letter * n: str(n) for letter in "ab" for n in range(1, 178)}}   # 177: version 40
 _ROW_MIDDLE = [fp_str(row + 0.5) for row in range(177)]
 
 

@@ -617,7 +617,7 @@ class QrCode:
         tx, ty = (float(v) for v in fp_str(x + QUIET_ZONE * m, y + self.size - QUIET_ZONE * m).split())
         out = ["q", f"{fp_str(m, 0, 0, -m, tx, ty)} cm", "0 0 0 RG", "1 w", "0 J"]
         rows: list[tuple[str, int, int]] = []
-        dark: list[bytes] = []
+        dark: list[bytearray] = []
         for row, modules in enumerate(self.matrix):
             first = modules.find(1)
             if first < 0:
@@ -693,8 +693,8 @@ def line_code(parts: tuple[Part, ...], names: Mapping[str, str], names_key: Any 
         if pdfmetrics.getFont(font)._multiByte:
             out.append(tf)    # reportlab names a multi-byte font again before its text
             out.append(f"({escapePDF(part.text.encode('utf_16_be'))}) Tj")
-        else:
-            out.append(f"({escapePDF(part.text.encode('cp1252'))}) Tj")
+        else:   # reportlab's codec for WinAnsiEncoding (its U+00A0 is the space, unlike cp1252's)
+            out.append(f"({escapePDF(part.text.encode('winansi'))}) Tj")
         if part.rise:
             out.append("0 Ts")
     out.append("ET")
@@ -753,8 +753,8 @@ def _footer_code(left: str, right: str) -> list[str]:
     size = 7
     right_x = PAGE_W - 18 * mm - pdfmetrics.stringWidth(right, LATIN, size)
     return [f"BT /F1 {size} Tf {fp_str(size * 1.2)} TL ET", _rg(GREY_FOOTER, "rg"),
-            f"BT 1 0 0 1 {fp_str(18 * mm, 10 * mm)} Tm ({escapePDF(left.encode('cp1252'))}) Tj T* ET",
-            f"BT 1 0 0 1 {fp_str(right_x, 10 * mm)} Tm ({escapePDF(right.encode('cp1252'))}) Tj T* ET"]
+            f"BT 1 0 0 1 {fp_str(18 * mm, 10 * mm)} Tm ({escapePDF(left.encode('winansi'))}) Tj T* ET",
+            f"BT 1 0 0 1 {fp_str(right_x, 10 * mm)} Tm ({escapePDF(right.encode('winansi'))}) Tj T* ET"]
 
 
 class _Writer(_Out):

@@ -552,10 +552,19 @@ def tonnes(kg: int) -> str:
 
 def times(retired_at: str) -> tuple[str, str]:
     """("2026-05-09 07:35:25 UTC", "2026-05-09 15:35:25 北京时间 China time (UTC+8)")."""
-    t = dt.datetime.strptime(retired_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    fmt = "%Y-%m-%d %H:%M:%S"
-    return (t.strftime(fmt) + " UTC",
-            t.astimezone(CHINA_TIME).strftime(fmt) + " 北京时间 China time (UTC+8)")
+    m = _RETIRED_AT.fullmatch(retired_at)
+    if m is not None:   # the registry's own form, read without strptime (~14 us -> ~3 us)
+        t = dt.datetime(*map(int, m.groups()), tzinfo=dt.UTC)
+    else:
+        t = dt.datetime.strptime(retired_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return _clock(t) + " UTC", _clock(t.astimezone(CHINA_TIME)) + " 北京时间 China time (UTC+8)"
+
+
+_RETIRED_AT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
+
+
+def _clock(t: dt.datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
 
 
 # ---- the QR code -------------------------------------------------------------------------------------
@@ -651,9 +660,9 @@ def verification_qr(document: Mapping[str, Any]) -> QrCode:
 # escapePDF are reportlab's C helpers), so both outputs below give the same content streams
 # (tests/certificates/test_certificate_pdf_writer.py compares them, and with the renderer before).
 
-# Deflate level 2: a certificate's page in 0.04 ms, 14% larger than at level 6 (0.14 ms; the
-# default, as reportlab compresses).
-ZLIB_LEVEL = 2
+# Deflate level 1: a certificate's page (~10.5 kB of operators) in ~0.04 ms, to ~3.1 kB; level 6,
+# zlib's default and reportlab's, takes ~0.14 ms for ~2.7 kB.
+ZLIB_LEVEL = 1
 
 _line_code: dict[tuple[Any, ...], str] = {}
 _LINE_CODE_LIMIT = 1 << 14

@@ -99,15 +99,16 @@ def _n3(dark: int, light: int, open_: int, step: int, stride: int) -> int:
     o2 = open_ & (open_ >> step)
     o4 = o2 & (o2 >> 2 * step)                       # four light modules start here
     counted = (o4 << 4 * step) | (o4 >> 7 * step)    # light before the pattern, or after it
-    if not found & ((found << 4 * step) | (found << 6 * step)):
-        return 40 * (found & counted).bit_count()
-    # Overlapping patterns: segno resumes its search 7 modules on after a counted one, 4 after
-    # one that is not counted; replay that scan, sequence by sequence.
+    # Two patterns can only overlap 4 or 6 modules apart (1:1:3:1:1 matches itself nowhere else).
+    # segno resumes its search 7 modules on after a counted one, 4 after one that is not counted:
+    # the patterns with no other that near are all scored; those of an overlapping run are
+    # replayed as segno scans them, lowest bit first (replaying every pattern cost ~10 us).
+    involved = found & ((found << 4 * step) | (found << 6 * step) | (found >> 4 * step) | (found >> 6 * step))
+    score = 40 * ((found ^ involved) & counted).bit_count()
     resume: dict[int, int] = {}
-    score = 0
-    while found:
-        low = found & -found
-        found ^= low
+    while involved:
+        low = involved & -involved
+        involved ^= low
         p = low.bit_length() - 1
         line = p // stride if step == 1 else p % stride
         if p < resume.get(line, -1):

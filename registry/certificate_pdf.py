@@ -692,14 +692,14 @@ def line_code(parts: tuple[Part, ...], names: Mapping[str, str], names_key: Any 
             return None
         if part.font != font or part.size != size:
             font, size = part.font, part.size
-            tf = f"{name} {fp_str(size)} Tf {fp_str(size * 1.2)} TL"
+            tf = _font_op(name, size)
             out.append(tf)
         if part.color is not color:
             color = part.color
-            out.append(_rg(color, "rg"))
+            out.append(_fill_op(color))
         if part.rise:
             out.append(f"{fp_str(part.rise)} Ts")
-        if pdfmetrics.getFont(font)._multiByte:
+        if font not in _SINGLE_BYTE:     # the CID font (a TrueType one has no name here)
             out.append(tf)    # reportlab names a multi-byte font again before its text
             out.append(f"({escapePDF(part.text.encode('utf_16_be'))}) Tj")
         else:   # reportlab's codec for WinAnsiEncoding (its U+00A0 is the space, unlike cp1252's)
@@ -712,6 +712,19 @@ def line_code(parts: tuple[Part, ...], names: Mapping[str, str], names_key: Any 
         _line_code.clear()
     _line_code[key] = code
     return code
+
+
+_SINGLE_BYTE = frozenset((LATIN, LATIN_BOLD, MONO))
+
+
+@functools.lru_cache(maxsize=256)
+def _font_op(name: str, size: float) -> str:
+    return f"{name} {fp_str(size)} Tf {fp_str(size * 1.2)} TL"
+
+
+@functools.lru_cache(maxsize=64)
+def _fill_op(color: Any) -> str:
+    return _rg(color, "rg")
 
 
 def _pdf_string(text: str) -> str:
@@ -1188,8 +1201,10 @@ def _verify_text(document: Mapping[str, Any], cjk: str) -> list[Lines | float]:
         small(*key_line),
         2 * mm,
         small(Span("离线验证：下载本证书的 JSON 文件和登记簿公钥，运行 ", LATIN, 7.5),
-              Span(f"flask registry verify-certificate {number}.json --public-key tanhui-registry-key.pem",
-                   MONO, 7.5)),
+              # Three spans, cut at spaces (the same lines as one): the two that never change
+              # keep their atoms (`_span_atoms`).
+              Span("flask registry verify-certificate ", MONO, 7.5), Span(f"{number}.json", MONO, 7.5),
+              Span(" --public-key tanhui-registry-key.pem", MONO, 7.5)),
         _fixed("offline_en", cjk),
     ]
 

@@ -2,23 +2,38 @@
 
 `render_pdf` is built only from a signed document (`registry.certificates.issue_document`), so the
 PDF shows exactly what was signed, and it prints the digest and key id that verify it. Rendering is
-deterministic (reportlab's invariant mode): the same document gives the same bytes.
+deterministic: the same document gives the same bytes.
 
 Chinese text uses reportlab's built-in CID font STSong-Light (Adobe-GB1): no font file is shipped
 or embedded; PDF viewers supply the glyphs. Text is split into runs so Latin characters use
 Helvetica and everything else the CID font.
 
-The page is drawn with reportlab's canvas directly, on a fixed layout computed here (the fields
-table, the serial ranges table with its head repeated on every page it flows onto, the verification
-box with the QR code), and lines are broken here: at spaces, between any two CJK characters (a
-closing punctuation mark never starts a line, an opening one never ends it), and inside a word only
-when the word alone is wider than the line. reportlab's platypus (Paragraph, Table, KeepTogether)
-did the same job at ~7x the CPU, most of it in its CJK line breaking.
+The layout is computed here (the fields table, the serial ranges table with its head repeated on
+every page it flows onto, the verification box with the QR code), and lines are broken here: at
+spaces, between any two CJK characters (a closing punctuation mark never starts a line, an opening
+one never ends it), and inside a word only when the word alone is wider than the line. reportlab's
+platypus (Paragraph, Table, KeepTogether) did the same job at ~7x the CPU, most of it in its CJK
+line breaking.
 
-Remembered across certificates, none of it changing a byte: each paragraph's lines (`_paragraph`),
-each line's text operators as reportlab's text object makes them (`_Pages.draw_line`), and the font
-dictionaries (`CIDFont`, `Type1Font`: the Latin fonts are registered under this module's names).
-See bench/RESULTS.md, "Offsets".
+The file is written here too (`_Writer`), for the built-in fonts: reportlab's canvas and document
+writer (text objects, `PDFObject.format`, `PDFName`, `fp_str` on every number, ASCII85) cost ~1.3 ms
+of the ~1.6 ms a certificate took even with the fonts formatted once, ~2.4-2.8 ms in the offset
+benchmark's order loop. `_Writer` writes the content operators exactly as reportlab's canvas and
+text object write them (with reportlab's C helpers `fp_str` and `escapePDF`; the tests compare the
+inflated content streams byte for byte with reportlab's, and poppler's text and metadata), and
+emits a fixed set of objects: the font resources and the four font dictionaries (reportlab's own
+bytes, formatted once per process), the catalog, the page tree, the info dictionary, each page with
+its deflated content stream and its link, the cross-reference table. With a TrueType font for
+Chinese (`font_file`: embedded as subsets, which reportlab writes and we would only get wrong) the
+same layout draws on reportlab's canvas (`_CanvasOut`); both paths are tested against each other.
+
+Remembered across certificates, none of it changing a byte: each paragraph's lines (`_paragraph`)
+and a span's atoms (`_span_atoms`), each line's text operators (`line_code`), what was written for
+a paragraph where it was drawn (`Lines.drawn`), the fixed objects (`_fixed_objects`) and, for the
+canvas path, the font dictionaries (`CIDFont`, `Type1Font`: the Latin fonts are registered under
+this module's names). A certificate now costs ~0.55 ms alone (~0.25 ms of it the QR code) and
+~1.1-1.3 ms in the benchmark's order loop on a loaded machine, against ~1.6 and ~2.4-2.8 ms with
+reportlab's canvas. See bench/RESULTS.md, "Offsets".
 """
 
 from __future__ import annotations
@@ -554,7 +569,8 @@ def times(retired_at: str) -> tuple[str, str]:
     """("2026-05-09 07:35:25 UTC", "2026-05-09 15:35:25 北京时间 China time (UTC+8)")."""
     m = _RETIRED_AT.fullmatch(retired_at)
     if m is not None:   # the registry's own form, read without strptime (~14 us -> ~3 us)
-        t = dt.datetime(*map(int, m.groups()), tzinfo=dt.UTC)
+        year, month, day, hour, minute, second = map(int, m.groups())
+        t = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
     else:
         t = dt.datetime.strptime(retired_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     return _clock(t) + " UTC", _clock(t.astimezone(CHINA_TIME)) + " 北京时间 China time (UTC+8)"

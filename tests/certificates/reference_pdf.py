@@ -1,4 +1,8 @@
-"""The printable certificate: a bilingual (中文 / English) A4 PDF with a QR code to its public page.
+"""FROZEN: the certificate renderer as it was before our own PDF writer (main 44b84ec,
+registry/certificate_pdf.py), kept as the reference the writer's output is compared with
+(tests/certificates/test_certificate_pdf_writer.py). Do not change it with the module.
+
+The printable certificate: a bilingual (中文 / English) A4 PDF with a QR code to its public page.
 
 `render_pdf` is built only from a signed document (`registry.certificates.issue_document`), so the
 PDF shows exactly what was signed, and it prints the digest and key id that verify it. Rendering is

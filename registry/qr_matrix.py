@@ -157,6 +157,7 @@ class Layout(Geometry):
         position = {self.bit(i, j): k for k, (i, j) in enumerate(order)}
         # The board string is read with int(s, 2): its first character is the board's highest bit.
         self.gather = [position.get(b, self.bits) for b in range(self.length - 1, -1, -1)]
+        self._gather = itemgetter(*self.gather)
         data = set(free)
         self.masks = [self.board([bytes(1 if (i, j) in data and fn(i, j) else 0 for j in range(size))
                                   for i in range(size)])
@@ -164,8 +165,8 @@ class Layout(Geometry):
 
     def place(self, bits: int) -> int:
         """The board of the 1 bits of the `self.bits`-bit message `bits` (first placed bit highest)."""
-        src = format(bits, f"0{self.bits}b") + "0"
-        return int("".join(itemgetter(*self.gather)(src)), 2)
+        src = format(bits, f"0{self.bits}b").encode() + b"0"   # bytes: the gather gives ints
+        return int(bytes(self._gather(src)), 2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,6 +214,21 @@ def _segments(value: str) -> Any:
     return segments
 
 
+def _interleaved(blocks: list[bytes]) -> bytes:
+    """The blocks' bytes column by column, a shorter block's column skipped (segno's
+    `make_final_message`): by slice assignment when the blocks differ by one byte at most, as a
+    symbol's do (~12 us less than the generator over zip_longest)."""
+    n = len(blocks)
+    short = min(map(len, blocks))
+    if max(map(len, blocks)) - short > 1:
+        return bytes(x for x in (b for group in zip_longest(*blocks) for b in group) if x is not None)
+    out = bytearray(short * n)
+    for i, block in enumerate(blocks):
+        out[i::n] = block[:short]
+    out += bytes(block[short] for block in blocks if len(block) > short)
+    return bytes(out)
+
+
 def _message(value: str) -> tuple[int, int, int, int]:
     """segno's `encode` + `_encode` up to the final message, for error level M, no boost, no ECI:
     (version, error level, the message bits as one integer, their number)."""
@@ -240,8 +256,7 @@ def _message(value: str) -> tuple[int, int, int, int]:
             at += info.num_data
             data_blocks.append(block)
             error_blocks.append(_error_block(block, info.num_total - info.num_data))
-    final = bytes(x for x in (b for group in zip_longest(*data_blocks) for b in group) if x is not None)
-    final += bytes(x for x in (b for group in zip_longest(*error_blocks) for b in group) if x is not None)
+    final = _interleaved(data_blocks) + _interleaved(error_blocks)
     remainder = _REMAINDER.get(version, 0)
     return version, error, int.from_bytes(final, "big") << remainder, 8 * len(final) + remainder
 

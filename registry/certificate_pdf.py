@@ -2,23 +2,38 @@
 
 `render_pdf` is built only from a signed document (`registry.certificates.issue_document`), so the
 PDF shows exactly what was signed, and it prints the digest and key id that verify it. Rendering is
-deterministic (reportlab's invariant mode): the same document gives the same bytes.
+deterministic: the same document gives the same bytes.
 
 Chinese text uses reportlab's built-in CID font STSong-Light (Adobe-GB1): no font file is shipped
 or embedded; PDF viewers supply the glyphs. Text is split into runs so Latin characters use
 Helvetica and everything else the CID font.
 
-The page is drawn with reportlab's canvas directly, on a fixed layout computed here (the fields
-table, the serial ranges table with its head repeated on every page it flows onto, the verification
-box with the QR code), and lines are broken here: at spaces, between any two CJK characters (a
-closing punctuation mark never starts a line, an opening one never ends it), and inside a word only
-when the word alone is wider than the line. reportlab's platypus (Paragraph, Table, KeepTogether)
-did the same job at ~7x the CPU, most of it in its CJK line breaking.
+The layout is computed here (the fields table, the serial ranges table with its head repeated on
+every page it flows onto, the verification box with the QR code), and lines are broken here: at
+spaces, between any two CJK characters (a closing punctuation mark never starts a line, an opening
+one never ends it), and inside a word only when the word alone is wider than the line. reportlab's
+platypus (Paragraph, Table, KeepTogether) did the same job at ~7x the CPU, most of it in its CJK
+line breaking.
 
-Remembered across certificates, none of it changing a byte: each paragraph's lines (`_paragraph`),
-each line's text operators as reportlab's text object makes them (`_Pages.draw_line`), and the font
-dictionaries (`CIDFont`, `Type1Font`: the Latin fonts are registered under this module's names).
-See bench/RESULTS.md, "Offsets".
+The file is written here too (`_Writer`), for the built-in fonts: reportlab's canvas and document
+writer (text objects, `PDFObject.format`, `PDFName`, `fp_str` on every number, ASCII85) cost ~1.3 ms
+of the ~1.6 ms a certificate took even with the fonts formatted once, ~2.4-2.8 ms in the offset
+benchmark's order loop. `_Writer` writes the content operators exactly as reportlab's canvas and
+text object write them (with reportlab's C helpers `fp_str` and `escapePDF`; the tests compare the
+inflated content streams byte for byte with reportlab's, and poppler's text and metadata), and
+emits a fixed set of objects: the font resources and the four font dictionaries (reportlab's own
+bytes, formatted once per process), the catalog, the page tree, the info dictionary, each page with
+its deflated content stream and its link, the cross-reference table. With a TrueType font for
+Chinese (`font_file`: embedded as subsets, which reportlab writes and we would only get wrong) the
+same layout draws on reportlab's canvas (`_CanvasOut`); both paths are tested against each other.
+
+Remembered across certificates, none of it changing a byte: each paragraph's lines (`_paragraph`)
+and a span's atoms (`_span_atoms`), each line's text operators (`line_code`), what was written for
+a paragraph where it was drawn (`Lines.drawn`), the fixed objects (`_fixed_objects`) and, for the
+canvas path, the font dictionaries (`CIDFont`, `Type1Font`: the Latin fonts are registered under
+this module's names). A certificate now costs ~0.55 ms alone (~0.25 ms of it the QR code) and
+~1.1-1.3 ms in the benchmark's order loop on a loaded machine, against ~1.6 and ~2.4-2.8 ms with
+reportlab's canvas. See bench/RESULTS.md, "Offsets".
 """
 
 from __future__ import annotations
@@ -29,13 +44,14 @@ import hashlib
 import io
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from reportlab.lib import colors  # type: ignore[import-untyped]
 from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
-from reportlab.lib.rl_accel import fp_str  # type: ignore[import-untyped]
+from reportlab.lib.rl_accel import escapePDF, fp_str  # type: ignore[import-untyped]
 from reportlab.lib.units import mm  # type: ignore[import-untyped]
 from reportlab.pdfbase import pdfdoc, pdfmetrics  # type: ignore[import-untyped]
 from reportlab.pdfbase.cidfonts import CIDFontInfo, UnicodeCIDFont, structToPDF  # type: ignore[import-untyped]
@@ -119,8 +135,7 @@ class CIDFont(UnicodeCIDFont):  # type: ignore[misc]
         name = "F" + repr(len(doc.fontMapping) + 1)
         data = self._formatted.get(name)
         if data is None:
-            info = dict(CIDFontInfo[self.face.name], Name="/" + name, Encoding="/" + self.encodingName)
-            data = self._formatted[name] = pdfdoc.format(structToPDF(info), doc)
+            data = self._formatted[name] = _cid_dict(self.face.name, name, doc, self.encodingName)
         doc.idToObject["BasicFonts"].dict[name] = doc.Reference(_Formatted(data), name)
         doc.fontMapping[self.name] = "/" + name
 
@@ -149,15 +164,28 @@ class Type1Font(pdfmetrics.Font):  # type: ignore[misc]
         name = "F" + repr(len(doc.fontMapping) + 1)
         data = self._formatted.get(name)
         if data is None:
-            font = pdfdoc.PDFType1Font()
-            font.Name = name
-            font.BaseFont = self.face.name
-            font.Encoding = self.encoding.makePDFObject()
-            data = self._formatted[name] = font.format(doc)
+            data = self._formatted[name] = _type1_dict(self.face.name, name, doc, self.encoding)
         obj = _FormattedFont(data)
         doc.Reference(obj, name)
         doc.idToObject["BasicFonts"].dict[name] = obj
         doc.fontMapping[self.fontName] = "/" + name
+
+
+def _cid_dict(face: str, name: str, doc: Any, encoding: str = "UniGB-UCS2-H") -> bytes:
+    """The font dictionary of a built-in CID font as reportlab's UnicodeCIDFont formats it."""
+    info = dict(CIDFontInfo[face], Name="/" + name, Encoding="/" + encoding)
+    data: bytes = pdfdoc.format(structToPDF(info), doc)
+    return data
+
+
+def _type1_dict(face: str, name: str, doc: Any, encoding: Any = None) -> bytes:
+    """The font dictionary of a standard font (not embedded) as reportlab's Font formats it."""
+    font = pdfdoc.PDFType1Font()
+    font.Name = name
+    font.BaseFont = face
+    font.Encoding = (encoding or pdfmetrics.getEncoding("WinAnsiEncoding")).makePDFObject()
+    data: bytes = font.format(doc)
+    return data
 
 
 def _type1(name: str, face: str) -> str:
@@ -274,11 +302,14 @@ class Part(NamedTuple):
 @dataclass(frozen=True)
 class Lines:
     """A paragraph broken into lines: each line its width and parts; `leading` points apart, the
-    first baseline `first` points below the top."""
+    first baseline `first` points below the top. `drawn`: what `_Writer` wrote for it where it
+    was drawn (`_Pages.draw_lines`), remembered with it."""
     lines: tuple[tuple[float, tuple[Part, ...]], ...]
     leading: float
     first: float
     align: str = "left"
+    drawn: dict[tuple[float, ...], tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @property
     def height(self) -> float:
@@ -304,10 +335,31 @@ def _atoms(spans: Iterable[Span], cjk: str) -> list[_Atom]:
     atoms: list[_Atom] = []
     glue = False     # does a Latin piece here continue the last word (a word across spans)?
     hold = False     # did the last word end with an opening mark (nothing may break after it)?
+    for span in spans:
+        if not glue and not hold and (not atoms or atoms[-1].kind != _WORD):
+            # Nothing of this span joins what came before: its atoms are the span's alone.
+            cached, glue, hold = _span_atoms(span, cjk)
+            atoms.extend(cached)
+        else:
+            glue, hold = _add_span(atoms, span, cjk, glue, hold)
+    return atoms
 
+
+@functools.lru_cache(maxsize=2048)
+def _span_atoms(span: Span, cjk: str) -> tuple[tuple[_Atom, ...], bool, bool]:
+    """The atoms of a span that starts afresh, and the state after it; remembered, as spans recur
+    next to others that do not (the offline note before a certificate's number). Shared: an atom
+    is copied before a later span joins it (`_add_span`)."""
+    atoms: list[_Atom] = []
+    glue, hold = _add_span(atoms, span, cjk, False, False)
+    return tuple(atoms), glue, hold
+
+
+def _add_span(atoms: list[_Atom], span: Span, cjk: str, glue: bool, hold: bool) -> tuple[bool, bool]:
     def add(text: str, part: Part, width: float, join: bool) -> None:
         last = atoms[-1] if atoms else None
         if join and last is not None and last.kind == _WORD:
+            last = atoms[-1] = _Atom(_WORD, [*last.parts], last.width)   # it may be a remembered one
             prev = last.parts[-1]
             if prev[1:] == part[1:]:
                 last.parts[-1] = prev._replace(text=prev.text + text)
@@ -317,37 +369,36 @@ def _atoms(spans: Iterable[Span], cjk: str) -> list[_Atom]:
         else:
             atoms.append(_Atom(_WORD, [part], width))
 
-    for span in spans:
-        for latin, run in script_runs(span.text):
-            font = span.font if latin else cjk
-            table = _widths_of(font)
-            size = span.size
-            if latin:
-                for piece in _PIECES.findall(run):
-                    if piece == "\n":
-                        atoms.append(_Atom(_NEWLINE, [], 0.0))
-                        glue = hold = False
-                        continue
-                    if piece[0] == " ":
-                        piece = " "   # runs of spaces show as one, as in reportlab's paragraphs
-                    width = size * sum(map(table.__getitem__, piece))
-                    part = Part(piece, font, size, span.color, span.rise, span.link)
-                    if piece == " ":
-                        atoms.append(_Atom(_SPACE, [part], width))
-                        glue = hold = False
-                    else:
-                        add(piece, part, width, glue or hold or piece[0] in NO_LINE_START)
-                        glue, hold = True, piece[-1] in NO_LINE_END
-            else:
-                for ch in run:
-                    if ch == "\n":
-                        atoms.append(_Atom(_NEWLINE, [], 0.0))
-                        glue = hold = False
-                        continue
-                    add(ch, Part(ch, font, size, span.color, span.rise, span.link), size * table[ch],
-                        hold or ch in NO_LINE_START)
-                    glue, hold = False, ch in NO_LINE_END
-    return atoms
+    for latin, run in script_runs(span.text):
+        font = span.font if latin else cjk
+        table = _widths_of(font)
+        size = span.size
+        if latin:
+            for piece in _PIECES.findall(run):
+                if piece == "\n":
+                    atoms.append(_Atom(_NEWLINE, [], 0.0))
+                    glue = hold = False
+                    continue
+                if piece[0] == " ":
+                    piece = " "   # runs of spaces show as one, as in reportlab's paragraphs
+                width = size * sum(map(table.__getitem__, piece))
+                part = Part(piece, font, size, span.color, span.rise, span.link)
+                if piece == " ":
+                    atoms.append(_Atom(_SPACE, [part], width))
+                    glue = hold = False
+                else:
+                    add(piece, part, width, glue or hold or piece[0] in NO_LINE_START)
+                    glue, hold = True, piece[-1] in NO_LINE_END
+        else:
+            for ch in run:
+                if ch == "\n":
+                    atoms.append(_Atom(_NEWLINE, [], 0.0))
+                    glue = hold = False
+                    continue
+                add(ch, Part(ch, font, size, span.color, span.rise, span.link), size * table[ch],
+                    hold or ch in NO_LINE_START)
+                glue, hold = False, ch in NO_LINE_END
+    return glue, hold
 
 
 def _split_word(atom: _Atom, width: float) -> list[_Atom]:
@@ -376,12 +427,18 @@ def _split_word(atom: _Atom, width: float) -> list[_Atom]:
 
 def _merged(atoms: list[_Atom]) -> tuple[Part, ...]:
     out: list[Part] = []
+    texts: list[str] = []
+    look: tuple[Any, ...] | None = None
     for atom in atoms:
         for part in atom.parts:
-            if out and out[-1][1:] == part[1:]:
-                out[-1] = out[-1]._replace(text=out[-1].text + part.text)
-            else:
-                out.append(part)
+            key = part[1:]
+            if key != look:
+                if look is not None:
+                    out.append(Part("".join(texts), *look))
+                texts, look = [], key
+            texts.append(part.text)
+    if look is not None:
+        out.append(Part("".join(texts), *look))
     return tuple(out)
 
 
@@ -510,10 +567,20 @@ def tonnes(kg: int) -> str:
 
 def times(retired_at: str) -> tuple[str, str]:
     """("2026-05-09 07:35:25 UTC", "2026-05-09 15:35:25 北京时间 China time (UTC+8)")."""
-    t = dt.datetime.strptime(retired_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    fmt = "%Y-%m-%d %H:%M:%S"
-    return (t.strftime(fmt) + " UTC",
-            t.astimezone(CHINA_TIME).strftime(fmt) + " 北京时间 China time (UTC+8)")
+    m = _RETIRED_AT.fullmatch(retired_at)
+    if m is not None:   # the registry's own form, read without strptime (~14 us -> ~3 us)
+        year, month, day, hour, minute, second = map(int, m.groups())
+        t = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
+    else:
+        t = dt.datetime.strptime(retired_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return _clock(t) + " UTC", _clock(t.astimezone(CHINA_TIME)) + " 北京时间 China time (UTC+8)"
+
+
+_RETIRED_AT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
+
+
+def _clock(t: dt.datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
 
 
 # ---- the QR code -------------------------------------------------------------------------------------
@@ -530,7 +597,7 @@ class QrCode:
     def __init__(self, value: str, size: float = 34 * mm) -> None:
         self.value = value
         self.size = size
-        self.matrix = [bytes(row) for row in qr_matrix.matrix(value)]
+        self.matrix = qr_matrix.matrix(value)
 
     def dashes(self) -> list[tuple[int, int, int, list[int]]]:
         """Each row with dark modules as one dashed line: (row, first dark column, last dark column
@@ -563,8 +630,39 @@ class QrCode:
             canvas.line(first, row + 0.5, last, row + 0.5)
         canvas.restoreState()
 
+    def operators(self, x: float, y: float) -> list[str]:
+        """The operators `draw` has reportlab's canvas write, written here (tested the same).
+
+        The dash arrays of all rows come from one string: the rows' modules as letters, a space
+        where the colour changes, each run looked up by its letters: ~0.07 ms for a version 5
+        symbol, where a dash array by row as `dashes` makes it took ~0.12 ms."""
+        m = self.size / (len(self.matrix) + 2 * QUIET_ZONE)
+        # reportlab merges the translation and the scaling into one matrix, from the translation
+        # as it formatted it.
+        tx, ty = (float(v) for v in fp_str(x + QUIET_ZONE * m, y + self.size - QUIET_ZONE * m).split())
+        out = ["q", f"{fp_str(m, 0, 0, -m, tx, ty)} cm", "0 0 0 RG", "1 w", "0 J"]
+        rows: list[tuple[str, int, int]] = []
+        dark: list[bytearray] = []
+        for row, modules in enumerate(self.matrix):
+            first = modules.find(1)
+            if first < 0:
+                continue
+            last = modules.rfind(1) + 1
+            rows.append((_ROW_MIDDLE[row], first, last))
+            dark.append(modules[first:last])
+        runs = (b"|".join(dark).translate(_LETTERS).decode("ascii")
+                .replace("ab", "a b").replace("ba", "b a").replace("|", " | "))
+        dashes = " ".join(map(_RUN_LENGTH.__getitem__, runs.split())).split(" | ")
+        out.extend(f"[{dash} 1] 0 d\nn {first} {mid} m {last} {mid} l S"
+                   for (mid, first, last), dash in zip(rows, dashes, strict=True))
+        out.append("Q")
+        return out
+
 
 _ALTERNATING = re.compile(rb"\x01+|\x00+")
+_LETTERS = bytes.maketrans(b"\x00\x01", b"ab")
+_RUN_LENGTH = {"|": "|", **{letter * n: str(n) for letter in "ab" for n in range(1, 178)}}   # 177: version 40
+_ROW_MIDDLE = [fp_str(row + 0.5) for row in range(177)]
 
 
 def verification_qr(document: Mapping[str, Any]) -> QrCode:
@@ -572,62 +670,256 @@ def verification_qr(document: Mapping[str, Any]) -> QrCode:
     return QrCode(str(document["certificate"]["verification_url"]))
 
 
-# ---- pages -------------------------------------------------------------------------------------------
+# ---- content operators -------------------------------------------------------------------------------
+#
+# The operators are written here as reportlab's canvas and text object write them (fp_str and
+# escapePDF are reportlab's C helpers), so both outputs below give the same content streams
+# (tests/certificates/test_certificate_pdf_writer.py compares them, and with the renderer before).
 
+# Deflate level 1: a certificate's page (~10.5 kB of operators) in ~0.04 ms, to ~3.1 kB; level 6,
+# zlib's default and reportlab's, takes ~0.14 ms for ~2.7 kB.
+ZLIB_LEVEL = 1
 
 _line_code: dict[tuple[Any, ...], str] = {}
-_AT_ORIGIN = "BT 1 0 0 1 0 0 Tm"
 _LINE_CODE_LIMIT = 1 << 14
+PREAMBLE = "1 0 0 1 0 0 cm  BT /F1 12 Tf 14.4 TL ET"   # a page's first line, as reportlab's canvas starts it
 
 
-class _Pages:
-    """The canvas and a cursor going down the page; a new page when a block does not fit.
+def _rg(color: Any, op: str) -> str:
+    return f"{fp_str(color.red, color.green, color.blue)} {op}"
 
-    Each line of text is drawn where it stands in the reading order, as the text operators
-    reportlab's text object makes for it at the origin, moved into place. Those operators depend
-    only on the line's parts and on the names the document gives its fonts (/F1, /F2, ...), which
-    are the same in every certificate because the fonts are registered in one order when the canvas
-    is made; so they are remembered by both and a line seen before (labels, headings, column heads,
-    the notes, and any repeated value) costs one literal instead of a text object. Lines with a font
-    that embeds a subset (a TrueType CJK font) depend on the document's subset and are never kept."""
 
-    def __init__(self, canvas: Any, footer_left: str, fonts: tuple[str, ...]) -> None:
+def line_code(parts: tuple[Part, ...], names: Mapping[str, str], names_key: Any = None) -> str | None:
+    """The text operators of one line, after its origin (" /F4 9.5 Tf 11.4 TL 0 0 0 rg ... ET"):
+    what reportlab's text object writes for the same font, colour and rise changes. `names` are
+    the fonts' names in the document (/F1, ...), `names_key` a hashable form of them; None when a
+    part's font is not among them (a TrueType font, whose subsets only reportlab knows).
+    Remembered by parts and names."""
+    key = (parts, names_key if names_key is not None else tuple(names.items()))
+    code = _line_code.get(key)
+    if code is not None:
+        return code
+    out = [""]
+    font, size, color = "", 0.0, None
+    tf = ""
+    for part in parts:
+        name = names.get(part.font)
+        if name is None:
+            return None
+        if part.font != font or part.size != size:
+            font, size = part.font, part.size
+            tf = _font_op(name, size)
+            out.append(tf)
+        if part.color is not color:
+            color = part.color
+            out.append(_fill_op(color))
+        if part.rise:
+            out.append(f"{fp_str(part.rise)} Ts")
+        if font not in _SINGLE_BYTE:     # the CID font (a TrueType one has no name here)
+            out.append(tf)    # reportlab names a multi-byte font again before its text
+            out.append(f"({escapePDF(part.text.encode('utf_16_be'))}) Tj")
+        else:   # reportlab's codec for WinAnsiEncoding (its U+00A0 is the space, unlike cp1252's)
+            out.append(f"({escapePDF(part.text.encode('winansi'))}) Tj")
+        if part.rise:
+            out.append("0 Ts")
+    out.append("ET")
+    code = " ".join(out)
+    if len(_line_code) >= _LINE_CODE_LIMIT:
+        _line_code.clear()
+    _line_code[key] = code
+    return code
+
+
+_SINGLE_BYTE = frozenset((LATIN, LATIN_BOLD, MONO))
+
+
+@functools.lru_cache(maxsize=256)
+def _font_op(name: str, size: float) -> str:
+    return f"{name} {fp_str(size)} Tf {fp_str(size * 1.2)} TL"
+
+
+@functools.lru_cache(maxsize=64)
+def _fill_op(color: Any) -> str:
+    return _rg(color, "rg")
+
+
+def _pdf_string(text: str) -> str:
+    """A PDF text string as reportlab writes one: ASCII as it is, anything else UTF-16 with a BOM."""
+    data = text.encode("ascii") if text.isascii() else b"\xfe\xff" + text.encode("utf_16_be")
+    return f"({escapePDF(data)})"
+
+
+class _Out:
+    """What the page layout draws with: one page's content operators at a time, then the file.
+    `_Writer` writes the PDF itself; `_CanvasOut` draws on reportlab's canvas (a TrueType font)."""
+
+    names: Mapping[str, str]
+
+    def text(self, parts: tuple[Part, ...], x: float, y: float) -> None:
+        raise NotImplementedError
+
+    def link(self, url: str, rect: tuple[float, float, float, float]) -> None:
+        raise NotImplementedError
+
+    def stroke(self, color: Any, width: float) -> None:
+        raise NotImplementedError
+
+    def line(self, x1: float, y1: float, x2: float, y2: float) -> None:
+        raise NotImplementedError
+
+    def fill_rect(self, x: float, y: float, w: float, h: float, color: Any) -> None:
+        raise NotImplementedError
+
+    def frame(self, x: float, y: float, w: float, h: float, color: Any, width: float) -> None:
+        raise NotImplementedError
+
+    def qr(self, code: QrCode, x: float, y: float) -> None:
+        raise NotImplementedError
+
+    def footer(self, left: str, right: str) -> None:
+        raise NotImplementedError
+
+    def show_page(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+
+def _footer_code(left: str, right: str) -> list[str]:
+    """The footer as reportlab's setFont, setFillColor, drawString and drawRightString write it."""
+    size = 7
+    right_x = PAGE_W - 18 * mm - pdfmetrics.stringWidth(right, LATIN, size)
+    return [f"BT /F1 {size} Tf {fp_str(size * 1.2)} TL ET", _rg(GREY_FOOTER, "rg"),
+            f"BT 1 0 0 1 {fp_str(18 * mm, 10 * mm)} Tm ({escapePDF(left.encode('winansi'))}) Tj T* ET",
+            f"BT 1 0 0 1 {fp_str(right_x, 10 * mm)} Tm ({escapePDF(right.encode('winansi'))}) Tj T* ET"]
+
+
+class _Writer(_Out):
+    """The whole PDF written here, for the built-in fonts (none embedded).
+
+    What reportlab's canvas and document writer cost a certificate (~1.3 ms of ~1.6, most of it
+    formatting PDF objects and text objects anew for each document): here each page's operators
+    are strings joined once, deflated (no ASCII85), and the objects that never change (the font
+    dictionaries, reportlab's own bytes for them) are formatted once per process."""
+
+    def __init__(self, cjk: str, title: str, author: str, subject: str) -> None:
+        self.names = {LATIN: "/F1", LATIN_BOLD: "/F2", MONO: "/F3", cjk: "/F4"}
+        self.names_key = tuple(self.names.items())
+        self.cjk = cjk
+        self.info = (title, author, subject)
+        self.code: list[str] = [PREAMBLE]
+        self.links: list[str] = []
+        self.pages: list[tuple[bytes, list[str]]] = []
+
+    def text(self, parts: tuple[Part, ...], x: float, y: float) -> None:
+        code = line_code(parts, self.names, self.names_key)
+        assert code is not None, parts
+        self.code.append(f"BT 1 0 0 1 {fp_str(x, y)} Tm{code}")
+
+    def link(self, url: str, rect: tuple[float, float, float, float]) -> None:
+        self.links.append(f"<< /A << /S /URI /Type /Action /URI {_pdf_string(url)} >> /Border [ 0 0 0 ] "
+                          f"/Rect [ {fp_str(*rect)} ] /Subtype /Link /Type /Annot >>")
+
+    def stroke(self, color: Any, width: float) -> None:
+        self.code.append(_rg(color, "RG"))
+        self.code.append(f"{fp_str(width)} w")
+
+    def line(self, x1: float, y1: float, x2: float, y2: float) -> None:
+        self.code.append(f"n {fp_str(x1, y1)} m {fp_str(x2, y2)} l S")
+
+    def fill_rect(self, x: float, y: float, w: float, h: float, color: Any) -> None:
+        self.code.append(_rg(color, "rg"))
+        self.code.append(f"n {fp_str(x, y, w, h)} re f*")
+
+    def frame(self, x: float, y: float, w: float, h: float, color: Any, width: float) -> None:
+        self.stroke(color, width)
+        self.code.append(f"n {fp_str(x, y, w, h)} re S")
+
+    def qr(self, code: QrCode, x: float, y: float) -> None:
+        self.code.extend(code.operators(x, y))
+
+    def footer(self, left: str, right: str) -> None:
+        self.code.extend(_footer_code(left, right))
+
+    def show_page(self) -> None:
+        self.code.append(" ")
+        self.pages.append((zlib.compress(("\n".join(self.code) + "\n").encode("latin-1"), ZLIB_LEVEL), self.links))
+        self.code = [PREAMBLE]
+        self.links = []
+
+    def finish(self) -> bytes:
+        return _document(_fixed_objects(self.cjk), self.pages, self.info)
+
+
+_HEADER = b"%PDF-1.4\n%\x93\x8c\x8b\x9e Tanhui registry certificate\n"
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_objects(cjk: str) -> tuple[bytes, tuple[int, ...]]:
+    """The header and objects 1-5 (and where each starts), the same in every certificate: the font resources and the four font
+    dictionaries, as reportlab formats them (`CIDFont`, `Type1Font`)."""
+    doc = pdfdoc.PDFDocument(invariant=1)
+    fonts = [_type1_dict(pdfmetrics.getFont(name).face.name, f"F{i}", doc)
+             for i, name in enumerate((LATIN, LATIN_BOLD, MONO), start=1)]
+    cid = pdfmetrics.getFont(cjk)
+    fonts.append(_cid_dict(cid.face.name, "F4", doc, cid.encodingName))
+    objects = [b"<<\n/F1 2 0 R /F2 3 0 R /F3 4 0 R /F4 5 0 R\n>>", *fonts]
+    out = bytearray(_HEADER)
+    offsets = []
+    for i, data in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (i, data)
+    return bytes(out), tuple(offsets)
+
+
+
+def _document(fixed: tuple[bytes, tuple[int, ...]], pages: list[tuple[bytes, list[str]]], info: tuple[str, str, str]) -> bytes:
+    """The file: the header and the fixed objects, the catalog (6), the page tree (7), the info (8), then each
+    page, its content stream and its links; the cross-reference table and the trailer."""
+    out = bytearray(fixed[0])
+    offsets = list(fixed[1])
+    objects: list[bytes] = []
+    n = 9
+    kids = []
+    for _, links in pages:
+        kids.append(n)
+        n += 2 + len(links)
+    title, author, subject = info
+    objects.append(b"<< /Lang (zh-CN) /PageMode /UseNone /Pages 7 0 R /Type /Catalog >>")
+    objects.append(b"<< /Count %d /Kids [ %s ] /Type /Pages >>" % (len(kids), " ".join(f"{k} 0 R" for k in kids).encode()))
+    objects.append((f"<< /Author {_pdf_string(author)} /Creator (Tanhui registry) "
+                    f"/Producer (Tanhui registry.certificate_pdf) /Subject {_pdf_string(subject)} "
+                    f"/Title {_pdf_string(title)} >>").encode("latin-1"))
+    for k, (content, links) in zip(kids, pages, strict=True):
+        annots = f" /Annots [ {' '.join(f'{k + 2 + j} 0 R' for j in range(len(links)))} ]" if links else ""
+        objects.append((f"<< /Contents {k + 1} 0 R /MediaBox [ 0 0 {fp_str(PAGE_W, PAGE_H)} ] /Parent 7 0 R "
+                        f"/Resources << /Font 1 0 R /ProcSet [ /PDF /Text ] >>{annots} /Type /Page >>").encode())
+        objects.append(b"<< /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        objects.extend(link.encode("latin-1") for link in links)
+    for i, data in enumerate(objects, start=6):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (i, data)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    digest = hashlib.md5(out, usedforsecurity=False).hexdigest().encode()
+    out += (b"trailer\n<< /ID [ <%s> <%s> ] /Info 8 0 R /Root 6 0 R /Size %d >>\nstartxref\n%d\n%%%%EOF\n"
+            % (digest, digest, len(offsets) + 1, xref))
+    return bytes(out)
+
+
+class _CanvasOut(_Out):
+    """reportlab's canvas, for a CJK TrueType font (embedded as subsets, which only reportlab
+    writes). The same operators as `_Writer`, but for the lines in the TrueType font: reportlab's
+    text objects."""
+
+    def __init__(self, canvas: Any, buf: io.BytesIO, fonts: tuple[str, ...]) -> None:
         self.canvas = canvas
-        self.footer_left = footer_left
-        self.page = 1
-        self.y = TOP
+        self.buf = buf
         doc = canvas._doc   # reportlab's document: registering a font there names it (/F1, ...)
-        self.dynamic = frozenset(f for f in fonts if pdfmetrics.getFont(f)._dynamicFont)
-        self.names = {font: doc.getInternalFontName(font) for font in fonts if font not in self.dynamic}
-        self.names_key = tuple(sorted(self.names.items()))
-        self._stroke: tuple[Any, float] | None = None
-
-    def fits(self, height: float) -> bool:
-        return self.y - height >= BOTTOM - 1e-6
-
-    def at_top(self) -> bool:
-        return self.y >= TOP - 1e-6
-
-    def need(self, height: float) -> bool:
-        """Start a new page unless `height` fits below the cursor; True when it did."""
-        if self.fits(height) or self.at_top():
-            return False
-        self.new_page()
-        return True
-
-    def finish_page(self) -> None:
-        c = self.canvas
-        c.setFont(LATIN, 7)
-        c.setFillColor(GREY_FOOTER)
-        c.drawString(18 * mm, 10 * mm, self.footer_left)
-        c.drawRightString(PAGE_W - 18 * mm, 10 * mm, f"page {self.page}")
-
-    def new_page(self) -> None:
-        self.finish_page()
-        self.canvas.showPage()
-        self.page += 1
-        self.y = TOP
-        self._stroke = None
+        self.names = {font: doc.getInternalFontName(font) for font in fonts
+                      if not pdfmetrics.getFont(font)._dynamicFont}
 
     def _text_object(self, parts: tuple[Part, ...], x: float, y: float) -> Any:
         t = self.canvas.beginText(x, y)
@@ -647,36 +939,119 @@ class _Pages:
                 t.textOut(part.text)
         return t
 
+    def text(self, parts: tuple[Part, ...], x: float, y: float) -> None:
+        code = line_code(parts, self.names)
+        if code is None:
+            self.canvas.drawText(self._text_object(parts, x, y))
+        else:
+            self.canvas.addLiteral(f"BT 1 0 0 1 {fp_str(x, y)} Tm{code}")
+
+    def link(self, url: str, rect: tuple[float, float, float, float]) -> None:
+        self.canvas.linkURL(url, rect, relative=0)
+
+    def stroke(self, color: Any, width: float) -> None:
+        self.canvas.setStrokeColor(color)
+        self.canvas.setLineWidth(width)
+
+    def line(self, x1: float, y1: float, x2: float, y2: float) -> None:
+        self.canvas.line(x1, y1, x2, y2)
+
+    def fill_rect(self, x: float, y: float, w: float, h: float, color: Any) -> None:
+        self.canvas.setFillColor(color)
+        self.canvas.rect(x, y, w, h, stroke=0, fill=1)
+
+    def frame(self, x: float, y: float, w: float, h: float, color: Any, width: float) -> None:
+        self.stroke(color, width)
+        self.canvas.rect(x, y, w, h, stroke=1, fill=0)
+
+    def qr(self, code: QrCode, x: float, y: float) -> None:
+        code.draw(self.canvas, x, y)
+
+    def footer(self, left: str, right: str) -> None:
+        c = self.canvas
+        c.setFont(LATIN, 7)
+        c.setFillColor(GREY_FOOTER)
+        c.drawString(18 * mm, 10 * mm, left)
+        c.drawRightString(PAGE_W - 18 * mm, 10 * mm, right)
+
+    def show_page(self) -> None:
+        self.canvas.showPage()
+
+    def finish(self) -> bytes:
+        self.canvas.save()
+        return self.buf.getvalue()
+
+
+class _Pages:
+    """A cursor going down the page, and a new page when a block does not fit.
+
+    Each line of text is drawn where it stands in the reading order, as its text operators
+    (`line_code`, remembered) moved into place."""
+
+    def __init__(self, out: _Out, footer_left: str) -> None:
+        self.out = out
+        self.footer_left = footer_left
+        self.page = 1
+        self.y = TOP
+        self._stroke: tuple[Any, float] | None = None
+
+    def fits(self, height: float) -> bool:
+        return self.y - height >= BOTTOM - 1e-6
+
+    def at_top(self) -> bool:
+        return self.y >= TOP - 1e-6
+
+    def need(self, height: float) -> bool:
+        """Start a new page unless `height` fits below the cursor; True when it did."""
+        if self.fits(height) or self.at_top():
+            return False
+        self.new_page()
+        return True
+
+    def finish_page(self) -> None:
+        self.out.footer(self.footer_left, f"page {self.page}")
+
+    def new_page(self) -> None:
+        self.finish_page()
+        self.out.show_page()
+        self.page += 1
+        self.y = TOP
+        self._stroke = None
+
     def draw_line(self, parts: tuple[Part, ...], x: float, y: float) -> None:
         if not parts:
             return
-        canvas = self.canvas
-        if self.dynamic and any(part.font in self.dynamic for part in parts):
-            canvas.drawText(self._text_object(parts, x, y))
-        else:
-            key = (parts, self.names_key)
-            code = _line_code.get(key)
-            if code is None:
-                fonts = len(canvas._doc.fontMapping)
-                code = self._text_object(parts, 0, 0).getCode()
-                # Kept only if it named no font beyond the registered ones (no substitution font).
-                if len(canvas._doc.fontMapping) == fonts:
-                    if len(_line_code) >= _LINE_CODE_LIMIT:
-                        _line_code.clear()
-                    _line_code[key] = code
-            if code.startswith(_AT_ORIGIN):
-                canvas.addLiteral(f"BT 1 0 0 1 {fp_str(x, y)} Tm{code[len(_AT_ORIGIN):]}")
-            else:
-                canvas.addLiteral(f"q 1 0 0 1 {fp_str(x, y)} cm {code} Q")
+        self.out.text(parts, x, y)
         for i, part in enumerate(parts):
             if part.link:
                 x0 = x + sum(text_width(p.text, p.font, p.size) for p in parts[:i])
                 x1 = x0 + text_width(part.text, part.font, part.size)
-                canvas.linkURL(part.link, (x0, y - 0.2 * part.size, x1, y + 0.8 * part.size), relative=0)
+                self.out.link(part.link, (x0, y - 0.2 * part.size, x1, y + 0.8 * part.size))
 
     def draw_lines(self, lines: Lines, x: float, top: float, width: float,
                    start: int = 0, stop: int | None = None) -> None:
-        """Lines `start:stop` of a paragraph, the first of them `lines.first` below `top`."""
+        """Lines `start:stop` of a paragraph, the first of them `lines.first` below `top`.
+
+        `_Writer`'s operators and links for them are remembered with the paragraph, by where it is
+        drawn: most of a certificate's paragraphs stand where they stood on the one before."""
+        out = self.out
+        if not isinstance(out, _Writer):
+            self._draw_lines(lines, x, top, width, start, stop)
+            return
+        key = (x, top, width, start, -1 if stop is None else stop)
+        drawn = lines.drawn.get(key)
+        if drawn is None:
+            code, links = len(out.code), len(out.links)
+            self._draw_lines(lines, x, top, width, start, stop)
+            if len(lines.drawn) >= 16:
+                lines.drawn.clear()
+            lines.drawn[key] = (tuple(out.code[code:]), tuple(out.links[links:]))
+        else:
+            out.code.extend(drawn[0])
+            if drawn[1]:
+                out.links.extend(drawn[1])
+
+    def _draw_lines(self, lines: Lines, x: float, top: float, width: float, start: int, stop: int | None) -> None:
         baseline = top - lines.first
         for line_width, parts in lines.lines[start:stop]:
             if lines.align == "center":
@@ -689,16 +1064,13 @@ class _Pages:
             baseline -= lines.leading
 
     def rule(self, x1: float, x2: float, y: float, width: float, color: Any) -> None:
-        c = self.canvas
         if self._stroke != (color, width):
-            c.setStrokeColor(color)
-            c.setLineWidth(width)
+            self.out.stroke(color, width)
             self._stroke = (color, width)
-        c.line(x1, y, x2, y)
+        self.out.line(x1, y, x2, y)
 
     def fill(self, x: float, y: float, w: float, h: float, color: Any) -> None:
-        self.canvas.setFillColor(color)
-        self.canvas.rect(x, y, w, h, stroke=0, fill=1)
+        self.out.fill_rect(x, y, w, h, color)
 
 
 # ---- the certificate's parts -------------------------------------------------------------------------
@@ -845,8 +1217,10 @@ def _verify_text(document: Mapping[str, Any], cjk: str) -> list[Lines | float]:
         small(*key_line),
         2 * mm,
         small(Span("离线验证：下载本证书的 JSON 文件和登记簿公钥，运行 ", LATIN, 7.5),
-              Span(f"flask registry verify-certificate {number}.json --public-key tanhui-registry-key.pem",
-                   MONO, 7.5)),
+              # Three spans, cut at spaces (the same lines as one): the two that never change
+              # keep their atoms (`_span_atoms`).
+              Span("flask registry verify-certificate ", MONO, 7.5), Span(f"{number}.json", MONO, 7.5),
+              Span(" --public-key tanhui-registry-key.pem", MONO, 7.5)),
         _fixed("offline_en", cjk),
     ]
 
@@ -907,14 +1281,11 @@ def _draw(pages: _Pages, document: Mapping[str, Any], cjk: str) -> None:
     heading("h2:证书验证|Verification")
     bottom = pages.y - box_h
     pages.fill(LEFT, bottom, WIDTH, box_h, PALE)
-    canvas = pages.canvas
-    canvas.setStrokeColor(GREEN)
-    canvas.setLineWidth(0.75)
-    canvas.rect(LEFT, bottom, WIDTH, box_h, stroke=1, fill=0)
+    pages.out.frame(LEFT, bottom, WIDTH, box_h, GREEN, 0.75)
     pages._stroke = None   # set here, not by `rule`
     # VALIGN MIDDLE, as reportlab's table places a cell: padding 3 above and below.
     qr_top = bottom + (box_h + 3 - 3 + QR_SIZE) / 2
-    verification_qr(document).draw(canvas, LEFT + PAD, qr_top - QR_SIZE)
+    pages.out.qr(verification_qr(document), LEFT + PAD, qr_top - QR_SIZE)
     top = bottom + (box_h + 3 - 3 + text_h) / 2
     for v in verify:
         if isinstance(v, float):
@@ -980,17 +1351,31 @@ def render_pdf(document: Mapping[str, Any], font_file: str | os.PathLike[str] | 
     """The certificate as an A4 PDF, rendered from the signed document only (deterministic bytes).
 
     `font_file`: a TrueType font to embed for Chinese (see `cjk_font`); default STSong-Light."""
+    return _render(document, font_file, own_writer=font_file is None)
+
+
+def _render(document: Mapping[str, Any], font_file: str | os.PathLike[str] | None, own_writer: bool) -> bytes:
+    """`render_pdf`, written by `_Writer` or on reportlab's canvas (`_CanvasOut`; the tests compare both)."""
     cjk = cjk_font(font_file)
     c = document["certificate"]
     number = str(c["certificate_number"])
-    buf = io.BytesIO()
-    canvas = Canvas(buf, pagesize=A4, invariant=1, lang="zh-CN", initialFontName=LATIN)
-    canvas.setTitle(f"碳中和注销证书 Retirement Certificate {number}")
-    canvas.setAuthor(str(c.get("registry", "")))
-    canvas.setSubject(f"{c['beneficiary']} — {tonnes(int(c['quantity_kg']))} t CO2e")
-    pages = _Pages(canvas, f"{number} · {document['sha256'][:16]}…", (LATIN, LATIN_BOLD, MONO, cjk))
+    title = f"碳中和注销证书 Retirement Certificate {number}"
+    author = str(c.get("registry", ""))
+    subject = f"{c['beneficiary']} — {tonnes(int(c['quantity_kg']))} t CO2e"
+    out: _Out
+    if own_writer:
+        if pdfmetrics.getFont(cjk)._dynamicFont:
+            raise ValueError("the PDF writer here has only the built-in fonts; a TrueType font needs reportlab's canvas")
+        out = _Writer(cjk, title, author, subject)
+    else:
+        buf = io.BytesIO()
+        canvas = Canvas(buf, pagesize=A4, invariant=1, lang="zh-CN", initialFontName=LATIN)
+        canvas.setTitle(title)
+        canvas.setAuthor(author)
+        canvas.setSubject(subject)
+        out = _CanvasOut(canvas, buf, (LATIN, LATIN_BOLD, MONO, cjk))
+    pages = _Pages(out, f"{number} · {document['sha256'][:16]}…")
     _draw(pages, document, cjk)
     pages.finish_page()
-    canvas.showPage()
-    canvas.save()
-    return buf.getvalue()
+    out.show_page()
+    return out.finish()

@@ -108,3 +108,12 @@ def test_any_matrix_scores_as_segno_scores_it(rows: list[bytes]) -> None:
 ))
 def test_any_value_gives_segnos_matrix(value: str) -> None:
     assert [bytes(row) for row in qr_matrix.matrix(value)] == _segno(value)
+
+
+def test_versions_with_blocks_of_two_lengths_give_segnos_matrix() -> None:
+    """Versions 1-20 at level M, some with blocks of two lengths (interleaved column by column)."""
+    for version in range(1, 21):
+        blocks = consts.ECC[version][consts.ERROR_LEVEL_M]
+        value = "x" * (sum(b.num_blocks * b.num_data for b in blocks) - 3)   # mode and length: <= 3 bytes
+        assert len(qr_matrix.matrix(value)) == 17 + 4 * version
+        assert [bytes(row) for row in qr_matrix.matrix(value)] == _segno(value), version

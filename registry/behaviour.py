@@ -41,7 +41,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -202,7 +201,8 @@ _STAGE_TYPES = ("int4", "varchar", "varchar", "int8", "int8", "varchar") + ("tim
 _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER, event_id VARCHAR(64), "
               "user_ref VARCHAR(64), user_id BIGINT, uid BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
               "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
-_GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g BIGINT)"
+_ADD_GAINS = ("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
+              "FROM unnest(%s::int8[], %s::int8[]) AS d (id, g) WHERE behaviour_members.id = d.id")
 
 # One query for every database check of a chunk: index probes per staged row (the member by external
 # id or user id and the member row, only for rows whose member the import has not met yet (`uid` is
@@ -416,64 +416,124 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
     _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
 
 
-def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: MemberMemo,
-              left_out: Accepted | None, accepted: Accepted) -> dict[int, int]:
-    """Decide the database-dependent outcome of each pending row, in row order, adding to the
-    database's answers (`found`) the rows of `left_out` (the chunk before, if the lookup left it
-    out). Returns the grams accepted per member id, leaves the members' new records in `memo` and
-    what was accepted in `accepted`."""
-    counts: dict[tuple[int, str, dt.date], int] = {}
-    carry: dict[int, int] = {}
-    gained: dict[int, int] = {}
-    accepted_ids, per_day = accepted.event_ids, accepted.per_day
-    earlier_ids = left_out.event_ids if left_out is not None else frozenset()
-    earlier_per_day = left_out.per_day if left_out is not None else {}
-    per_point = rules.grams_per_point
-    caps: dict[str, int] = {}
-    members, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
-    for r in rows:
-        member_id, uid, before_g, dup, seen = found[r.line_no]
-        counted, elsewhere = divmod(int(seen or 0), 2)
-        if uid is None:
-            r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
-            continue
-        if member_id is None:        # staged from the memo
-            member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
-            assert member_id is not None
-            before_g = members[member_id][1]
-        elif member_id in members:   # met since it was staged: the memo is newer than the probe
-            memo.learn(r, member_id, uid, members[member_id][1])
-            before_g = members[member_id][1]
+class _Classifier:
+    """Decides the database-dependent outcome of each pending row of a chunk, in row order, over
+    calls that may each take a part of the chunk (`classify`; the recording COPY streams each part
+    as soon as it is decided, so PostgreSQL stores the events while the rest are decided), from the database's answers `found`
+    (line -> member id, user id, member's record, duplicate, seen: see `registry.behaviour._LOOKUP`)
+    and what the import remembers of the members (`members`: member id -> [user id, record];
+    `by_ref`, `by_user`: `MemberMemo`'s), adding the rows of the chunk before that the lookup left
+    out (`earlier_ids`, `earlier_per_day`). What it accepts goes into `accepted_ids` and `per_day`
+    ((user id, type, day) -> rows); `gained` is the grams accepted per member id; `finish` leaves
+    the members' new records in `members`. The points of a row are the increase of
+    floor(record / `per_point`) (the carry); `cap(code)` is the daily cap of a type."""
+
+    def __init__(self, found: Mapping[int, Any], per_point: int, cap: Callable[[str], int],
+                 members: dict[int, list[int]],
+                 by_ref: dict[str, int], by_user: dict[int, int], accepted_ids: set[str],
+                 per_day: dict[tuple[int, str, dt.date], int], earlier_ids: Any,
+                 earlier_per_day: dict[tuple[int, str, dt.date], int]) -> None:
+        self.found, self.per_point, self.cap = found, per_point, cap
+        self.members, self.by_ref, self.by_user = members, by_ref, by_user
+        self.accepted_ids, self.per_day = accepted_ids, per_day
+        self.earlier_ids, self.earlier_per_day = earlier_ids, earlier_per_day
+        self.counts: dict[tuple[int, str, dt.date], int] = {}
+        self.carry: dict[int, int] = {}
+        self.gained: dict[int, int] = {}
+        self.caps: dict[str, int] = {}
+
+    def _learn(self, r: Row, member_id: int, uid: int, g: int) -> None:
+        if r.user_ref is not None:
+            self.by_ref[r.user_ref] = member_id
         else:
-            memo.learn(r, member_id, uid, before_g)
-        r.user_id = uid
-        if dup or r.event_id in accepted_ids or r.event_id in earlier_ids:
-            r.reject(DUPLICATE, "this partner's event id was already accepted")
-            continue
-        if elsewhere:
-            r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
-            continue
-        assert r.code is not None and r.day is not None
-        key = (uid, r.code, r.day)
-        n = counts.get(key, counted + earlier_per_day.get(key, 0)) + 1
-        cap = caps.get(r.code) or caps.setdefault(r.code, rules.cap(r.code))
-        if n > cap:
-            r.reject(OVER_CAP, f"more than {cap} {r.code} a day")
-            continue
-        counts[key] = n
-        before = carry.get(member_id, before_g)
-        after = before + r.reduction_g
-        r.points += after // per_point - before // per_point
-        carry[member_id] = after
-        if r.reduction_g:
-            gained[member_id] = gained.get(member_id, 0) + r.reduction_g
-        accepted_ids.add(r.event_id)
-        per_day[key] = per_day.get(key, 0) + 1
-        r.status = "accepted"
-    for member_id, after in carry.items():
-        if member_id in memo.members:
-            memo.members[member_id][1] = after
-    return gained
+            self.by_user[uid] = member_id
+        self.members[member_id] = [uid, g]
+
+    def classify(self, rows: list[Row]) -> None:
+        """Decide `rows` (pending rows, each after every row given before)."""
+        found, members, by_ref, by_user = self.found, self.members, self.by_ref, self.by_user
+        counts, carry, gained, caps = self.counts, self.carry, self.gained, self.caps
+        accepted_ids, per_day = self.accepted_ids, self.per_day
+        earlier_ids, earlier_per_day = self.earlier_ids, self.earlier_per_day
+        per_point = self.per_point
+        for r in rows:
+            got = found[r.line_no]
+            uid_v = got[1]
+            if uid_v is None:
+                r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
+                continue
+            uid: int = uid_v
+            seen_v = got[4]
+            seen: int = 0 if seen_v is None else int(seen_v)
+            member_v = got[0]
+            before_g: int
+            if member_v is None:         # staged from the memo
+                user_ref = r.user_ref
+                if user_ref is not None:
+                    member_id = by_ref[user_ref]
+                else:
+                    user_id = r.user_id
+                    member_id = by_user[0 if user_id is None else user_id]
+                before_g = members[member_id][1]
+            else:
+                member_id = member_v
+                known = members.get(member_id)
+                if known is not None:    # met since it was staged: the memo is newer than the probe
+                    before_g = known[1]
+                else:
+                    before_g = got[2]
+                self._learn(r, member_id, uid, before_g)
+            r.user_id = uid
+            event_id = r.event_id
+            if got[3] or event_id in accepted_ids or event_id in earlier_ids:
+                r.reject(DUPLICATE, "this partner's event id was already accepted")
+                continue
+            if seen & 1:
+                r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
+                continue
+            code, day = r.code, r.day
+            assert code is not None and day is not None
+            key = (uid, code, day)
+            n = counts.get(key, -1)
+            if n < 0:
+                n = (seen >> 1) + earlier_per_day.get(key, 0)
+            n += 1
+            cap = caps.get(code, 0)
+            if not cap:
+                cap = caps[code] = self.cap(code)
+            if n > cap:
+                r.reject(OVER_CAP, f"more than {cap} {code} a day")
+                continue
+            counts[key] = n
+            before = carry.get(member_id, before_g)
+            g = r.reduction_g
+            after = before + g
+            r.points = r.points + after // per_point - before // per_point
+            carry[member_id] = after
+            if g:
+                gained[member_id] = gained.get(member_id, 0) + g
+            accepted_ids.add(event_id)
+            per_day[key] = per_day.get(key, 0) + 1
+            r.status = "accepted"
+
+    def finish(self) -> dict[int, int]:
+        """Leave the members' new records in `members`; returns the grams accepted per member id."""
+        members = self.members
+        for member_id, after in self.carry.items():
+            known = members.get(member_id)
+            if known is not None:
+                known[1] = after
+        return self.gained
+
+
+def _classifier(found: Mapping[int, Any], rules: Rules, memo: MemberMemo, left_out: Accepted | None,
+                accepted: Accepted) -> _Classifier:
+    """The `_Classifier` of a chunk's pending rows with the import's `memo`; what it accepts goes into
+    `accepted`."""
+    return _Classifier(found, rules.grams_per_point, rules.cap, memo.members, memo.by_ref, memo.by_user,
+                       accepted.event_ids, accepted.per_day,
+                       left_out.event_ids if left_out is not None else frozenset(),
+                       left_out.per_day if left_out is not None else {})
 
 
 def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_line: int) -> dict[int, Any]:
@@ -597,6 +657,7 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
     pending = [r for r in rows if r.status is None]
     gained: dict[int, int] = {}
     accepted = Accepted(lo, hi, set(), {})
+    classifier: _Classifier | None = None
     if pending:
         left_out: Accepted | None = None
         if (probe is not None and probe.generation == memo.generation and probe.head >= chunks - 2
@@ -610,10 +671,13 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
                 _stage(session, pending, rules, memo)
             with _phase("lookup"):
                 found = _lookup(session, partner, batch.id, lo)
-        with _phase("classify"):
-            gained = _classify(pending, found, rules, memo, left_out, accepted)
+        classifier = _classifier(found, rules, memo, left_out, accepted)
     with _phase("insert_events"):
-        _insert_events(session, batch, partner, rows)
+        # Decided while the events are streamed when the rows come packed (PostgreSQL stores the
+        # decided ones meanwhile), else all first.
+        _insert_events(session, batch, partner, rows, classifier)
+    if classifier is not None:
+        gained = classifier.finish()
     result = ChunkResult(rows=len(rows), accepted_rows=accepted)
     for r in rows:
         if r.status == "accepted":
@@ -652,32 +716,39 @@ def _copy_packed(session: Session, table: str, columns: tuple[str, ...], parts: 
             cp.write(b"".join(parts[i:i + 8192]))
 
 
-_ACCEPTED_TAIL = struct.Struct(">iqiqiii8sii")   # user_id, reduction_g, points, 'accepted', NULL, NULL
-
-
-def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_id: int, rows: list[Row]) -> None:
-    int4, int8, txt = packing.int4, packing.int8, packing.text
+def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_id: int, rows: list[Row],
+                   classifier: _Classifier | None, block: int = 2048) -> None:
+    """COPY the packed rows into `behaviour_events`, `block` rows at a time, each block's pending
+    rows decided by `classifier` (if any) just before it is sent."""
+    int4 = packing.int4
     head = packing.Packer.event_head_for() + int4(batch_id) + int4(partner_id) + int4(programme_id)
-    parts = [packing.COPY_HEADER]
-    add, tail = parts.append, _ACCEPTED_TAIL.pack
-    for r in rows:
-        assert r.packed_event is not None
-        add(head)
-        add(r.packed_event)
-        if r.status == "accepted":
-            add(tail(8, r.user_id, 8, r.reduction_g, 4, r.points, 8, b"accepted", -1, -1))
-        else:
-            add(int8(r.user_id) + int8(0) + int4(0) + txt(r.status) + txt(r.reason) + txt(r.detail))
-    add(packing.COPY_TRAILER)
-    _copy_packed(session, "behaviour_events", ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED
-                 + ("user_id", "reduction_g", "points", "status", "reason", "detail"), parts)
+    pack = packing.fast("pack_events")
+    columns = ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED + ("user_id", "reduction_g", "points",
+                                                                                  "status", "reason", "detail")
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f"COPY behaviour_events ({', '.join(columns)}) FROM STDIN "
+                                       "(FORMAT BINARY)") as cp:
+        cp.write(packing.COPY_HEADER)
+        for i in range(0, len(rows), block):
+            part = rows[i:i + block]
+            if classifier is not None:
+                with _phase("classify"):
+                    classifier.classify([r for r in part if r.status is None])
+            cp.write(pack(head, part))
+        cp.write(packing.COPY_TRAILER)
 
 
-def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
+def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row],
+                   classifier: _Classifier | None = None) -> None:
+    """Store every row of the chunk, its pending rows decided first by `classifier` (if given)."""
     batch_id, partner_id, programme_id = batch.id, partner.id, partner.programme_id   # not ORM reads per row
     if rows and rows[0].packed_event is not None and _is_pg(session):
-        _insert_packed(session, batch_id, partner_id, programme_id, rows)
+        _insert_packed(session, batch_id, partner_id, programme_id, rows, classifier)
         return
+    if classifier is not None:
+        with _phase("classify"):
+            classifier.classify([r for r in rows if r.status is None])
     _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
         (batch_id, r.line_no, partner_id, programme_id, r.event_id, r.user_ref, r.user_id, r.code,
          r.started_at, r.ended_at, r.day, r.variant, r.quantity,
@@ -686,27 +757,23 @@ def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Pa
 
 
 def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
-    """Add each member's accepted grams to its record: on PostgreSQL COPY (id, g) into a scratch table
-    and one UPDATE .. FROM by primary key (HOT updates, see `Member`); executemany on SQLite."""
+    """Add each member's accepted grams to its record: on PostgreSQL one UPDATE .. FROM the two arrays
+    (id, g) unnested, by primary key (HOT updates, see `Member`); executemany on SQLite."""
     if not gained:
         return
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    pairs = sorted(gained.items())
     if _is_pg(session):
-        session.execute(text(_GAIN_DDL + " ON COMMIT DELETE ROWS"))
-        _copy_rows(session, "behaviour_member_gain", ("id", "g"), sorted(gained.items()), ("int8", "int8"))
-        # A probe of the primary key per gain, in key order: left to itself the planner merge-joins
-        # with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
-        session.execute(text("SET LOCAL enable_hashjoin = off"))
-        session.execute(text("SET LOCAL enable_mergejoin = off"))
-        session.execute(text("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
-                             "FROM behaviour_member_gain d WHERE behaviour_members.id = d.id"))
-        session.execute(text("RESET enable_hashjoin"))
-        session.execute(text("RESET enable_mergejoin"))
-        session.execute(text("TRUNCATE behaviour_member_gain"))
+        with raw.cursor() as cur:
+            # A probe of the primary key per gain, in key order: left to itself the planner merge-
+            # joins with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
+            cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            cur.execute(_ADD_GAINS, ([m for m, _ in pairs], [g for _, g in pairs]))
+            cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
     else:
-        raw = session.connection().connection.driver_connection
-        assert raw is not None
         raw.executemany("UPDATE behaviour_members SET reduction_g = reduction_g + ? WHERE id = ?",
-                        [(g, member_id) for member_id, g in sorted(gained.items())])
+                        [(g, member_id) for member_id, g in pairs])
 
 
 def _add_to_days(session: Session, programme_id: int, rows: list[Row]) -> None:

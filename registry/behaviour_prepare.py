@@ -208,19 +208,24 @@ def _peak_kb() -> int:
     return 0
 
 
-def chunk_packer() -> type[Any]:
-    """`ChunkPacker`: of the compiled build (``python3 -m registry.build``) if present and the
-    environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source `registry.behaviour_fast`."""
+def fast(name: str) -> Any:
+    """`name` of the compiled build of `registry.behaviour_fast` (``python3 -m registry.build``) if
+    present and the environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source."""
     if os.environ.get("TANHUI_BEHAVIOUR_PURE") != "1":
         try:
-            from registry._fast_native import ChunkPacker  # type: ignore[import-not-found]
+            from registry import _fast_native  # type: ignore[attr-defined]
 
-            return ChunkPacker   # type: ignore[no-any-return]
+            return getattr(_fast_native, name)
         except ImportError:
             pass
-    from registry.behaviour_fast import ChunkPacker as Pure
+    from registry import behaviour_fast
 
-    return Pure
+    return getattr(behaviour_fast, name)
+
+
+def chunk_packer() -> type[Any]:
+    """`ChunkPacker`, compiled or of the source (see `fast`)."""
+    return fast("ChunkPacker")   # type: ignore[no-any-return]
 
 
 def _send_packed(fp: IO[bytes], on_bytes: Callable[[int], None], preparer: RowPreparer, packer: Packer, skip: int,

@@ -877,9 +877,14 @@ def reasons_of(session: Session, batch_id: int) -> dict[str, int]:
         .group_by(BehaviourEvent.reason).order_by(BehaviourEvent.reason))}
 
 
-def batch_result(session: Session, batch: BehaviourBatch, partner_code: str, replayed: bool) -> BatchResult:
+def batch_result(session: Session, batch: BehaviourBatch, partner_code: str, replayed: bool,
+                 reasons: Mapping[str, int] | None = None) -> BatchResult:
+    """The batch's outcome; `reasons` (rows rejected per reason) if the caller counted every line of
+    the batch itself, else counted from its events."""
     return BatchResult(batch.id, batch.ref, partner_code, replayed, batch.rows_done, batch.accepted,
-                       batch.rejected, batch.reduction_g, batch.points, reasons_of(session, batch.id))
+                       batch.rejected, batch.reduction_g, batch.points,
+                       reasons_of(session, batch.id) if reasons is None else
+                       {r: n for r, n in sorted(reasons.items()) if n})
 
 
 def factor_snapshot(session: Session) -> FactorSource:
@@ -995,9 +1000,9 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
         b = session.get(BehaviourBatch, batch_id)
         assert b is not None
         # The points counted while recording serve only if this import recorded every line itself.
-        whole = done == 0 and recorder.earned is not None and recorder.rows == b.rows_done
+        whole = done == 0 and recorder.rows == b.rows_done
         b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
-        return batch_result(session, b, code, replayed=False)
+        return batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
 
 
 class _Recorder:
@@ -1012,6 +1017,7 @@ class _Recorder:
         self.max_users = max_users
         self.earned: dict[int, int] | None = {}
         self.rows = 0
+        self.reasons: dict[str, int] = {}     # the rows it rejected, per reason
         self.last: Accepted | None = None     # what the last chunk recorded accepted
 
     def probe(self, chunk: list[Row], from_line: int) -> Probe:
@@ -1034,6 +1040,8 @@ class _Recorder:
             raise
         self.last = result.accepted_rows
         self.rows += result.rows
+        for reason, n in result.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
         if self.earned is not None:
             for user_id, p in result.points_by_user.items():
                 self.earned[user_id] = self.earned.get(user_id, 0) + p

@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -201,8 +202,7 @@ _STAGE_TYPES = ("int4", "varchar", "varchar", "int8", "int8", "varchar") + ("tim
 _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER, event_id VARCHAR(64), "
               "user_ref VARCHAR(64), user_id BIGINT, uid BIGINT, code VARCHAR(16), started_at TIMESTAMP, "
               "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
-_ADD_GAINS = ("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
-              "FROM unnest(%s::int8[], %s::int8[]) AS d (id, g) WHERE behaviour_members.id = d.id")
+_GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g BIGINT)"
 
 # One query for every database check of a chunk: index probes per staged row (the member by external
 # id or user id and the member row, only for rows whose member the import has not met yet (`uid` is
@@ -757,23 +757,27 @@ def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Pa
 
 
 def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
-    """Add each member's accepted grams to its record: on PostgreSQL one UPDATE .. FROM the two arrays
-    (id, g) unnested, by primary key (HOT updates, see `Member`); executemany on SQLite."""
+    """Add each member's accepted grams to its record: on PostgreSQL COPY (id, g) into a scratch table
+    and one UPDATE .. FROM by primary key (HOT updates, see `Member`); executemany on SQLite."""
     if not gained:
         return
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    pairs = sorted(gained.items())
     if _is_pg(session):
-        with raw.cursor() as cur:
-            # A probe of the primary key per gain, in key order: left to itself the planner merge-
-            # joins with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
-            cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-            cur.execute(_ADD_GAINS, ([m for m, _ in pairs], [g for _, g in pairs]))
-            cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
+        session.execute(text(_GAIN_DDL + " ON COMMIT DELETE ROWS"))
+        _copy_rows(session, "behaviour_member_gain", ("id", "g"), sorted(gained.items()), ("int8", "int8"))
+        # A probe of the primary key per gain, in key order: left to itself the planner merge-joins
+        # with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
+        session.execute(text("SET LOCAL enable_hashjoin = off"))
+        session.execute(text("SET LOCAL enable_mergejoin = off"))
+        session.execute(text("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
+                             "FROM behaviour_member_gain d WHERE behaviour_members.id = d.id"))
+        session.execute(text("RESET enable_hashjoin"))
+        session.execute(text("RESET enable_mergejoin"))
+        session.execute(text("TRUNCATE behaviour_member_gain"))
     else:
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
         raw.executemany("UPDATE behaviour_members SET reduction_g = reduction_g + ? WHERE id = ?",
-                        [(g, member_id) for member_id, g in pairs])
+                        [(g, member_id) for member_id, g in sorted(gained.items())])
 
 
 def _add_to_days(session: Session, programme_id: int, rows: list[Row]) -> None:
@@ -790,6 +794,24 @@ def _add_to_days(session: Session, programme_id: int, rows: list[Row]) -> None:
             "ON CONFLICT (programme_id, day) DO UPDATE "
             "SET reduction_g = behaviour_programme_days.reduction_g + excluded.reduction_g"),
             [{"p": programme_id, "day": d, "g": g} for d, g in sorted(days.items())])
+
+
+_EARN_COLUMNS = ("user_id", "kind", "points", "expires_on", "batch_id", "ref", "created_at")
+_EARN_HEAD = struct.Struct(">hii")   # 7 fields, then the user id (int4)
+_EARN_POINTS = struct.Struct(">iq")
+
+
+def _packed_earnings(earned: Mapping[int, int], expires: dt.date, batch_id: int, ref: str,
+                     now: dt.datetime) -> list[bytes]:
+    """The `earn` entries (user id -> points, those above 0, in user order) in PostgreSQL's binary
+    COPY format for `_EARN_COLUMNS` (int4, varchar, int8, date, int4, varchar, timestamp): only the
+    user and the points differ from entry to entry."""
+    kind = packing.text("earn")
+    rest = (struct.pack(">ii", 4, (expires - dt.date(2000, 1, 1)).days) + packing.int4(batch_id) + packing.text(ref)
+            + packing.timestamp(now))
+    head, pts = _EARN_HEAD.pack, _EARN_POINTS.pack
+    return ([packing.COPY_HEADER] + [head(7, 4, u) + kind + pts(8, p) + rest for u, p in sorted(earned.items()) if p > 0]
+            + [packing.COPY_TRAILER])
 
 
 def complete_batch(session: Session, batch_id: int, rules: Rules,
@@ -811,11 +833,11 @@ def complete_batch(session: Session, batch_id: int, rules: Rules,
                 "SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now FROM behaviour_events "
                 "WHERE batch_id = :b AND status = 'accepted' GROUP BY user_id HAVING SUM(points) > 0"),
                 {"b": batch.id, "expires": expires, "ref": ref, "now": now})
+        elif _is_pg(session):
+            _copy_packed(session, "points_entries", _EARN_COLUMNS, _packed_earnings(earned, expires, batch.id, ref, now))
         else:
-            _copy_rows(session, "points_entries",
-                       ("user_id", "kind", "points", "expires_on", "batch_id", "ref", "created_at"),
-                       ((u, "earn", p, expires, batch.id, ref, now) for u, p in sorted(earned.items()) if p > 0),
-                       ("int4", "varchar", "int8", "date", "int4", "varchar", "timestamp"))
+            _copy_rows(session, "points_entries", _EARN_COLUMNS,
+                       ((u, "earn", p, expires, batch.id, ref, now) for u, p in sorted(earned.items()) if p > 0))
     batch.status, batch.completed_at = "complete", now
     partner = session.get(partners.Partner, batch.partner_id)
     assert partner is not None

@@ -207,3 +207,23 @@ def test_a_preparing_process_started_ahead_and_not_needed_ends_cleanly() -> None
     idle.stdin.close()   # given nothing: it ends by itself, without an error
     assert idle.wait(timeout=30) == 0
     behaviour_prepare.stop(idle)
+
+
+@pytest.mark.parametrize("earned", [{}, {7: 0, 3: -1}, {1: 1}, {2**31 - 1: 2**40, 5: 12, 9: 0, 4: 3}],
+                         ids=["none", "none-above-0", "one", "several"])
+def test_earnings_packed_for_copy_read_back_as_given(session: Any, earned: dict[int, int]) -> None:
+    """`_packed_earnings` (PostgreSQL's binary COPY of the `earn` entries), read back by PostgreSQL."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("binary COPY is PostgreSQL's")
+    from sqlalchemy import text
+
+    session.execute(text("CREATE TEMP TABLE IF NOT EXISTS earn_check (user_id INT, kind VARCHAR(10), points BIGINT, "
+                         "expires_on DATE, batch_id INT, ref VARCHAR(100), created_at TIMESTAMP)"))
+    session.execute(text("DELETE FROM earn_check"))
+    now = dt.datetime(2026, 12, 3, 18, 30, 5, 123456)
+    parts = behaviour._packed_earnings(earned, dt.date(2027, 12, 31), 42, "behaviour:42", now)
+    behaviour._copy_packed(session, "earn_check", behaviour._EARN_COLUMNS, parts)
+    got = session.execute(text("SELECT * FROM earn_check ORDER BY user_id")).all()
+    assert [tuple(r) for r in got] == [(u, "earn", p, dt.date(2027, 12, 31), 42, "behaviour:42", now)
+                                       for u, p in sorted(earned.items()) if p > 0]
+    session.rollback()

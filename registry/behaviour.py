@@ -418,8 +418,7 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
 
 class _Classifier:
     """Decides the database-dependent outcome of each pending row of a chunk, in row order, over
-    calls that may each take a part of the chunk (`classify`; the recording COPY streams each part
-    as soon as it is decided, so PostgreSQL stores the events while the rest are decided), from the database's answers `found`
+    calls that may each take a part of the chunk (`classify`), from the database's answers `found`
     (line -> member id, user id, member's record, duplicate, seen: see `registry.behaviour._LOOKUP`)
     and what the import remembers of the members (`members`: member id -> [user id, record];
     `by_ref`, `by_user`: `MemberMemo`'s), adding the rows of the chunk before that the lookup left
@@ -657,7 +656,6 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
     pending = [r for r in rows if r.status is None]
     gained: dict[int, int] = {}
     accepted = Accepted(lo, hi, set(), {})
-    classifier: _Classifier | None = None
     if pending:
         left_out: Accepted | None = None
         if (probe is not None and probe.generation == memo.generation and probe.head >= chunks - 2
@@ -671,13 +669,12 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
                 _stage(session, pending, rules, memo)
             with _phase("lookup"):
                 found = _lookup(session, partner, batch.id, lo)
-        classifier = _classifier(found, rules, memo, left_out, accepted)
+        with _phase("classify"):
+            classifier = _classifier(found, rules, memo, left_out, accepted)
+            classifier.classify(pending)
+            gained = classifier.finish()
     with _phase("insert_events"):
-        # Decided while the events are streamed when the rows come packed (PostgreSQL stores the
-        # decided ones meanwhile), else all first.
-        _insert_events(session, batch, partner, rows, classifier)
-    if classifier is not None:
-        gained = classifier.finish()
+        _insert_events(session, batch, partner, rows)
     result = ChunkResult(rows=len(rows), accepted_rows=accepted)
     for r in rows:
         if r.status == "accepted":
@@ -716,39 +713,18 @@ def _copy_packed(session: Session, table: str, columns: tuple[str, ...], parts: 
             cp.write(b"".join(parts[i:i + 8192]))
 
 
-def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_id: int, rows: list[Row],
-                   classifier: _Classifier | None, block: int = 2048) -> None:
-    """COPY the packed rows into `behaviour_events`, `block` rows at a time, each block's pending
-    rows decided by `classifier` (if any) just before it is sent."""
-    int4 = packing.int4
-    head = packing.Packer.event_head_for() + int4(batch_id) + int4(partner_id) + int4(programme_id)
-    pack = packing.fast("pack_events")
-    columns = ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED + ("user_id", "reduction_g", "points",
-                                                                                  "status", "reason", "detail")
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cur, cur.copy(f"COPY behaviour_events ({', '.join(columns)}) FROM STDIN "
-                                       "(FORMAT BINARY)") as cp:
-        cp.write(packing.COPY_HEADER)
-        for i in range(0, len(rows), block):
-            part = rows[i:i + block]
-            if classifier is not None:
-                with _phase("classify"):
-                    classifier.classify([r for r in part if r.status is None])
-            cp.write(pack(head, part))
-        cp.write(packing.COPY_TRAILER)
+def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_id: int, rows: list[Row]) -> None:
+    head = packing.Packer.event_head_for() + packing.int4(batch_id) + packing.int4(partner_id) + packing.int4(programme_id)
+    _copy_packed(session, "behaviour_events", ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED
+                 + ("user_id", "reduction_g", "points", "status", "reason", "detail"),
+                 [packing.COPY_HEADER, packing.fast("pack_events")(head, rows), packing.COPY_TRAILER])
 
 
-def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row],
-                   classifier: _Classifier | None = None) -> None:
-    """Store every row of the chunk, its pending rows decided first by `classifier` (if given)."""
+def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
     batch_id, partner_id, programme_id = batch.id, partner.id, partner.programme_id   # not ORM reads per row
     if rows and rows[0].packed_event is not None and _is_pg(session):
-        _insert_packed(session, batch_id, partner_id, programme_id, rows, classifier)
+        _insert_packed(session, batch_id, partner_id, programme_id, rows)
         return
-    if classifier is not None:
-        with _phase("classify"):
-            classifier.classify([r for r in rows if r.status is None])
     _copy_rows(session, "behaviour_events", EVENT_COLUMNS, (
         (batch_id, r.line_no, partner_id, programme_id, r.event_id, r.user_ref, r.user_id, r.code,
          r.started_at, r.ended_at, r.day, r.variant, r.quantity,

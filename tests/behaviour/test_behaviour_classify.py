@@ -1,6 +1,5 @@
-"""The importer's per-chunk decisions (`registry.behaviour._Classifier`), taken a block at a time as
-the recording COPY streams them, decide every row as the former all-at-once `_classify` did (kept
-here as the oracle); `behaviour_fast.pack_events` (source and compiled build) packs the bytes the
+"""The importer's per-chunk decisions (`registry.behaviour._Classifier`), whether taken all at once or
+a block at a time, decide every row as the former `_classify` did (kept here as the oracle); `behaviour_fast.pack_events` (source and compiled build) packs the bytes the
 former inline packing did; a preparing process started ahead and not needed ends cleanly."""
 
 from __future__ import annotations

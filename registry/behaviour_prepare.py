@@ -231,7 +231,7 @@ def fast(name: str) -> Any:
             from registry import _fast_native  # type: ignore[attr-defined]
 
             return getattr(_fast_native, name)
-        except ImportError:
+        except (ImportError, AttributeError):   # not built, or built before `name` was added
             pass
     from registry import behaviour_fast
 

@@ -416,64 +416,123 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
     _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
 
 
-def _classify(rows: list[Row], found: Mapping[int, Any], rules: Rules, memo: MemberMemo,
-              left_out: Accepted | None, accepted: Accepted) -> dict[int, int]:
-    """Decide the database-dependent outcome of each pending row, in row order, adding to the
-    database's answers (`found`) the rows of `left_out` (the chunk before, if the lookup left it
-    out). Returns the grams accepted per member id, leaves the members' new records in `memo` and
-    what was accepted in `accepted`."""
-    counts: dict[tuple[int, str, dt.date], int] = {}
-    carry: dict[int, int] = {}
-    gained: dict[int, int] = {}
-    accepted_ids, per_day = accepted.event_ids, accepted.per_day
-    earlier_ids = left_out.event_ids if left_out is not None else frozenset()
-    earlier_per_day = left_out.per_day if left_out is not None else {}
-    per_point = rules.grams_per_point
-    caps: dict[str, int] = {}
-    members, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
-    for r in rows:
-        member_id, uid, before_g, dup, seen = found[r.line_no]
-        counted, elsewhere = divmod(int(seen or 0), 2)
-        if uid is None:
-            r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
-            continue
-        if member_id is None:        # staged from the memo
-            member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
-            assert member_id is not None
-            before_g = members[member_id][1]
-        elif member_id in members:   # met since it was staged: the memo is newer than the probe
-            memo.learn(r, member_id, uid, members[member_id][1])
-            before_g = members[member_id][1]
+class _Classifier:
+    """Decides the database-dependent outcome of each pending row of a chunk, in row order, over
+    calls that may each take a part of the chunk (`classify`), from the database's answers `found`
+    (line -> member id, user id, member's record, duplicate, seen: see `registry.behaviour._LOOKUP`)
+    and what the import remembers of the members (`members`: member id -> [user id, record];
+    `by_ref`, `by_user`: `MemberMemo`'s), adding the rows of the chunk before that the lookup left
+    out (`earlier_ids`, `earlier_per_day`). What it accepts goes into `accepted_ids` and `per_day`
+    ((user id, type, day) -> rows); `gained` is the grams accepted per member id; `finish` leaves
+    the members' new records in `members`. The points of a row are the increase of
+    floor(record / `per_point`) (the carry); `cap(code)` is the daily cap of a type."""
+
+    def __init__(self, found: Mapping[int, Any], per_point: int, cap: Callable[[str], int],
+                 members: dict[int, list[int]],
+                 by_ref: dict[str, int], by_user: dict[int, int], accepted_ids: set[str],
+                 per_day: dict[tuple[int, str, dt.date], int], earlier_ids: Any,
+                 earlier_per_day: dict[tuple[int, str, dt.date], int]) -> None:
+        self.found, self.per_point, self.cap = found, per_point, cap
+        self.members, self.by_ref, self.by_user = members, by_ref, by_user
+        self.accepted_ids, self.per_day = accepted_ids, per_day
+        self.earlier_ids, self.earlier_per_day = earlier_ids, earlier_per_day
+        self.counts: dict[tuple[int, str, dt.date], int] = {}
+        self.carry: dict[int, int] = {}
+        self.gained: dict[int, int] = {}
+        self.caps: dict[str, int] = {}
+
+    def _learn(self, r: Row, member_id: int, uid: int, g: int) -> None:
+        if r.user_ref is not None:
+            self.by_ref[r.user_ref] = member_id
         else:
-            memo.learn(r, member_id, uid, before_g)
-        r.user_id = uid
-        if dup or r.event_id in accepted_ids or r.event_id in earlier_ids:
-            r.reject(DUPLICATE, "this partner's event id was already accepted")
-            continue
-        if elsewhere:
-            r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
-            continue
-        assert r.code is not None and r.day is not None
-        key = (uid, r.code, r.day)
-        n = counts.get(key, counted + earlier_per_day.get(key, 0)) + 1
-        cap = caps.get(r.code) or caps.setdefault(r.code, rules.cap(r.code))
-        if n > cap:
-            r.reject(OVER_CAP, f"more than {cap} {r.code} a day")
-            continue
-        counts[key] = n
-        before = carry.get(member_id, before_g)
-        after = before + r.reduction_g
-        r.points += after // per_point - before // per_point
-        carry[member_id] = after
-        if r.reduction_g:
-            gained[member_id] = gained.get(member_id, 0) + r.reduction_g
-        accepted_ids.add(r.event_id)
-        per_day[key] = per_day.get(key, 0) + 1
-        r.status = "accepted"
-    for member_id, after in carry.items():
-        if member_id in memo.members:
-            memo.members[member_id][1] = after
-    return gained
+            self.by_user[uid] = member_id
+        self.members[member_id] = [uid, g]
+
+    def classify(self, rows: list[Row]) -> None:
+        """Decide `rows` (pending rows, each after every row given before)."""
+        found, members, by_ref, by_user = self.found, self.members, self.by_ref, self.by_user
+        counts, carry, gained, caps = self.counts, self.carry, self.gained, self.caps
+        accepted_ids, per_day = self.accepted_ids, self.per_day
+        earlier_ids, earlier_per_day = self.earlier_ids, self.earlier_per_day
+        per_point = self.per_point
+        for r in rows:
+            got = found[r.line_no]
+            uid_v = got[1]
+            if uid_v is None:
+                r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
+                continue
+            uid: int = uid_v
+            seen_v = got[4]
+            seen: int = 0 if seen_v is None else int(seen_v)
+            member_v = got[0]
+            before_g: int
+            if member_v is None:         # staged from the memo
+                user_ref = r.user_ref
+                if user_ref is not None:
+                    member_id = by_ref[user_ref]
+                else:
+                    user_id = r.user_id
+                    member_id = by_user[0 if user_id is None else user_id]
+                before_g = members[member_id][1]
+            else:
+                member_id = member_v
+                known = members.get(member_id)
+                if known is not None:    # met since it was staged: the memo is newer than the probe
+                    before_g = known[1]
+                else:
+                    before_g = got[2]
+                self._learn(r, member_id, uid, before_g)
+            r.user_id = uid
+            event_id = r.event_id
+            if got[3] or event_id in accepted_ids or event_id in earlier_ids:
+                r.reject(DUPLICATE, "this partner's event id was already accepted")
+                continue
+            if seen & 1:
+                r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
+                continue
+            code, day = r.code, r.day
+            assert code is not None and day is not None
+            key = (uid, code, day)
+            n = counts.get(key, -1)
+            if n < 0:
+                n = (seen >> 1) + earlier_per_day.get(key, 0)
+            n += 1
+            cap = caps.get(code, 0)
+            if not cap:
+                cap = caps[code] = self.cap(code)
+            if n > cap:
+                r.reject(OVER_CAP, f"more than {cap} {code} a day")
+                continue
+            counts[key] = n
+            before = carry.get(member_id, before_g)
+            g = r.reduction_g
+            after = before + g
+            r.points = r.points + after // per_point - before // per_point
+            carry[member_id] = after
+            if g:
+                gained[member_id] = gained.get(member_id, 0) + g
+            accepted_ids.add(event_id)
+            per_day[key] = per_day.get(key, 0) + 1
+            r.status = "accepted"
+
+    def finish(self) -> dict[int, int]:
+        """Leave the members' new records in `members`; returns the grams accepted per member id."""
+        members = self.members
+        for member_id, after in self.carry.items():
+            known = members.get(member_id)
+            if known is not None:
+                known[1] = after
+        return self.gained
+
+
+def _classifier(found: Mapping[int, Any], rules: Rules, memo: MemberMemo, left_out: Accepted | None,
+                accepted: Accepted) -> _Classifier:
+    """The `_Classifier` of a chunk's pending rows with the import's `memo`; what it accepts goes into
+    `accepted`."""
+    return _Classifier(found, rules.grams_per_point, rules.cap, memo.members, memo.by_ref, memo.by_user,
+                       accepted.event_ids, accepted.per_day,
+                       left_out.event_ids if left_out is not None else frozenset(),
+                       left_out.per_day if left_out is not None else {})
 
 
 def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_line: int) -> dict[int, Any]:
@@ -611,7 +670,9 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
             with _phase("lookup"):
                 found = _lookup(session, partner, batch.id, lo)
         with _phase("classify"):
-            gained = _classify(pending, found, rules, memo, left_out, accepted)
+            classifier = _classifier(found, rules, memo, left_out, accepted)
+            classifier.classify(pending)
+            gained = classifier.finish()
     with _phase("insert_events"):
         _insert_events(session, batch, partner, rows)
     result = ChunkResult(rows=len(rows), accepted_rows=accepted)
@@ -652,25 +713,11 @@ def _copy_packed(session: Session, table: str, columns: tuple[str, ...], parts: 
             cp.write(b"".join(parts[i:i + 8192]))
 
 
-_ACCEPTED_TAIL = struct.Struct(">iqiqiii8sii")   # user_id, reduction_g, points, 'accepted', NULL, NULL
-
-
 def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_id: int, rows: list[Row]) -> None:
-    int4, int8, txt = packing.int4, packing.int8, packing.text
-    head = packing.Packer.event_head_for() + int4(batch_id) + int4(partner_id) + int4(programme_id)
-    parts = [packing.COPY_HEADER]
-    add, tail = parts.append, _ACCEPTED_TAIL.pack
-    for r in rows:
-        assert r.packed_event is not None
-        add(head)
-        add(r.packed_event)
-        if r.status == "accepted":
-            add(tail(8, r.user_id, 8, r.reduction_g, 4, r.points, 8, b"accepted", -1, -1))
-        else:
-            add(int8(r.user_id) + int8(0) + int4(0) + txt(r.status) + txt(r.reason) + txt(r.detail))
-    add(packing.COPY_TRAILER)
+    head = packing.Packer.event_head_for() + packing.int4(batch_id) + packing.int4(partner_id) + packing.int4(programme_id)
     _copy_packed(session, "behaviour_events", ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED
-                 + ("user_id", "reduction_g", "points", "status", "reason", "detail"), parts)
+                 + ("user_id", "reduction_g", "points", "status", "reason", "detail"),
+                 [packing.COPY_HEADER, packing.fast("pack_events")(head, rows), packing.COPY_TRAILER])
 
 
 def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
@@ -725,6 +772,24 @@ def _add_to_days(session: Session, programme_id: int, rows: list[Row]) -> None:
             [{"p": programme_id, "day": d, "g": g} for d, g in sorted(days.items())])
 
 
+_EARN_COLUMNS = ("user_id", "kind", "points", "expires_on", "batch_id", "ref", "created_at")
+_EARN_HEAD = struct.Struct(">hii")   # 7 fields, then the user id (int4)
+_EARN_POINTS = struct.Struct(">iq")
+
+
+def _packed_earnings(earned: Mapping[int, int], expires: dt.date, batch_id: int, ref: str,
+                     now: dt.datetime) -> list[bytes]:
+    """The `earn` entries (user id -> points, those above 0, in user order) in PostgreSQL's binary
+    COPY format for `_EARN_COLUMNS` (int4, varchar, int8, date, int4, varchar, timestamp): only the
+    user and the points differ from entry to entry."""
+    kind = packing.text("earn")
+    rest = (struct.pack(">ii", 4, (expires - dt.date(2000, 1, 1)).days) + packing.int4(batch_id) + packing.text(ref)
+            + packing.timestamp(now))
+    head, pts = _EARN_HEAD.pack, _EARN_POINTS.pack
+    return ([packing.COPY_HEADER] + [head(7, 4, u) + kind + pts(8, p) + rest for u, p in sorted(earned.items()) if p > 0]
+            + [packing.COPY_TRAILER])
+
+
 def complete_batch(session: Session, batch_id: int, rules: Rules,
                    earned: Mapping[int, int] | None = None) -> BehaviourBatch:
     """The use case that closes a batch once all its rows are recorded: it credits the points of its
@@ -744,11 +809,11 @@ def complete_batch(session: Session, batch_id: int, rules: Rules,
                 "SELECT user_id, 'earn', SUM(points), :expires, :b, :ref, :now FROM behaviour_events "
                 "WHERE batch_id = :b AND status = 'accepted' GROUP BY user_id HAVING SUM(points) > 0"),
                 {"b": batch.id, "expires": expires, "ref": ref, "now": now})
+        elif _is_pg(session):
+            _copy_packed(session, "points_entries", _EARN_COLUMNS, _packed_earnings(earned, expires, batch.id, ref, now))
         else:
-            _copy_rows(session, "points_entries",
-                       ("user_id", "kind", "points", "expires_on", "batch_id", "ref", "created_at"),
-                       ((u, "earn", p, expires, batch.id, ref, now) for u, p in sorted(earned.items()) if p > 0),
-                       ("int4", "varchar", "int8", "date", "int4", "varchar", "timestamp"))
+            _copy_rows(session, "points_entries", _EARN_COLUMNS,
+                       ((u, "earn", p, expires, batch.id, ref, now) for u, p in sorted(earned.items()) if p > 0))
     batch.status, batch.completed_at = "complete", now
     partner = session.get(partners.Partner, batch.partner_id)
     assert partner is not None
@@ -810,9 +875,14 @@ def reasons_of(session: Session, batch_id: int) -> dict[str, int]:
         .group_by(BehaviourEvent.reason).order_by(BehaviourEvent.reason))}
 
 
-def batch_result(session: Session, batch: BehaviourBatch, partner_code: str, replayed: bool) -> BatchResult:
+def batch_result(session: Session, batch: BehaviourBatch, partner_code: str, replayed: bool,
+                 reasons: Mapping[str, int] | None = None) -> BatchResult:
+    """The batch's outcome; `reasons` (rows rejected per reason) if the caller counted every line of
+    the batch itself, else counted from its events."""
     return BatchResult(batch.id, batch.ref, partner_code, replayed, batch.rows_done, batch.accepted,
-                       batch.rejected, batch.reduction_g, batch.points, reasons_of(session, batch.id))
+                       batch.rejected, batch.reduction_g, batch.points,
+                       reasons_of(session, batch.id) if reasons is None else
+                       {r: n for r, n in sorted(reasons.items()) if n})
 
 
 def factor_snapshot(session: Session) -> FactorSource:
@@ -928,9 +998,9 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
         b = session.get(BehaviourBatch, batch_id)
         assert b is not None
         # The points counted while recording serve only if this import recorded every line itself.
-        whole = done == 0 and recorder.earned is not None and recorder.rows == b.rows_done
+        whole = done == 0 and recorder.rows == b.rows_done
         b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
-        return batch_result(session, b, code, replayed=False)
+        return batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
 
 
 class _Recorder:
@@ -945,6 +1015,7 @@ class _Recorder:
         self.max_users = max_users
         self.earned: dict[int, int] | None = {}
         self.rows = 0
+        self.reasons: dict[str, int] = {}     # the rows it rejected, per reason
         self.last: Accepted | None = None     # what the last chunk recorded accepted
 
     def probe(self, chunk: list[Row], from_line: int) -> Probe:
@@ -967,6 +1038,8 @@ class _Recorder:
             raise
         self.last = result.accepted_rows
         self.rows += result.rows
+        for reason, n in result.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
         if self.earned is not None:
             for user_id, p in result.points_by_user.items():
                 self.earned[user_id] = self.earned.get(user_id, 0) + p

@@ -1,4 +1,9 @@
-"""The preparing process's quick path: a CSV record straight to the columns of a packed chunk.
+"""The behaviour import's hot loops, compiled with mypyc when built (`registry.build`).
+
+`ChunkPacker` (the preparing process) and, in the importer, `pack_events` (the decided rows' COPY
+bytes for `behaviour_events`).
+
+The preparing process's quick path: a CSV record straight to the columns of a packed chunk.
 
 `RowPreparer.prepare` then `Packer.pack` build a `Row` from a dict per record, parse the times into
 datetimes and pack them; ~20 µs a row. Most rows of a feed are ordinary: a time like
@@ -295,3 +300,32 @@ class ChunkPacker:
             return (lo, *([] for _ in range(12)))
         cols = [list(c) for c in zip(*rows, strict=True)]
         return (lo, *cols)
+
+
+_ACCEPTED_TAIL = struct.Struct(">iqiqiii8sii")   # user_id, reduction_g, points, 'accepted', NULL, NULL
+
+
+def _text_or_null(v: str | None) -> bytes:
+    if v is None:
+        return _NULL
+    b = v.encode()
+    return _LEN.pack(len(b)) + b
+
+
+def pack_events(head: bytes, rows: list[Any]) -> bytes:
+    """The COPY bytes of decided rows for `behaviour_events`: per row `head` (the field count, batch,
+    partner, programme), its `packed_event`, then user id, reduction, points, status, reason, detail
+    (the reduction and points 0 for a rejected row)."""
+    parts: list[bytes] = []
+    add = parts.append
+    tail = _ACCEPTED_TAIL.pack
+    for r in rows:
+        add(head)
+        add(r.packed_event)
+        if r.status == "accepted":
+            add(tail(8, r.user_id, 8, r.reduction_g, 4, r.points, 8, b"accepted", -1, -1))
+        else:
+            user_id = r.user_id
+            add((_NULL if user_id is None else _INT8.pack(8, user_id)) + _INT8.pack(8, 0) + _INT4.pack(4, 0)
+                + _text_or_null(r.status) + _text_or_null(r.reason) + _text_or_null(r.detail))
+    return b"".join(parts)

@@ -193,24 +193,32 @@ def import_csv(factory: Any, path: str, partner_code: str, *, rules: Rules | Non
     a child process (`registry.behaviour_prepare`) while this one records them; by default (None)
     for files of `PREPARE_APART_BYTES` or more (a child costs a fraction of a second to start).
     `on_bytes` then hears of the bytes read a chunk at a time."""
-    ref = ref or file_ref(path)
     size = os.path.getsize(path)
     # A file of more rows than the partner has external ids reads their members once (~100 bytes a row).
     preload = size // 100
     if prepare_apart is None:
         prepare_apart = pipeline and size >= PREPARE_APART_BYTES
     if prepare_apart:
-        from registry.behaviour_prepare import prepared_chunks
+        from registry import behaviour_prepare
 
-        with factory() as session:   # PostgreSQL records rows packed for COPY by the child
-            packed = session.get_bind().dialect.name == "postgresql"
+        # Started first: its interpreter starts while this one hashes the file, opens the batch and
+        # reads the members.
+        child = behaviour_prepare.start()
+        try:
+            ref = ref or file_ref(path)
+            with factory() as session:   # PostgreSQL records rows packed for COPY by the child
+                packed = session.get_bind().dialect.name == "postgresql"
 
-        def prepared(preparer: RowPreparer, skip: int, size: int) -> Iterator[list[Row]]:
-            return prepared_chunks(path, preparer, skip, size, on_bytes, packed=packed)
+            def prepared(preparer: RowPreparer, skip: int, size: int) -> Iterator[list[Row]]:
+                return behaviour_prepare.prepared_chunks(path, preparer, skip, size, on_bytes, packed=packed,
+                                                         started=child)
 
-        return behaviour.import_rows(factory, partner_code, ref, "csv", (), rules=rules, chunk_size=chunk_size,
-                                     on_chunk=on_chunk, pipeline=pipeline, probe_ahead=probe_ahead,
-                                     preload_members=preload, prepared=prepared)
+            return behaviour.import_rows(factory, partner_code, ref, "csv", (), rules=rules, chunk_size=chunk_size,
+                                         on_chunk=on_chunk, pipeline=pipeline, probe_ahead=probe_ahead,
+                                         preload_members=preload, prepared=prepared)
+        finally:
+            behaviour_prepare.stop(child)   # if it was not given the file (a replay), or failed
+    ref = ref or file_ref(path)
     with open(path, "rb") as fp:
         return behaviour.import_rows(factory, partner_code, ref, "csv", csv_rows(fp, on_bytes), rules=rules,
                                      chunk_size=chunk_size, on_chunk=on_chunk, pipeline=pipeline,

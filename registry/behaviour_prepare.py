@@ -147,19 +147,37 @@ def _rows(columns: tuple[Any, ...]) -> list[Row]:
     return out
 
 
+def start() -> subprocess.Popen[bytes]:
+    """A preparing process, started (its interpreter and imports: ~0.4 s) before it is given its work
+    by `prepared_chunks`. Until then it waits on its standard input; closing that ends it."""
+    # The child imports this very `registry` package, wherever the parent found it.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, "-m", "registry.behaviour_prepare"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a preparing process `prepared_chunks` was not given (or has finished with)."""
+    for f in (proc.stdin, proc.stdout):
+        if f is not None and not f.closed:
+            f.close()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int,
-                    on_bytes: Callable[[int], None] | None = None, packed: bool = False) -> Iterator[list[Row]]:
+                    on_bytes: Callable[[int], None] | None = None, packed: bool = False,
+                    started: subprocess.Popen[bytes] | None = None) -> Iterator[list[Row]]:
     """The prepared rows of the CSV file `path` after line `skip`, `chunk_size` at a time, in line
     order, as `RowPreparer.prepare` would make them here (line numbers count the data rows from 1).
     `packed` (for PostgreSQL): the rows carry only what recording them needs, the rest is packed
     for COPY (`Packer`): `started_at`, `ended_at`, `variant`, `quantity` and `factors` are None.
     `on_bytes(n)` hears of the bytes read once per chunk. An error of the child (an unreadable file, a
-    bad header: `InvalidInput`) is raised here; closing the iterator stops the child."""
-    # The child imports this very `registry` package, wherever the parent found it.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen([sys.executable, "-m", "registry.behaviour_prepare"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env)
+    bad header: `InvalidInput`) is raised here; closing the iterator stops the child. `started`: a
+    child from `start` to use (else one is started at the first chunk asked for)."""
+    proc = started if started is not None else start()
     assert proc.stdin is not None and proc.stdout is not None
     try:
         pickle.dump((path, preparer, skip, chunk_size, packed), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -182,10 +200,7 @@ def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int
                 PEAK_KB["last"] = payload
                 return
     finally:
-        proc.stdout.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        stop(proc)
 
 
 def _send(out: IO[bytes], message: tuple[str, int, Any]) -> None:
@@ -208,19 +223,24 @@ def _peak_kb() -> int:
     return 0
 
 
-def chunk_packer() -> type[Any]:
-    """`ChunkPacker`: of the compiled build (``python3 -m registry.build``) if present and the
-    environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source `registry.behaviour_fast`."""
+def fast(name: str) -> Any:
+    """`name` of the compiled build of `registry.behaviour_fast` (``python3 -m registry.build``) if
+    present and the environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source."""
     if os.environ.get("TANHUI_BEHAVIOUR_PURE") != "1":
         try:
-            from registry._fast_native import ChunkPacker  # type: ignore[import-not-found]
+            from registry import _fast_native  # type: ignore[attr-defined]
 
-            return ChunkPacker   # type: ignore[no-any-return]
-        except ImportError:
+            return getattr(_fast_native, name)
+        except (ImportError, AttributeError):   # not built, or built before `name` was added
             pass
-    from registry.behaviour_fast import ChunkPacker as Pure
+    from registry import behaviour_fast
 
-    return Pure
+    return getattr(behaviour_fast, name)
+
+
+def chunk_packer() -> type[Any]:
+    """`ChunkPacker`, compiled or of the source (see `fast`)."""
+    return fast("ChunkPacker")   # type: ignore[no-any-return]
 
 
 def _send_packed(fp: IO[bytes], on_bytes: Callable[[int], None], preparer: RowPreparer, packer: Packer, skip: int,
@@ -253,7 +273,10 @@ def _main() -> None:
 
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)   # anything printed goes to standard error, not into the frames
-    path, preparer, skip, chunk_size, packed = pickle.load(sys.stdin.buffer)
+    try:
+        path, preparer, skip, chunk_size, packed = pickle.load(sys.stdin.buffer)
+    except EOFError:
+        return   # started ahead (`start`) and not needed after all
     packer = Packer(preparer.rules) if packed else None
 
     def send(chunk: list[Row]) -> None:

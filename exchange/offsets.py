@@ -898,12 +898,14 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
     filled: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
     failed: RegistryError | None = None
     try:
-        with session.begin_nested():
-            r = deliver_and_retire(session, actor, f"listing:{listing.id}", order.quantity_kg,
-                                   memo=f"offset order {order.id}", beneficiary=order.beneficiary,
-                                   jurisdiction=order.jurisdiction, purpose=order.purpose,
-                                   footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled,
-                                   accounts=quote.accounts)
+        # No savepoint: `deliver_and_retire` raises each refusal before its first write (pinned by
+        # tests/offsets/test_delivered_retirement.py), so a refused fill leaves nothing to undo; any
+        # other error aborts the caller's whole transaction and nothing of the order is placed.
+        r = deliver_and_retire(session, actor, f"listing:{listing.id}", order.quantity_kg,
+                               memo=f"offset order {order.id}", beneficiary=order.beneficiary,
+                               jurisdiction=order.jurisdiction, purpose=order.purpose,
+                               footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled,
+                               accounts=quote.accounts)
     except RegistryError as e:
         failed = e
     available, held, seller, fees = _locked_accounts(session, _PLACE_ACCOUNTS, order.holder_id, listing.seller_id, [

@@ -119,8 +119,9 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     """Deliver `quantity` kg listed under `ref` (oldest vintage, batch and serial first) to the
     buyer's holding account and retire exactly those serials for `beneficiary`, in the caller's
     transaction. Raises InvalidInput (the claim), NotFound (the buyer's accounts), Suspended (the
-    buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed); nothing
-    is written then. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
+    buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed): each
+    before the first write (only SELECTs have run then), so a caller needs no savepoint to undo a
+    refusal. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
     instead of written here. `accounts`: the buyer's accounts, if the caller read them already."""
     why = _retirement_claim(buyer, beneficiary, jurisdiction, purpose)
     if quantity <= 0:

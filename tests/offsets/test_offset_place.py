@@ -264,3 +264,27 @@ def test_orders_at_once_and_in_steps_of_the_same_buyers_run_together(session: An
         assert session.get(OffsetListing, listing.id).available_kg == 100_000 - sum(
             o.quantity_kg for o in orders if o.listing_id == listing.id)
     assert _problems(session) == []
+
+
+@pytest.mark.parametrize("when", ["after_the_fill_wrote", "at_the_payment"])
+def test_a_database_error_places_nothing(session: Any, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """The fill runs without a savepoint: an error that is not a refusal (here a statement the
+    database rejects, after the delivery and retirement were written, or when the money moves)
+    leaves the transaction to the caller's rollback, and then nothing of the order exists."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+    _, buyer, _, _ = _market(session)
+    session.commit()
+    before = _count(session)
+    real = offsets.deliver_and_retire if when == "after_the_fill_wrote" else wallets.post_locked_many
+
+    def then_fail(s: Any, *args: Any, **kwargs: Any) -> Any:
+        out = real(s, *args, **kwargs)
+        s.execute(text("SELECT no_such_column FROM no_such_table"))
+        return out
+    monkeypatch.setattr(offsets if when == "after_the_fill_wrote" else wallets, real.__name__, then_fail)
+    with pytest.raises(DBAPIError):
+        offsets.place_offset(session, buyer.actor, beneficiary="x", quantity_kg=300)
+    session.rollback()
+    assert _count(session) == before
+    assert _problems(session) == []

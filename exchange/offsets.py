@@ -64,8 +64,9 @@ from exchange.offset_models import (
 )
 from exchange.pricing import fee as fee_of
 from exchange.pricing import notional as notional_of
-from registry import audit, units
+from registry import audit, certificates, units
 from registry.actors import Actor
+from registry.certificates import RetirementFacts
 from registry.db import utcnow
 from registry.delivered_retirement import BuyerAccounts, Retired, account_columns, deliver_and_retire
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
@@ -366,7 +367,7 @@ _BUYER_AND_FOOTPRINT = (
            _covered(_O.c.quantity_kg, [*LIVE, OffsetStatus.FILLED]).label("live"))
     .select_from(_H.outerjoin(_F, _F.c.id == bindparam("fp"))).where(_H.c.id == bindparam("h")))
 # The same with what the fill needs of the buyer (`BuyerAccounts`), for an order placed at once.
-_ACCOUNT_COLUMNS = (*account_columns(bindparam("h")), _H.c.suspended, _H.c.suspension_reason)
+_ACCOUNT_COLUMNS = (*account_columns(bindparam("h")), _H.c.suspended, _H.c.suspension_reason, _H.c.name)
 _BUYER_TO_FILL = _BUYER.add_columns(*_ACCOUNT_COLUMNS)
 _BUYER_AND_FOOTPRINT_TO_FILL = _BUYER_AND_FOOTPRINT.add_columns(*_ACCOUNT_COLUMNS)
 
@@ -410,6 +411,7 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
         raise InvalidInput("give quantity_kg or footprint_id (or both: part of a footprint)", field="quantity_kg")
     pref = Preference.parse(preference)
     fp_kind, fp_ref = None, None
+    session.flush()   # what the caller changed through the ORM is seen: Core statements do not autoflush
     if footprint_id is None:
         buyer = session.execute(_BUYER_TO_FILL if to_fill else _BUYER, {"h": actor.holder_id}).one()
     else:
@@ -449,8 +451,8 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
         inst, price, notional, fee = quote_on_book(session, pref.instrument or "", qty)
         row |= dict(instrument_id=inst.id, reserved_kg=0, price=price, notional=notional, fee=fee)
     row["total"] = row["notional"] + row["fee"]
-    accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason)
-                if to_fill else None)
+    accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason,
+                              buyer.name) if to_fill else None)
     return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts)
 
 
@@ -863,16 +865,39 @@ def fulfil(session: Session, order_id: int) -> OffsetOrder:
     return order
 
 
-def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
-                 footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
-                 preference: Mapping[str, Any] | None = None, payment: str = "wallet",
-                 ttl: dt.timedelta = QUOTE_TTL) -> OffsetOrder:
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An order placed at once (`place`), and what its certificate says if it retired now."""
+
+    order: OffsetOrder
+    retired: RetirementFacts | None = None
+
+    def certificate_body(self, base_url: str, registry_name: str = certificates.REGISTRY_NAME) -> dict[str, Any]:
+        """The certificate's signed fields, as `certificates.certificate_body` reads them from the
+        database, byte for byte in canonical JSON, without a query. Raises Conflict if the order
+        did not retire now (refunded, or on the order book: read it from the database then)."""
+        if self.retired is None:
+            raise Conflict(f"offset order {self.order.id} is {self.order.status.value}, not retired at placement",
+                           field="order_id", code="wrong_status")
+        return certificates.body_of(self.retired, base_url, registry_name)
+
+
+def place_offset(session: Session, actor: Actor, **kwargs: Any) -> OffsetOrder:
+    """`place`, returning the order only."""
+    return place(session, actor, **kwargs).order
+
+
+def place(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
+          footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
+          preference: Mapping[str, Any] | None = None, payment: str = "wallet",
+          ttl: dt.timedelta = QUOTE_TTL) -> Placed:
     """Quote, pay from the wallet, fill and retire at once (an order placed and completed in one
     request): what `create_offset`, `confirm_offset` and `fulfil` do in three transactions, in the
     caller's one, with the same rows and audit records (offset.quoted, offset.paid, units.delivered,
     units.retired, offset.retired). The order ends retired with its certificate number, or refunded
     with the reason if the fill could not complete (as `fulfil` refunds it). From the order book the
-    IOC buy is placed, and `fulfil` finishes the order once the engine answered.
+    IOC buy is placed, and `fulfil` finishes the order once the engine answered. Returns the order
+    and, if it retired, what its certificate says (`Placed.certificate_body`: no query needed).
 
     Raises what `create_offset` raises, InvalidInput (field confirm) for a card payment, and what
     `confirm_offset` raises when the wallet cannot pay (InsufficientFunds, field payment): the quote
@@ -893,7 +918,7 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
     if listing is None:
         audit.record_each(session, [_quoted_record(order, actor)])
         confirm_offset(session, actor, order.id)
-        return fulfil(session, order.id)
+        return Placed(fulfil(session, order.id))
     records = [_quoted_record(order, actor), _paid_record(order, order.total, actor)]
     filled: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
     failed: RegistryError | None = None
@@ -926,11 +951,11 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
         offset_rows.set_order(session, order, status=OffsetStatus.PAID, paid_amount=order.total, paid_at=now,
                               updated_at=now)
         audit.record_each(session, records)
-        return refund(session, order, f"the fill could not complete: {failed.message}")
+        return Placed(refund(session, order, f"the fill could not complete: {failed.message}"))
     _retired(session, order, r, order.quantity_kg, audit_into=filled, reserved_kg=0, paid_amount=order.total,
              paid_at=now)
     audit.record_each(session, records + filled)
-    return order
+    return Placed(order, r.facts)
 
 
 def resume_paid(session_factory: Callable[[], Session], limit: int = 500, *,

@@ -188,10 +188,10 @@ def test_every_refusal_is_raised_before_the_first_write(session: Any, engine: An
     if case == "project_suspended":
         projects.set_project_suspension(session, w.operator.actor, listed["listing:new"][0].project_id, True, "audit")
     if case == "no_accounts_given":   # the accounts as the quote of `place_offset` read them
-        args["accounts"] = BuyerAccounts(None, None, False, None)
+        args["accounts"] = BuyerAccounts(None, None, False, None, "")
     if case == "buyer_suspended_given":
         args["accounts"] = BuyerAccounts(holders.account_of(session, actor.holder_id).id, holders.account_of(
-            session, actor.holder_id, AccountKind.RETIREMENT).id, True, "KYC")
+            session, actor.holder_id, AccountKind.RETIREMENT).id, True, "KYC", "买方")
     args |= {"blank_beneficiary": {"beneficiary": " "}, "blank_jurisdiction": {"jurisdiction": ""},
              "purpose": {"purpose": "nonsense"}, "zero": {"quantity": 0},
              "too_much": {"quantity": 1701}}.get(case, {})
@@ -205,3 +205,42 @@ def test_every_refusal_is_raised_before_the_first_write(session: Any, engine: An
         stop()
     assert set(seen) <= {"SELECT"}, seen
     assert (_count(session), _blocks(session)) == before
+
+
+CLAIMS = {
+    "plain": CLAIM,
+    "no_message_no_footprint": {**CLAIM, "message": None, "footprint_ref": None},
+    "unicode": {**CLAIM, "beneficiary": ' Ünïcødé "活动" \\ 🌏\t', "message": "碳中和 ✓\n第二行 \u2028 end",
+                "footprint_ref": "FP-7 大湾区"},
+}
+
+
+@pytest.mark.parametrize("claim", list(CLAIMS))
+@pytest.mark.parametrize("shape", ["inside", "whole", "two_batches", "all", "pieces_of_one_batch"])
+def test_the_certificate_of_what_it_retired_is_the_one_read_back(session: Any, shape: str, claim: str) -> None:
+    """`Retired.facts` (what the fill had in hand) gives, in canonical JSON, byte for byte the body
+    `certificate_body` reads from the database once committed: one block or several, a batch's
+    contiguous pieces merged, with or without message and footprint, unicode."""
+    from registry import certificates
+    from tests.factories import registered_project
+    w = world(session)
+    if shape == "pieces_of_one_batch":   # two listed rows of one batch, back to back, and a second batch
+        p = registered_project(session, w, title="社区光伏 Community PV")
+        batches = [issued_batch(session, w, p, 1000, year=2023), issued_batch(session, w, p, 500, year=2023)]
+        for kg in (300, 400, 800):
+            units.lock_units(session, w.owner.holder.id, Q(quantity_kg=kg, project_id=p.id), "listing:new")
+        kg = 1500
+    else:
+        _two_listings(session, w)
+        kg = {"inside": 300, "whole": 1000, "two_batches": 1300, "all": 1700}[shape]
+    session.commit()
+    r = deliver_and_retire(session, w.buyer.actor, "listing:new", kg, memo="m", **CLAIMS[claim])
+    session.commit()
+    session.expire_all()
+    read = certificates.certificate_body(session, session.get(Retirement, r.id), "https://tanhui.example/")
+    made = certificates.body_of(r.facts, "https://tanhui.example/")
+    assert certificates.canonical_json(made) == certificates.canonical_json(read)
+    assert len(read["serials"]) == {"inside": 1, "whole": 1, "two_batches": 2, "all": 2,
+                                    "pieces_of_one_batch": 2}[shape]
+    if shape == "pieces_of_one_batch":
+        assert [s["quantity_kg"] for s in read["serials"]] == [1000, 500] and batches

@@ -288,3 +288,47 @@ def test_a_database_error_places_nothing(session: Any, monkeypatch: pytest.Monke
     session.rollback()
     assert _count(session) == before
     assert _problems(session) == []
+
+
+@pytest.mark.parametrize("message", [None, "碳中和 ✓ \"net zero\"\n"])
+@pytest.mark.parametrize("shape", ["inside", "whole", "all", "footprint"])
+def test_the_certificate_of_an_order_placed_at_once_needs_no_query(
+        session: Any, engine: Any, shape: str, message: str | None) -> None:
+    """`place` returns what the certificate says: its body is, byte for byte in canonical JSON,
+    the one `certificate_body` reads from the database after the commit, and making it runs no
+    statement."""
+    from registry import certificates
+    from tests.offsets.test_delivered_retirement import _statements
+    _, buyer, _, _ = _market(session)
+    quote = _prepare(shape, session, buyer)
+    session.commit()
+    placed = offsets.place(session, buyer.actor, beneficiary=" 大湾区论坛 🌏 ", message=message, **quote)
+    session.commit()
+    seen, stop = _statements(engine)
+    try:
+        made = placed.certificate_body("https://tanhui.example")
+    finally:
+        stop()
+    assert seen == []
+    session.expire_all()
+    read = certificates.certificate_body(session, session.get(Retirement, placed.order.retirement_id),
+                                         "https://tanhui.example")
+    assert certificates.canonical_json(made) == certificates.canonical_json(read)
+    assert read["footprint_ref"] is not None if shape == "footprint" else read["footprint_ref"] is None
+
+
+def test_a_refunded_placement_has_no_certificate(session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.errors import Conflict
+    w, buyer, listings, _ = _market(session)
+    session.commit()
+    quote = offsets._quote
+
+    def quote_then_suspend(*args: Any, **kwargs: Any) -> Any:
+        q = quote(*args, **kwargs)
+        projects.set_project_suspension(session, w.operator.actor, listings[0].project_id, True, "audit")
+        return q
+    monkeypatch.setattr(offsets, "_quote", quote_then_suspend)
+    placed = offsets.place(session, buyer.actor, beneficiary="x", quantity_kg=300, preference={"vintage": 2023})
+    assert placed.order.status is OffsetStatus.REFUNDED and placed.retired is None
+    with pytest.raises(Conflict):
+        placed.certificate_body("https://tanhui.example")

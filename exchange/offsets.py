@@ -385,23 +385,26 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     UPDATE, the order by one INSERT and the audit record by `record_each`."""
     quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
                    message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl)
+    assert quote.order is not None
     audit.record_each(session, [_quoted_record(quote.order, actor)])
     return quote.order
 
 
 @dataclass(frozen=True, slots=True)
 class _Quote:
-    order: OffsetOrder
+    order: OffsetOrder | None   # None: not written yet (`_quote`'s to_fill, from a listing)
     footprint_ref: str | None   # the footprint's reference on the certificate, if the order covers one
     listing: Any                # the listing reserved (id, price, fee_bp, available_kg, seller_id); None: the book
     accounts: BuyerAccounts | None = None   # the buyer's registry accounts, if asked for
+    row: dict[str, Any] | None = None       # the order's columns but id, as quoted
 
 
 def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None, footprint_id: int | None,
            message: str | None, jurisdiction: str | None, preference: Mapping[str, Any] | None, payment: str,
            ttl: dt.timedelta, to_fill: bool = False) -> _Quote:
     """`create_offset` but for its audit record (`_quoted_record`), which the caller writes.
-    `to_fill`: the buyer's registry accounts are read with it (`_Quote.accounts`)."""
+    `to_fill`: the buyer's registry accounts are read with it (`_Quote.accounts`), and a quote from
+    a listing is not written (`_Quote.order` None): the caller inserts `_Quote.row`."""
     actor.require_can_move_units()
     if payment not in PAYMENTS:
         raise InvalidInput("payment must be wallet or card", field="payment")
@@ -453,7 +456,9 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
     row["total"] = row["notional"] + row["fee"]
     accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason,
                               buyer.name) if to_fill else None)
-    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts)
+    if to_fill and listing is not None:   # `place` writes the order once it knows how the fill ended
+        return _Quote(None, fp_ref, listing, accounts, row)
+    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts, row)
 
 
 def _quoted_record(order: OffsetOrder, actor: Actor) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
@@ -766,14 +771,18 @@ def _retired(session: Session, order: OffsetOrder, r: Retirement | Retired, kg: 
     offset_rows.set_order(session, order, retirement_id=r.id, certificate_number=r.certificate_number,
                           filled_kg=kg, status=OffsetStatus.RETIRED, retired_at=now, updated_at=now,
                           filled_at=order.filled_at or now, **more)
-    record: tuple[Actor | None, str, str, int | str, dict[str, Any]] = (
-        None, "offset.retired", "offset_order", order.id, {
-            "certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
-            "footprint_id": order.footprint_id})
+    record = _retired_record(order, r.id, r.certificate_number, kg)
     if audit_into is None:
         audit.record_each(session, [record])
     else:
         audit_into.append(record)
+
+
+def _retired_record(order: OffsetOrder, retirement_id: int, number: str,
+                    kg: int) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
+    return (None, "offset.retired", "offset_order", order.id, {
+        "certificate_number": number, "quantity_kg": kg, "retirement_id": retirement_id,
+        "footprint_id": order.footprint_id})
 
 
 def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
@@ -904,7 +913,8 @@ def place(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int 
     is written by then, so the caller must roll back.
 
     From a listing the order, the listing and the cash accounts are each locked once: the listing
-    by the quote's reservation, the order is the one inserted, and the four cash accounts (the
+    by the quote's reservation, the order is the one inserted (once, in its end state: retired,
+    when the retirement is written; paid, then refunded, if the fill is refused), the four cash accounts (the
     buyer's available and held, the seller's, the fees) in id order after the delivery, as the fill
     locks them; so the money moves last and the fees account is held only from there to the commit."""
     actor.require_can_move_units()
@@ -914,25 +924,44 @@ def place(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int 
     quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
                    message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl,
                    to_fill=True)
-    order, listing = quote.order, quote.listing
+    listing, row = quote.listing, quote.row or {}
     if listing is None:
+        order = quote.order
+        assert order is not None
         audit.record_each(session, [_quoted_record(order, actor)])
         confirm_offset(session, actor, order.id)
         return Placed(fulfil(session, order.id))
-    records = [_quoted_record(order, actor), _paid_record(order, order.total, actor)]
     filled: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
+    written: list[OffsetOrder] = []
+
+    def insert_retired(retirement_id: int, number: str) -> str:
+        # The order is written once, in its end state: its row refers to the retirement just written,
+        # and the transfer written next names the order.
+        now = utcnow()
+        written.append(offset_rows.insert_order(session, row | dict(
+            status=OffsetStatus.RETIRED, reserved_kg=0, paid_amount=row["total"], paid_at=now,
+            filled_kg=row["quantity_kg"], filled_at=now, retired_at=now, retirement_id=retirement_id,
+            certificate_number=number, updated_at=now)))
+        return f"offset order {written[0].id}"
+
     failed: RegistryError | None = None
     try:
         # No savepoint: `deliver_and_retire` raises each refusal before its first write (pinned by
         # tests/offsets/test_delivered_retirement.py), so a refused fill leaves nothing to undo; any
         # other error aborts the caller's whole transaction and nothing of the order is placed.
-        r = deliver_and_retire(session, actor, f"listing:{listing.id}", order.quantity_kg,
-                               memo=f"offset order {order.id}", beneficiary=order.beneficiary,
-                               jurisdiction=order.jurisdiction, purpose=order.purpose,
-                               footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled,
-                               accounts=quote.accounts)
+        r = deliver_and_retire(session, actor, f"listing:{listing.id}", row["quantity_kg"], memo=insert_retired,
+                               beneficiary=row["beneficiary"], jurisdiction=row["jurisdiction"],
+                               purpose=row["purpose"], footprint_ref=quote.footprint_ref, message=row["message"],
+                               audit_into=filled, accounts=quote.accounts)
+        order = written[0]
+        filled.append(_retired_record(order, r.id, r.certificate_number, r.quantity_kg))
     except RegistryError as e:
-        failed = e
+        if written:   # never: it refuses before its first write
+            raise
+        failed, now = e, utcnow()
+        order = offset_rows.insert_order(session, row | dict(status=OffsetStatus.PAID, paid_amount=row["total"],
+                                                             paid_at=now, updated_at=now))
+    records = [_quoted_record(order, actor), _paid_record(order, order.total, actor)]
     available, held, seller, fees = _locked_accounts(session, _PLACE_ACCOUNTS, order.holder_id, listing.seller_id, [
         (order.holder_id, CashAccountKind.AVAILABLE), (order.holder_id, CashAccountKind.HELD),
         (listing.seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)])
@@ -946,14 +975,9 @@ def place(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int 
         wallets.post_locked_many(session, journals)
     except RegistryError as e:
         raise _wallet_refused(order, e) from None
-    now = utcnow()
     if failed is not None:
-        offset_rows.set_order(session, order, status=OffsetStatus.PAID, paid_amount=order.total, paid_at=now,
-                              updated_at=now)
         audit.record_each(session, records)
         return Placed(refund(session, order, f"the fill could not complete: {failed.message}"))
-    _retired(session, order, r, order.quantity_kg, audit_into=filled, reserved_kg=0, paid_amount=order.total,
-             paid_at=now)
     audit.record_each(session, records + filled)
     return Placed(order, r.facts)
 

@@ -11,6 +11,7 @@ tests/offsets/test_delivered_retirement.py pins the rows it writes to the ones t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -130,7 +131,8 @@ def _buyer_accounts(session: Session, holder_id: int) -> BuyerAccounts:
                          first.name if first else "")
 
 
-def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, *, memo: str, beneficiary: str,
+def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, *,
+                       memo: str | Callable[[int, str], str], beneficiary: str,
                        jurisdiction: str, purpose: str, footprint_ref: str | None = None,
                        message: str | None = None,
                        audit_into: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] | None = None,
@@ -141,7 +143,10 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     buyer or a project), InsufficientUnits (field quantity_kg: less than `quantity` listed): each
     before the first write (only SELECTs have run then), so a caller needs no savepoint to undo a
     refusal. `audit_into`: the two audit records are appended to it (for `audit.record_each`)
-    instead of written here. `accounts`: the buyer's accounts, if the caller read them already."""
+    instead of written here. `accounts`: the buyer's accounts, if the caller read them already.
+    `memo`: the transfer's, or a function called once the refusals are past and the retirement is
+    written, with its id and certificate number, that returns it (and may write a row of the
+    caller's that refers to the retirement: the transfer is written after it)."""
     why = _retirement_claim(buyer, beneficiary, jurisdiction, purpose)
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
@@ -165,16 +170,17 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
         raise Suspended(f"project {suspended[0]} is suspended", field="serials")
     serials = tuple(f"{serial_prefix(b.project_id, b.vintage, b.number)}-{b.start}-{end}" for b, end in taken)
     now = utcnow()
-    seller_account = taken[0][0].account_id
-    transfer_id = session.execute(_TRANSFER, dict(
-        from_account_id=seller_account, to_account_id=holding, quantity_kg=quantity, memo=memo,
-        created_by_id=buyer.user_id, created_at=now)).scalar_one()
     number = new_certificate_number()
     beneficiary, jurisdiction = beneficiary.strip(), jurisdiction.strip()
     retirement_id = session.execute(_RETIREMENT, dict(
         certificate_number=number, holder_id=buyer.holder_id, account_id=sink, quantity_kg=quantity,
         beneficiary=beneficiary, jurisdiction=jurisdiction, purpose=why, footprint_ref=footprint_ref,
         message=message, created_by_id=buyer.user_id, retired_at=now)).scalar_one()
+    if callable(memo):
+        memo = memo(retirement_id, number)
+    transfer_id = session.execute(_TRANSFER, dict(
+        from_account_id=taken[0][0].account_id, to_account_id=holding, quantity_kg=quantity, memo=memo,
+        created_by_id=buyer.user_id, created_at=now)).scalar_one()
     # The taken rows keep their heads, now retired to the buyer (listed -> held -> retired, as the
     # movements below say); a row's start never changes, so no insert can collide on (batch, start).
     session.execute(_RETIRE_HEADS, [{"b_id": b.id, "b_end": end, "b_qty": end - b.start + 1, "b_sink": sink,

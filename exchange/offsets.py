@@ -17,9 +17,10 @@ Payment and fill are separate transactions on purpose: the money is safe (held) 
 fill interrupted by a crash is finished by `resume_paid` (a scheduled job and a CLI command); every
 step locks the order row and checks its state, so nothing is retired or refunded twice.
 
-Placed at once (`place_offset`, the API's `confirm: true`; wallet only): the quote, the payment and
-the fill from a listing in the caller's one transaction, writing what the three steps write; a crash
-leaves nothing to resume, since nothing of the order committed.
+Placed at once (`place`, or `place_offset` for the order alone: the API's `confirm: true`; wallet
+only): the quote, the payment and the fill from a listing in the caller's one transaction, writing
+what the three steps write; a crash leaves nothing to resume, since nothing of the order committed.
+It returns what the certificate says too (`Placed.certificate_body`: no query).
 
 Card payments (Stripe, in `exchange.payments`) call `mark_paid` when the payment succeeded and
 register a refunder with `set_card_refunder` that returns money to the card.
@@ -914,9 +915,10 @@ def place(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int 
 
     From a listing the order, the listing and the cash accounts are each locked once: the listing
     by the quote's reservation, the order is the one inserted (once, in its end state: retired,
-    when the retirement is written; paid, then refunded, if the fill is refused), the four cash accounts (the
-    buyer's available and held, the seller's, the fees) in id order after the delivery, as the fill
-    locks them; so the money moves last and the fees account is held only from there to the commit."""
+    when the retirement is written; paid, then refunded, if the fill is refused), and the four cash
+    accounts (the buyer's available and held, the seller's, the fees) in id order after the
+    delivery, as the fill locks them; so the money moves last and the fees account is held only
+    from there to the commit."""
     actor.require_can_move_units()
     if payment == "card":
         raise InvalidInput("confirm pays from the wallet at once; a card payment is quoted without it, then confirmed",

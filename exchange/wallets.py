@@ -210,16 +210,17 @@ def post_locked_many(session: Session, journals: Sequence[LockedJournal]) -> lis
     if not checked:
         return []
     now = utcnow()
-    ids = list(session.scalars(_INSERT_JOURNALS, [
+    conn = session.connection()   # Core statements: executed on the connection (~10 us less each)
+    ids = list(conn.execute(_INSERT_JOURNALS, [
         {"kind": j.kind, "ref": j.ref, "memo": j.memo, "created_by_id": j.user_id, "created_at": now}
-        for j, _ in checked]))
+        for j, _ in checked]).scalars())
     start = {a.id: a.balance for j in journals for a, _ in j.legs}
     moved = [(acc_id, b - start[acc_id]) for acc_id, b in balances.items() if b != start[acc_id]]
     if moved:
-        session.execute(_add_balances(len(moved)), {k: v for i, (acc_id, d) in enumerate(moved)
-                                                    for k, v in ((f"a{i}", acc_id), (f"d{i}", d))})
-    session.execute(_INSERT_POSTINGS, [{"journal_id": jid, "account_id": a.id, "amount": amt}
-                                       for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
+        conn.execute(_add_balances(len(moved)), {k: v for i, (acc_id, d) in enumerate(moved)
+                                                 for k, v in ((f"a{i}", acc_id), (f"d{i}", d))})
+    conn.execute(_INSERT_POSTINGS, [{"journal_id": jid, "account_id": a.id, "amount": amt}
+                                    for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
     for acc_id, b in balances.items():
         loaded = session.identity_map.get(inspect(CashAccount).identity_key_from_primary_key((acc_id,)))
         if loaded is not None:

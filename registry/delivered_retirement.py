@@ -151,10 +151,11 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     if quantity <= 0:
         raise InvalidInput("nothing to retire", field="quantity_kg")
     session.flush()   # what the caller changed through the ORM is seen: Core statements do not autoflush
+    conn = session.connection()   # its statements are Core: executed on the connection (~10 us less each)
     if accounts is None:
         accounts = _buyer_accounts(session, buyer.holder_id)
     holding, sink = accounts.checked(buyer.holder_id)
-    listed = session.execute(_LISTED, {"ref": ref}).all()
+    listed = conn.execute(_LISTED, {"ref": ref}).all()
     have = sum(b.end - b.start + 1 for b in listed)
     if quantity > have:
         raise InsufficientUnits(f"{ref} has {have} kg listed, {quantity} kg asked", field="quantity_kg")
@@ -172,26 +173,26 @@ def deliver_and_retire(session: Session, buyer: Actor, ref: str, quantity: int, 
     now = utcnow()
     number = new_certificate_number()
     beneficiary, jurisdiction = beneficiary.strip(), jurisdiction.strip()
-    retirement_id = session.execute(_RETIREMENT, dict(
+    retirement_id = conn.execute(_RETIREMENT, dict(
         certificate_number=number, holder_id=buyer.holder_id, account_id=sink, quantity_kg=quantity,
         beneficiary=beneficiary, jurisdiction=jurisdiction, purpose=why, footprint_ref=footprint_ref,
         message=message, created_by_id=buyer.user_id, retired_at=now)).scalar_one()
     if callable(memo):
         memo = memo(retirement_id, number)
-    transfer_id = session.execute(_TRANSFER, dict(
+    transfer_id = conn.execute(_TRANSFER, dict(
         from_account_id=taken[0][0].account_id, to_account_id=holding, quantity_kg=quantity, memo=memo,
         created_by_id=buyer.user_id, created_at=now)).scalar_one()
     # The taken rows keep their heads, now retired to the buyer (listed -> held -> retired, as the
     # movements below say); a row's start never changes, so no insert can collide on (batch, start).
-    session.execute(_RETIRE_HEADS, [{"b_id": b.id, "b_end": end, "b_qty": end - b.start + 1, "b_sink": sink,
-                                     "b_retirement": retirement_id, "b_now": now} for b, end in taken])
+    conn.execute(_RETIRE_HEADS, [{"b_id": b.id, "b_end": end, "b_qty": end - b.start + 1, "b_sink": sink,
+                                  "b_retirement": retirement_id, "b_now": now} for b, end in taken])
     last, last_end = taken[-1]
     if last_end < last.end:   # the remainder of the last block stays listed under `ref`, as a new row
-        session.execute(_INSERT_BLOCK, dict(
+        conn.execute(_INSERT_BLOCK, dict(
             batch_id=last.batch_id, project_id=last.project_id, vintage=last.vintage, start=last_end + 1,
             end=last.end, quantity=last.end - last_end, account_id=last.account_id, status=BlockStatus.LISTED,
             hold_ref=ref, updated_at=now))
-    session.execute(_INSERT_MOVEMENTS, [
+    conn.execute(_INSERT_MOVEMENTS, [
         {"kind": MovementKind.TRANSFER, "batch_id": b.batch_id, "start": b.start, "end": end,
          "from_account_id": b.account_id, "to_account_id": holding, "transfer_id": transfer_id,
          "retirement_id": None, "at": now} for b, end in taken] + [

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/offset_bench.py --database-url postgresql://postgres@127.0.0.1/postgres
     .venv/bin/python bench/offset_bench.py --database-url sqlite:// --workers 1 --orders 10 --warmup 2
+    .venv/bin/python bench/offset_bench.py --database-url postgresql://postgres@127.0.0.1/postgres --steps
 
 Targets (issue 6): on PostgreSQL at least 200 offset orders per second end to end (quote → pay → fill
 → retire → certificate with PDF) and a certificate verification p99 under 20 ms.
@@ -17,11 +18,15 @@ migrated by the Alembic migrations as the tests do:
    timed orders, each of a random 500-3,000 kg from a seeded sequence. Each worker's buyer prefers
    its own vintage, so the workers buy from different listings (one listing row is the
    serialisation point of the quotes and fills that use it). One order, timed as a whole with
-   `time.perf_counter`, is the same sequence of use cases the API runs, each in its own transaction:
-   `offsets.create_offset` (the quote, reserving the listing's supply) → `offsets.confirm_offset`
-   (the wallet pays: the total is held) → `offsets.fulfil` (delivery versus payment from the listing
-   and retirement of exactly the delivered blocks) → `certificates.issue_document` (the signed JSON) and
-   `certificate_pdf.render_pdf` (the PDF, built-in CID font). HTTP is not included.
+   `time.perf_counter`, is what the API's wallet path runs (`POST /offsets` with `"confirm": true`):
+   `offsets.place` in one transaction (the quote reserving the listing's supply, the wallet's
+   payment, delivery versus payment from the listing and retirement of exactly the delivered
+   blocks), then the signed certificate JSON from what the placement wrote
+   (`Placed.certificate_body` + `certificates.sign_body`, no query) and `certificate_pdf.render_pdf`
+   (the PDF, built-in CID font). With `--steps`, the three-step sequence instead, each in its own
+   transaction (`POST /offsets`, then `/confirm`): `offsets.create_offset` → `offsets.confirm_offset`
+   → `offsets.fulfil`, and the certificate read back from the database
+   (`certificates.issue_document`). HTTP is not included.
 3. Verification: each certificate document is serialised as served (`document_bytes`), then timed:
    `load_document` + `verify_document` with the public key PEM (what `flask registry
    verify-certificate` does, without the file read).
@@ -72,12 +77,12 @@ PRICE = 60_00
 BASE_URL = "https://tanhui.example"
 FIRST_VINTAGE = 2015
 MAX_KG = 3000
-PHASES = ("quote", "pay", "fill", "certificate", "pdf")
-ONE_SHOT_PHASES = ("place", "certificate", "pdf")
+PHASES = ("place", "certificate", "pdf")
+STEPS_PHASES = ("quote", "pay", "fill", "certificate", "pdf")
 
 
-def phases_of(one_shot: bool) -> tuple[str, ...]:
-    return ONE_SHOT_PHASES if one_shot else PHASES
+def phases_of(steps: bool) -> tuple[str, ...]:
+    return STEPS_PHASES if steps else PHASES
 
 
 @dataclass
@@ -145,7 +150,7 @@ class PhaseCounter(SqlCounter):
 
 def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, vintage: int, qty: int,
               key: certificates.SigningKey, times: dict[str, list[float]] | None, pdf: bool = True,
-              counter: PhaseCounter | None = None, one_shot: bool = False) -> bytes:
+              counter: PhaseCounter | None = None, steps: bool = False) -> bytes:
     """One order end to end; returns the served certificate JSON."""
     marks = [time.perf_counter()]
     cpu = [time.process_time()]
@@ -153,10 +158,12 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
     order = dict(footprint_id=footprint_id, quantity_kg=qty, beneficiary="基准测试 benchmark",
                  preference={"vintage": vintage})
     with factory() as s:
-        if one_shot:
+        placed = None
+        if not steps:
             phase("place")
             with s.begin():
-                done = offsets.place_offset(s, buyer, **order)   # type: ignore[arg-type]
+                placed = offsets.place(s, buyer, **order)   # type: ignore[arg-type]
+            done = placed.order
         else:
             phase("quote")
             with s.begin():
@@ -176,10 +183,14 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
         marks.append(time.perf_counter())
         cpu.append(time.process_time())
         phase("certificate")
-        with s.begin():
-            r = s.get(Retirement, done.retirement_id)
-            assert r is not None and r.certificate_number == number
-            doc = certificates.issue_document(s, r, key, BASE_URL)
+        if placed is not None:   # what the placement wrote: no query
+            doc = certificates.sign_body(placed.certificate_body(BASE_URL), key)
+            assert doc["certificate"]["certificate_number"] == number
+        else:
+            with s.begin():
+                r = s.get(Retirement, done.retirement_id)
+                assert r is not None and r.certificate_number == number
+                doc = certificates.issue_document(s, r, key, BASE_URL)
         marks.append(time.perf_counter())
         cpu.append(time.process_time())
     if pdf:
@@ -187,9 +198,9 @@ def one_order(factory: sessionmaker[Session], buyer: Actor, footprint_id: int, v
     marks.append(time.perf_counter())
     cpu.append(time.process_time())
     if times is not None:
-        for name, a, b in zip(phases_of(one_shot), marks[:-1], marks[1:], strict=True):
+        for name, a, b in zip(phases_of(steps), marks[:-1], marks[1:], strict=True):
             times[name].append((b - a) * 1000)
-        for name, a, b in zip(phases_of(one_shot), cpu[:-1], cpu[1:], strict=True):
+        for name, a, b in zip(phases_of(steps), cpu[:-1], cpu[1:], strict=True):
             times[f"cpu {name}"].append((b - a) * 1000)
         times["order"].append((marks[-1] - marks[0]) * 1000)
     return certificates.document_bytes(doc)
@@ -227,7 +238,7 @@ def cpu_seconds(pids: set[int]) -> float | None:
 
 
 def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pdf: bool = True,
-           one_shot: bool = False) -> None:
+           steps: bool = False) -> None:
     engine = create_engine(setup.url, pool_size=2)
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     key = certificates.SigningKey.from_pem(setup.key_pem)
@@ -239,17 +250,17 @@ def worker(setup: Setup, k: int, orders: int, warmup: int, out: Any, go: Any, pd
     for i, q in enumerate(qtys[:warmup]):
         counter.on = i > 0   # the first order fills caches (e.g. the shipped factors' rows)
         one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, None, pdf, counter,
-                  one_shot)
+                  steps)
     counter.on = False
     go.wait()
-    names = phases_of(one_shot)
+    names = phases_of(steps)
     times: dict[str, list[float]] = {p: [] for p in (*names, "order", *(f"cpu {p}" for p in names))}
     docs = []
     server0, client0 = cpu_seconds(backends), time.process_time()
     start = time.perf_counter()
     for q in qtys[warmup:]:
         docs.append(one_order(factory, setup.buyers[k], setup.footprint_ids[k], FIRST_VINTAGE + k, q, key, times,
-                              pdf, one_shot=one_shot))
+                              pdf, steps=steps))
     end = time.perf_counter()
     client, server1 = time.process_time() - client0, cpu_seconds(backends)
     engine.dispose()
@@ -277,23 +288,23 @@ def check(url: str) -> list[str]:
 
 
 def run(setup: Setup, workers: int, orders: int, warmup: int, pdf: bool = True,
-        profile: int = 0, one_shot: bool = False) -> list[dict[str, Any]]:
+        profile: int = 0, steps: bool = False) -> list[dict[str, Any]]:
     if workers == 1:
         q: Any = _List()
         if not profile:
-            worker(setup, 0, orders, warmup, q, _Go(), pdf, one_shot)
+            worker(setup, 0, orders, warmup, q, _Go(), pdf, steps)
             return q.items
         import cProfile
         import pstats
         prof = cProfile.Profile()
-        prof.runcall(worker, setup, 0, orders, warmup, q, _Go(), pdf, one_shot)
+        prof.runcall(worker, setup, 0, orders, warmup, q, _Go(), pdf, steps)
         stats = pstats.Stats(prof, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(profile)
         stats.sort_stats("cumulative").print_stats(profile)
         return q.items
     ctx = mp.get_context("fork")
     out, go = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=worker, args=(setup, k, orders, warmup, out, go, pdf, one_shot))
+    procs = [ctx.Process(target=worker, args=(setup, k, orders, warmup, out, go, pdf, steps))
              for k in range(workers)]
     for p in procs:
         p.start()
@@ -342,9 +353,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="skip the PDF (to see its share; the target includes it)")
     ap.add_argument("--pdf-repeat", type=int, default=30,
                     help="afterwards, render one certificate's PDF this many times alone (0: skip)")
-    ap.add_argument("--one-shot", action="store_true",
-                    help="each order placed and completed in one transaction (offsets.place_offset, as POST "
-                         "/offsets with confirm: true) instead of quote, pay and fill in three")
+    ap.add_argument("--steps", action="store_true",
+                    help="each order as quote, pay and fill in three transactions (create_offset, confirm_offset, "
+                         "fulfil; POST /offsets then /confirm) and its certificate read back from the database, "
+                         "instead of placed in one (offsets.place, as POST /offsets with confirm: true)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="with --workers 1: cProfile the worker and print its top N functions (slows it down)")
     a = ap.parse_args(argv)
@@ -357,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         url = dbs.create("offsets")
         migrate(url)
         setup = build(url, a.workers, a.orders + a.warmup)
-        results = run(setup, a.workers, a.orders, a.warmup, a.pdf, a.profile, a.one_shot)
+        results = run(setup, a.workers, a.orders, a.warmup, a.pdf, a.profile, a.steps)
         problems = check(url)
         assert not problems, "invariants violated after the benchmark:\n" + "\n".join(problems[:20])
     finally:
@@ -367,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rate = n / wall
     public = certificates.SigningKey.from_pem(setup.key_pem).public_key_pem()
     verify = verify_all([d for r in results for d in r["docs"]], public)
-    names = phases_of(a.one_shot)
+    names = phases_of(a.steps)
     phases = {p: [x for r in results for x in r["times"][p]] for p in (*names, "order") if a.pdf or p != "pdf"}
     counted = sum(r["counted_orders"] for r in results)
     statements: Counter[str] = Counter()
@@ -377,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}, "
           f"{os.cpu_count()} CPUs; {'PostgreSQL' if is_pg(a.database_url) else 'SQLite'}; {a.workers} worker(s) "
           f"x {a.orders} timed orders ({a.warmup} warm-up each){'' if a.pdf else '; WITHOUT the PDF'}; "
-          + ("one transaction an order (place_offset)" if a.one_shot else "quote, pay and fill in three transactions"))
+          + ("quote, pay and fill in three transactions (--steps)" if a.steps else "one transaction an order (place)"))
     for p, xs in phases.items():
         cpu = [x for r in results for x in r["times"].get(f"cpu {p}", [])]
         print(f"# {p:12s} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms"
@@ -410,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     vp99 = pct(verify, 99)
     print(f"BENCH offset offsets_per_s={rate:.1f} verify_p99_ms={vp99:.2f}", flush=True)
     return {"orders": n, "wall_s": wall, "offsets_per_s": rate, "verify_p99_ms": vp99,
-            "phases_p50": {p: pct(xs, 50) for p, xs in phases.items()}, "pdf": a.pdf, "one_shot": a.one_shot,
+            "phases_p50": {p: pct(xs, 50) for p, xs in phases.items()}, "pdf": a.pdf, "steps": a.steps,
             "statements_per_order": sum(statements.values()) / counted if counted else None}
 
 

@@ -17,9 +17,10 @@ Payment and fill are separate transactions on purpose: the money is safe (held) 
 fill interrupted by a crash is finished by `resume_paid` (a scheduled job and a CLI command); every
 step locks the order row and checks its state, so nothing is retired or refunded twice.
 
-Placed at once (`place_offset`, the API's `confirm: true`; wallet only): the quote, the payment and
-the fill from a listing in the caller's one transaction, writing what the three steps write; a crash
-leaves nothing to resume, since nothing of the order committed.
+Placed at once (`place`, or `place_offset` for the order alone: the API's `confirm: true`; wallet
+only): the quote, the payment and the fill from a listing in the caller's one transaction, writing
+what the three steps write; a crash leaves nothing to resume, since nothing of the order committed.
+It returns what the certificate says too (`Placed.certificate_body`: no query).
 
 Card payments (Stripe, in `exchange.payments`) call `mark_paid` when the payment succeeded and
 register a refunder with `set_card_refunder` that returns money to the card.
@@ -64,8 +65,9 @@ from exchange.offset_models import (
 )
 from exchange.pricing import fee as fee_of
 from exchange.pricing import notional as notional_of
-from registry import audit, units
+from registry import audit, certificates, units
 from registry.actors import Actor
+from registry.certificates import RetirementFacts
 from registry.db import utcnow
 from registry.delivered_retirement import BuyerAccounts, Retired, account_columns, deliver_and_retire
 from registry.errors import Conflict, InsufficientUnits, InvalidInput, NotFound, RegistryError
@@ -366,7 +368,7 @@ _BUYER_AND_FOOTPRINT = (
            _covered(_O.c.quantity_kg, [*LIVE, OffsetStatus.FILLED]).label("live"))
     .select_from(_H.outerjoin(_F, _F.c.id == bindparam("fp"))).where(_H.c.id == bindparam("h")))
 # The same with what the fill needs of the buyer (`BuyerAccounts`), for an order placed at once.
-_ACCOUNT_COLUMNS = (*account_columns(bindparam("h")), _H.c.suspended, _H.c.suspension_reason)
+_ACCOUNT_COLUMNS = (*account_columns(bindparam("h")), _H.c.suspended, _H.c.suspension_reason, _H.c.name)
 _BUYER_TO_FILL = _BUYER.add_columns(*_ACCOUNT_COLUMNS)
 _BUYER_AND_FOOTPRINT_TO_FILL = _BUYER_AND_FOOTPRINT.add_columns(*_ACCOUNT_COLUMNS)
 
@@ -384,23 +386,26 @@ def create_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_
     UPDATE, the order by one INSERT and the audit record by `record_each`."""
     quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
                    message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl)
+    assert quote.order is not None
     audit.record_each(session, [_quoted_record(quote.order, actor)])
     return quote.order
 
 
 @dataclass(frozen=True, slots=True)
 class _Quote:
-    order: OffsetOrder
+    order: OffsetOrder | None   # None: not written yet (`_quote`'s to_fill, from a listing)
     footprint_ref: str | None   # the footprint's reference on the certificate, if the order covers one
     listing: Any                # the listing reserved (id, price, fee_bp, available_kg, seller_id); None: the book
     accounts: BuyerAccounts | None = None   # the buyer's registry accounts, if asked for
+    row: dict[str, Any] | None = None       # the order's columns but id, as quoted
 
 
 def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None, footprint_id: int | None,
            message: str | None, jurisdiction: str | None, preference: Mapping[str, Any] | None, payment: str,
            ttl: dt.timedelta, to_fill: bool = False) -> _Quote:
     """`create_offset` but for its audit record (`_quoted_record`), which the caller writes.
-    `to_fill`: the buyer's registry accounts are read with it (`_Quote.accounts`)."""
+    `to_fill`: the buyer's registry accounts are read with it (`_Quote.accounts`), and a quote from
+    a listing is not written (`_Quote.order` None): the caller inserts `_Quote.row`."""
     actor.require_can_move_units()
     if payment not in PAYMENTS:
         raise InvalidInput("payment must be wallet or card", field="payment")
@@ -410,6 +415,7 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
         raise InvalidInput("give quantity_kg or footprint_id (or both: part of a footprint)", field="quantity_kg")
     pref = Preference.parse(preference)
     fp_kind, fp_ref = None, None
+    session.flush()   # what the caller changed through the ORM is seen: Core statements do not autoflush
     if footprint_id is None:
         buyer = session.execute(_BUYER_TO_FILL if to_fill else _BUYER, {"h": actor.holder_id}).one()
     else:
@@ -449,9 +455,11 @@ def _quote(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int
         inst, price, notional, fee = quote_on_book(session, pref.instrument or "", qty)
         row |= dict(instrument_id=inst.id, reserved_kg=0, price=price, notional=notional, fee=fee)
     row["total"] = row["notional"] + row["fee"]
-    accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason)
-                if to_fill else None)
-    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts)
+    accounts = (BuyerAccounts(buyer.holding_id, buyer.retirement_id, buyer.suspended, buyer.suspension_reason,
+                              buyer.name) if to_fill else None)
+    if to_fill and listing is not None:   # `place` writes the order once it knows how the fill ended
+        return _Quote(None, fp_ref, listing, accounts, row)
+    return _Quote(offset_rows.insert_order(session, row), fp_ref, listing, accounts, row)
 
 
 def _quoted_record(order: OffsetOrder, actor: Actor) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
@@ -764,14 +772,18 @@ def _retired(session: Session, order: OffsetOrder, r: Retirement | Retired, kg: 
     offset_rows.set_order(session, order, retirement_id=r.id, certificate_number=r.certificate_number,
                           filled_kg=kg, status=OffsetStatus.RETIRED, retired_at=now, updated_at=now,
                           filled_at=order.filled_at or now, **more)
-    record: tuple[Actor | None, str, str, int | str, dict[str, Any]] = (
-        None, "offset.retired", "offset_order", order.id, {
-            "certificate_number": r.certificate_number, "quantity_kg": kg, "retirement_id": r.id,
-            "footprint_id": order.footprint_id})
+    record = _retired_record(order, r.id, r.certificate_number, kg)
     if audit_into is None:
         audit.record_each(session, [record])
     else:
         audit_into.append(record)
+
+
+def _retired_record(order: OffsetOrder, retirement_id: int, number: str,
+                    kg: int) -> tuple[Actor | None, str, str, int | str, dict[str, Any]]:
+    return (None, "offset.retired", "offset_order", order.id, {
+        "certificate_number": number, "quantity_kg": kg, "retirement_id": retirement_id,
+        "footprint_id": order.footprint_id})
 
 
 def _fill_from_listing(session: Session, order: OffsetOrder) -> None:
@@ -863,25 +875,50 @@ def fulfil(session: Session, order_id: int) -> OffsetOrder:
     return order
 
 
-def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
-                 footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
-                 preference: Mapping[str, Any] | None = None, payment: str = "wallet",
-                 ttl: dt.timedelta = QUOTE_TTL) -> OffsetOrder:
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An order placed at once (`place`), and what its certificate says if it retired now."""
+
+    order: OffsetOrder
+    retired: RetirementFacts | None = None
+
+    def certificate_body(self, base_url: str, registry_name: str = certificates.REGISTRY_NAME) -> dict[str, Any]:
+        """The certificate's signed fields, as `certificates.certificate_body` reads them from the
+        database, byte for byte in canonical JSON, without a query. Raises Conflict if the order
+        did not retire now (refunded, or on the order book: read it from the database then)."""
+        if self.retired is None:
+            raise Conflict(f"offset order {self.order.id} is {self.order.status.value}, not retired at placement",
+                           field="order_id", code="wrong_status")
+        return certificates.body_of(self.retired, base_url, registry_name)
+
+
+def place_offset(session: Session, actor: Actor, **kwargs: Any) -> OffsetOrder:
+    """`place`, returning the order only."""
+    return place(session, actor, **kwargs).order
+
+
+def place(session: Session, actor: Actor, *, beneficiary: str, quantity_kg: int | None = None,
+          footprint_id: int | None = None, message: str | None = None, jurisdiction: str | None = None,
+          preference: Mapping[str, Any] | None = None, payment: str = "wallet",
+          ttl: dt.timedelta = QUOTE_TTL) -> Placed:
     """Quote, pay from the wallet, fill and retire at once (an order placed and completed in one
     request): what `create_offset`, `confirm_offset` and `fulfil` do in three transactions, in the
     caller's one, with the same rows and audit records (offset.quoted, offset.paid, units.delivered,
     units.retired, offset.retired). The order ends retired with its certificate number, or refunded
     with the reason if the fill could not complete (as `fulfil` refunds it). From the order book the
-    IOC buy is placed, and `fulfil` finishes the order once the engine answered.
+    IOC buy is placed, and `fulfil` finishes the order once the engine answered. Returns the order
+    and, if it retired, what its certificate says (`Placed.certificate_body`: no query needed).
 
     Raises what `create_offset` raises, InvalidInput (field confirm) for a card payment, and what
     `confirm_offset` raises when the wallet cannot pay (InsufficientFunds, field payment): the quote
     is written by then, so the caller must roll back.
 
     From a listing the order, the listing and the cash accounts are each locked once: the listing
-    by the quote's reservation, the order is the one inserted, and the four cash accounts (the
-    buyer's available and held, the seller's, the fees) in id order after the delivery, as the fill
-    locks them; so the money moves last and the fees account is held only from there to the commit."""
+    by the quote's reservation, the order is the one inserted (once, in its end state: retired,
+    when the retirement is written; paid, then refunded, if the fill is refused), and the four cash
+    accounts (the buyer's available and held, the seller's, the fees) in id order after the
+    delivery, as the fill locks them; so the money moves last and the fees account is held only
+    from there to the commit."""
     actor.require_can_move_units()
     if payment == "card":
         raise InvalidInput("confirm pays from the wallet at once; a card payment is quoted without it, then confirmed",
@@ -889,23 +926,44 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
     quote = _quote(session, actor, beneficiary=beneficiary, quantity_kg=quantity_kg, footprint_id=footprint_id,
                    message=message, jurisdiction=jurisdiction, preference=preference, payment=payment, ttl=ttl,
                    to_fill=True)
-    order, listing = quote.order, quote.listing
+    listing, row = quote.listing, quote.row or {}
     if listing is None:
+        order = quote.order
+        assert order is not None
         audit.record_each(session, [_quoted_record(order, actor)])
         confirm_offset(session, actor, order.id)
-        return fulfil(session, order.id)
-    records = [_quoted_record(order, actor), _paid_record(order, order.total, actor)]
+        return Placed(fulfil(session, order.id))
     filled: list[tuple[Actor | None, str, str, int | str, dict[str, Any]]] = []
+    written: list[OffsetOrder] = []
+
+    def insert_retired(retirement_id: int, number: str) -> str:
+        # The order is written once, in its end state: its row refers to the retirement just written,
+        # and the transfer written next names the order.
+        now = utcnow()
+        written.append(offset_rows.insert_order(session, row | dict(
+            status=OffsetStatus.RETIRED, reserved_kg=0, paid_amount=row["total"], paid_at=now,
+            filled_kg=row["quantity_kg"], filled_at=now, retired_at=now, retirement_id=retirement_id,
+            certificate_number=number, updated_at=now)))
+        return f"offset order {written[0].id}"
+
     failed: RegistryError | None = None
     try:
-        with session.begin_nested():
-            r = deliver_and_retire(session, actor, f"listing:{listing.id}", order.quantity_kg,
-                                   memo=f"offset order {order.id}", beneficiary=order.beneficiary,
-                                   jurisdiction=order.jurisdiction, purpose=order.purpose,
-                                   footprint_ref=quote.footprint_ref, message=order.message, audit_into=filled,
-                                   accounts=quote.accounts)
+        # No savepoint: `deliver_and_retire` raises each refusal before its first write (pinned by
+        # tests/offsets/test_delivered_retirement.py), so a refused fill leaves nothing to undo; any
+        # other error aborts the caller's whole transaction and nothing of the order is placed.
+        r = deliver_and_retire(session, actor, f"listing:{listing.id}", row["quantity_kg"], memo=insert_retired,
+                               beneficiary=row["beneficiary"], jurisdiction=row["jurisdiction"],
+                               purpose=row["purpose"], footprint_ref=quote.footprint_ref, message=row["message"],
+                               audit_into=filled, accounts=quote.accounts)
+        order = written[0]
+        filled.append(_retired_record(order, r.id, r.certificate_number, r.quantity_kg))
     except RegistryError as e:
-        failed = e
+        if written:   # never: it refuses before its first write
+            raise
+        failed, now = e, utcnow()
+        order = offset_rows.insert_order(session, row | dict(status=OffsetStatus.PAID, paid_amount=row["total"],
+                                                             paid_at=now, updated_at=now))
+    records = [_quoted_record(order, actor), _paid_record(order, order.total, actor)]
     available, held, seller, fees = _locked_accounts(session, _PLACE_ACCOUNTS, order.holder_id, listing.seller_id, [
         (order.holder_id, CashAccountKind.AVAILABLE), (order.holder_id, CashAccountKind.HELD),
         (listing.seller_id, CashAccountKind.AVAILABLE), (None, CashAccountKind.FEES)])
@@ -919,16 +977,11 @@ def place_offset(session: Session, actor: Actor, *, beneficiary: str, quantity_k
         wallets.post_locked_many(session, journals)
     except RegistryError as e:
         raise _wallet_refused(order, e) from None
-    now = utcnow()
     if failed is not None:
-        offset_rows.set_order(session, order, status=OffsetStatus.PAID, paid_amount=order.total, paid_at=now,
-                              updated_at=now)
         audit.record_each(session, records)
-        return refund(session, order, f"the fill could not complete: {failed.message}")
-    _retired(session, order, r, order.quantity_kg, audit_into=filled, reserved_kg=0, paid_amount=order.total,
-             paid_at=now)
+        return Placed(refund(session, order, f"the fill could not complete: {failed.message}"))
     audit.record_each(session, records + filled)
-    return order
+    return Placed(order, r.facts)
 
 
 def resume_paid(session_factory: Callable[[], Session], limit: int = 500, *,

@@ -11,11 +11,12 @@ its postings.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, func, insert, inspect, select, text, update
+from sqlalchemy import Table, bindparam, case, func, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -158,6 +159,16 @@ def post_locked(session: Session, kind: JournalKind, legs: Sequence[tuple[Balanc
 _ADD_BALANCE = update(_CASH).where(_CASH.c.id == bindparam("a_id")).values(balance=_CASH.c.balance + bindparam("d"))
 
 
+@functools.lru_cache(maxsize=16)
+def _add_balances(n: int) -> Any:
+    """One UPDATE adding d<i> to the balance of account a<i>, for i < n (one statement for the server
+    to run, where an executemany of `_ADD_BALANCE` is n)."""
+    amount = _CASH.c.balance.type
+    return (update(_CASH).where(_CASH.c.id.in_([bindparam(f"a{i}") for i in range(n)]))
+            .values(balance=_CASH.c.balance + case(*[(_CASH.c.id == bindparam(f"a{i}"), bindparam(f"d{i}", type_=amount))
+                                                     for i in range(n)])))
+
+
 _INSERT_JOURNALS = insert(_JOURNALS).returning(_JOURNALS.c.id, sort_by_parameter_order=True)
 _INSERT_POSTINGS = insert(_POSTINGS)
 
@@ -199,15 +210,17 @@ def post_locked_many(session: Session, journals: Sequence[LockedJournal]) -> lis
     if not checked:
         return []
     now = utcnow()
-    ids = list(session.scalars(_INSERT_JOURNALS, [
+    conn = session.connection()   # Core statements: executed on the connection (~10 us less each)
+    ids = list(conn.execute(_INSERT_JOURNALS, [
         {"kind": j.kind, "ref": j.ref, "memo": j.memo, "created_by_id": j.user_id, "created_at": now}
-        for j, _ in checked]))
+        for j, _ in checked]).scalars())
     start = {a.id: a.balance for j in journals for a, _ in j.legs}
-    moved = [{"a_id": acc_id, "d": b - start[acc_id]} for acc_id, b in balances.items() if b != start[acc_id]]
+    moved = [(acc_id, b - start[acc_id]) for acc_id, b in balances.items() if b != start[acc_id]]
     if moved:
-        session.execute(_ADD_BALANCE, moved)
-    session.execute(_INSERT_POSTINGS, [{"journal_id": jid, "account_id": a.id, "amount": amt}
-                                       for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
+        conn.execute(_add_balances(len(moved)), {k: v for i, (acc_id, d) in enumerate(moved)
+                                                 for k, v in ((f"a{i}", acc_id), (f"d{i}", d))})
+    conn.execute(_INSERT_POSTINGS, [{"journal_id": jid, "account_id": a.id, "amount": amt}
+                                    for jid, (_, legs) in zip(ids, checked, strict=True) for a, amt in legs])
     for acc_id, b in balances.items():
         loaded = session.identity_map.get(inspect(CashAccount).identity_key_from_primary_key((acc_id,)))
         if loaded is not None:

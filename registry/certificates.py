@@ -175,30 +175,77 @@ def _ranges(blocks: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class RetiredRange:
+    """One retired block as its certificate lists it (the attributes of a `_RETIRED` row)."""
+
+    batch_id: int
+    number: int         # the batch's number within its project and vintage
+    project_id: int
+    vintage: int
+    start: int
+    end: int
+    title: str          # the project's
+    p_title_en: str | None
+    city: str | None
+    m_code: str         # the methodology's
+    version: str
+    title_zh: str
+    m_title_en: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementFacts:
+    """What a retirement's certificate says, as the use case that wrote it has it in hand (so the
+    certificate of a retirement just made needs no query: `body_of`). `purpose` is the
+    RetirementPurpose's value; `blocks` are `RetiredRange`s or rows with their attributes."""
+
+    certificate_number: str
+    beneficiary: str
+    jurisdiction: str
+    purpose: str
+    message: str | None
+    footprint_ref: str | None
+    quantity_kg: int
+    retired_at: dt.datetime
+    holder_id: int
+    holder_name: str
+    blocks: Sequence[Any]
+
+
+def body_of(facts: RetirementFacts, base_url: str, registry_name: str = REGISTRY_NAME) -> dict[str, Any]:
+    """The signed fields of a certificate (`certificate_body`) from what the retirement wrote."""
+    return {
+        "schema": SCHEMA,
+        "registry": registry_name,
+        "certificate_number": facts.certificate_number,
+        "beneficiary": facts.beneficiary,
+        "jurisdiction": facts.jurisdiction,
+        "purpose": facts.purpose,
+        "message": facts.message,
+        "footprint_ref": facts.footprint_ref,
+        "quantity_kg": int(facts.quantity_kg),
+        "retired_at": iso_utc(facts.retired_at),
+        "retired_by": {"holder_id": facts.holder_id, "name": facts.holder_name},
+        "serials": _ranges(facts.blocks),
+        "verification_url": verification_url(base_url, facts.certificate_number),
+        "public_key_url": public_key_url(base_url),
+    }
+
+
 def certificate_body(session: Session, retirement: Retirement, base_url: str,
                      registry_name: str = REGISTRY_NAME) -> dict[str, Any]:
     """The signed fields of a retirement's certificate: deterministic for a given retirement.
 
     Quantities are integer kg; the time is ISO-8601 UTC with a "Z"; the serial ranges are sorted.
+    Reads the retired blocks (one query); `body_of` gives the same from what the retirement wrote.
     """
     blocks = session.execute(_RETIRED, {"retirement_id": retirement.id, "holder_id": retirement.holder_id}).all()
     holder_name = blocks[0].holder_name if blocks else retirement.holder.name
-    return {
-        "schema": SCHEMA,
-        "registry": registry_name,
-        "certificate_number": retirement.certificate_number,
-        "beneficiary": retirement.beneficiary,
-        "jurisdiction": retirement.jurisdiction,
-        "purpose": retirement.purpose.value,
-        "message": retirement.message,
-        "footprint_ref": retirement.footprint_ref,
-        "quantity_kg": int(retirement.quantity_kg),
-        "retired_at": iso_utc(retirement.retired_at),
-        "retired_by": {"holder_id": retirement.holder_id, "name": holder_name},
-        "serials": _ranges(blocks),
-        "verification_url": verification_url(base_url, retirement.certificate_number),
-        "public_key_url": public_key_url(base_url),
-    }
+    return body_of(RetirementFacts(
+        retirement.certificate_number, retirement.beneficiary, retirement.jurisdiction, retirement.purpose.value,
+        retirement.message, retirement.footprint_ref, retirement.quantity_kg, retirement.retired_at,
+        retirement.holder_id, holder_name, blocks), base_url, registry_name)
 
 
 # ---- the signing key ----------------------------------------------------------------------------

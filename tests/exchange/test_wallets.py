@@ -114,3 +114,43 @@ def test_check_finds_a_forged_balance(session, parties):
     session.rollback()
     assert any("postings add up to" in p for p in problems)
     assert any("money inside" in p for p in problems)
+
+
+
+@pytest.mark.parametrize("shape", ["round_trip", "two_moved", "three_moved"])
+def test_several_journals_posted_at_once_move_each_balance_by_its_sum(session, parties, shape):
+    """`post_locked_many` adds each account's net movement with one UPDATE (a CASE per account;
+    none when everything nets to zero), each journal checked on the balances the ones before it
+    left; and an overdraft at any journal writes nothing."""
+    from exchange.models import CashAccount, Journal, JournalKind
+    op, buyer = parties
+    sellers = [party(session, HolderKind.ENTERPRISE) for _ in range(2)]
+    wallets.deposit(session, op.actor, buyer.holder.id, 1_000)
+    ids = [*wallets.holder_accounts(session, buyer.holder.id), *(wallets.holder_accounts(session, p.holder.id)[0]
+                                                                   for p in sellers)]
+    ids = [a.id for a in ids]
+    session.commit()
+
+    def locked() -> list:
+        rows = {r.id: r for r in session.execute(select(CashAccount.id, CashAccount.kind, CashAccount.balance)
+                                                 .where(CashAccount.id.in_(ids)))}
+        return [rows[i] for i in ids]
+    a, h, s1, s2 = locked()
+    second = {"round_trip": [(h, -600), (a, 600)], "two_moved": [(h, -600), (s1, 600)],
+              "three_moved": [(h, -600), (s1, 400), (s2, 200)]}[shape]
+    before = session.scalar(select(func.count()).select_from(Journal))
+    out = wallets.post_locked_many(session, [wallets.LockedJournal(JournalKind.HOLD, [(a, -600), (h, 600)]),
+                                             wallets.LockedJournal(JournalKind.SETTLEMENT, second, ref="x")])
+    session.commit()
+    assert len(out) == 2 and session.scalar(select(func.count()).select_from(Journal)) == before + 2
+    want = {"round_trip": [1_000, 0, 0, 0], "two_moved": [400, 0, 600, 0], "three_moved": [400, 0, 400, 200]}[shape]
+    assert [r.balance for r in locked()] == want
+    assert wallets.check(session) == []
+    a, h, _, _ = locked()
+    with pytest.raises(InsufficientFunds):   # the second journal overdraws what the first left
+        wallets.post_locked_many(session, [wallets.LockedJournal(JournalKind.HOLD, [(a, -5), (h, 5)]),
+                                           wallets.LockedJournal(JournalKind.HOLD, [(a, 4 - a.balance),
+                                                                                    (h, a.balance - 4)])])
+    session.rollback()
+    assert session.scalar(select(func.count()).select_from(Journal)) == before + 2
+    assert [r.balance for r in locked()] == want

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from registry import holders, projects, units
 from registry.actors import Actor
 from registry.delivered_retirement import deliver_and_retire
-from registry.errors import InsufficientUnits, InvalidInput, NotFound, Suspended
+from registry.errors import InsufficientUnits, InvalidInput, NotFound, RegistryError, Suspended
 from registry.models import (
     AccountKind,
     AuditRecord,
@@ -143,3 +143,104 @@ def test_a_buyer_without_accounts_is_not_found(session: Any) -> None:
     with pytest.raises(NotFound):
         deliver_and_retire(session, Actor(None, 10**9, w.buyer.actor.holder_kind, w.buyer.actor.role),
                            "listing:old", 500, memo="m", **CLAIM)
+
+
+def _statements(engine: Any) -> tuple[list[str], Any]:
+    """The statements run on `engine` (first words, upper case) until the listener is removed."""
+    from sqlalchemy import event
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.lstrip().split(None, 1)[0].upper())
+    event.listen(engine, "before_cursor_execute", note)
+    return seen, lambda: event.remove(engine, "before_cursor_execute", note)
+
+
+def _blocks(session: Any) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in session.execute(select(
+        Block.id, Block.batch_id, Block.start, Block.end, Block.quantity, Block.account_id, Block.status, Block.hold_ref,
+        Block.retirement_id, Block.updated_at).order_by(Block.id))]
+
+
+REFUSALS = ["viewer", "blank_beneficiary", "blank_jurisdiction", "purpose", "zero", "no_accounts",
+            "no_accounts_given", "buyer_suspended", "buyer_suspended_given", "too_much", "project_suspended"]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_every_refusal_is_raised_before_the_first_write(session: Any, engine: Any, case: str) -> None:
+    """`offsets.place_offset` calls it without a savepoint: a refusal must leave nothing to roll
+    back. Each refusal path runs SELECTs only, and the refused call leaves every table as it was,
+    uncommitted work of the same transaction included (no rollback in between)."""
+    import dataclasses
+
+    from registry.delivered_retirement import BuyerAccounts
+    from registry.models import UserRole
+    w = world(session)
+    listed = _two_listings(session, w)
+    actor = w.buyer.actor
+    args: dict[str, Any] = {"quantity": 500, **CLAIM}
+    if case == "viewer":
+        actor = dataclasses.replace(actor, role=UserRole.VIEWER)
+    if case in ("no_accounts", "no_accounts_given"):
+        actor = Actor(None, 10**9, actor.holder_kind, actor.role)
+    if case in ("buyer_suspended", "buyer_suspended_given"):
+        holders.set_holder_suspension(session, w.operator.actor, w.buyer.holder.id, True, "KYC")
+    if case == "project_suspended":
+        projects.set_project_suspension(session, w.operator.actor, listed["listing:new"][0].project_id, True, "audit")
+    if case == "no_accounts_given":   # the accounts as the quote of `place_offset` read them
+        args["accounts"] = BuyerAccounts(None, None, False, None, "")
+    if case == "buyer_suspended_given":
+        args["accounts"] = BuyerAccounts(holders.account_of(session, actor.holder_id).id, holders.account_of(
+            session, actor.holder_id, AccountKind.RETIREMENT).id, True, "KYC", "买方")
+    args |= {"blank_beneficiary": {"beneficiary": " "}, "blank_jurisdiction": {"jurisdiction": ""},
+             "purpose": {"purpose": "nonsense"}, "zero": {"quantity": 0},
+             "too_much": {"quantity": 1701}}.get(case, {})
+    session.flush()   # the setup is written (not committed): the refusal must not disturb it either
+    before = _count(session), _blocks(session)
+    seen, stop = _statements(engine)
+    try:
+        with pytest.raises(RegistryError):
+            deliver_and_retire(session, actor, "listing:new", args.pop("quantity"), memo="m", **args)
+    finally:
+        stop()
+    assert set(seen) <= {"SELECT"}, seen
+    assert (_count(session), _blocks(session)) == before
+
+
+CLAIMS = {
+    "plain": CLAIM,
+    "no_message_no_footprint": {**CLAIM, "message": None, "footprint_ref": None},
+    "unicode": {**CLAIM, "beneficiary": ' Ünïcødé "活动" \\ 🌏\t', "message": "碳中和 ✓\n第二行 \u2028 end",
+                "footprint_ref": "FP-7 大湾区"},
+}
+
+
+@pytest.mark.parametrize("claim", list(CLAIMS))
+@pytest.mark.parametrize("shape", ["inside", "whole", "two_batches", "all", "pieces_of_one_batch"])
+def test_the_certificate_of_what_it_retired_is_the_one_read_back(session: Any, shape: str, claim: str) -> None:
+    """`Retired.facts` (what the fill had in hand) gives, in canonical JSON, byte for byte the body
+    `certificate_body` reads from the database once committed: one block or several, a batch's
+    contiguous pieces merged, with or without message and footprint, unicode."""
+    from registry import certificates
+    from tests.factories import registered_project
+    w = world(session)
+    if shape == "pieces_of_one_batch":   # two listed rows of one batch, back to back, and a second batch
+        p = registered_project(session, w, title="社区光伏 Community PV")
+        batches = [issued_batch(session, w, p, 1000, year=2023), issued_batch(session, w, p, 500, year=2023)]
+        for kg in (300, 400, 800):
+            units.lock_units(session, w.owner.holder.id, Q(quantity_kg=kg, project_id=p.id), "listing:new")
+        kg = 1500
+    else:
+        _two_listings(session, w)
+        kg = {"inside": 300, "whole": 1000, "two_batches": 1300, "all": 1700}[shape]
+    session.commit()
+    r = deliver_and_retire(session, w.buyer.actor, "listing:new", kg, memo="m", **CLAIMS[claim])
+    session.commit()
+    session.expire_all()
+    read = certificates.certificate_body(session, session.get(Retirement, r.id), "https://tanhui.example/")
+    made = certificates.body_of(r.facts, "https://tanhui.example/")
+    assert certificates.canonical_json(made) == certificates.canonical_json(read)
+    assert len(read["serials"]) == {"inside": 1, "whole": 1, "two_batches": 2, "all": 2,
+                                    "pieces_of_one_batch": 2}[shape]
+    if shape == "pieces_of_one_batch":
+        assert [s["quantity_kg"] for s in read["serials"]] == [1000, 500] and batches

@@ -264,3 +264,71 @@ def test_orders_at_once_and_in_steps_of_the_same_buyers_run_together(session: An
         assert session.get(OffsetListing, listing.id).available_kg == 100_000 - sum(
             o.quantity_kg for o in orders if o.listing_id == listing.id)
     assert _problems(session) == []
+
+
+@pytest.mark.parametrize("when", ["after_the_fill_wrote", "at_the_payment"])
+def test_a_database_error_places_nothing(session: Any, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """The fill runs without a savepoint: an error that is not a refusal (here a statement the
+    database rejects, after the delivery and retirement were written, or when the money moves)
+    leaves the transaction to the caller's rollback, and then nothing of the order exists."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+    _, buyer, _, _ = _market(session)
+    session.commit()
+    before = _count(session)
+    real = offsets.deliver_and_retire if when == "after_the_fill_wrote" else wallets.post_locked_many
+
+    def then_fail(s: Any, *args: Any, **kwargs: Any) -> Any:
+        out = real(s, *args, **kwargs)
+        s.execute(text("SELECT no_such_column FROM no_such_table"))
+        return out
+    monkeypatch.setattr(offsets if when == "after_the_fill_wrote" else wallets, real.__name__, then_fail)
+    with pytest.raises(DBAPIError):
+        offsets.place_offset(session, buyer.actor, beneficiary="x", quantity_kg=300)
+    session.rollback()
+    assert _count(session) == before
+    assert _problems(session) == []
+
+
+@pytest.mark.parametrize("message", [None, "碳中和 ✓ \"net zero\"\n"])
+@pytest.mark.parametrize("shape", ["inside", "whole", "all", "footprint"])
+def test_the_certificate_of_an_order_placed_at_once_needs_no_query(
+        session: Any, engine: Any, shape: str, message: str | None) -> None:
+    """`place` returns what the certificate says: its body is, byte for byte in canonical JSON,
+    the one `certificate_body` reads from the database after the commit, and making it runs no
+    statement."""
+    from registry import certificates
+    from tests.offsets.test_delivered_retirement import _statements
+    _, buyer, _, _ = _market(session)
+    quote = _prepare(shape, session, buyer)
+    session.commit()
+    placed = offsets.place(session, buyer.actor, beneficiary=" 大湾区论坛 🌏 ", message=message, **quote)
+    session.commit()
+    seen, stop = _statements(engine)
+    try:
+        made = placed.certificate_body("https://tanhui.example")
+    finally:
+        stop()
+    assert seen == []
+    session.expire_all()
+    read = certificates.certificate_body(session, session.get(Retirement, placed.order.retirement_id),
+                                         "https://tanhui.example")
+    assert certificates.canonical_json(made) == certificates.canonical_json(read)
+    assert read["footprint_ref"] is not None if shape == "footprint" else read["footprint_ref"] is None
+
+
+def test_a_refunded_placement_has_no_certificate(session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.errors import Conflict
+    w, buyer, listings, _ = _market(session)
+    session.commit()
+    quote = offsets._quote
+
+    def quote_then_suspend(*args: Any, **kwargs: Any) -> Any:
+        q = quote(*args, **kwargs)
+        projects.set_project_suspension(session, w.operator.actor, listings[0].project_id, True, "audit")
+        return q
+    monkeypatch.setattr(offsets, "_quote", quote_then_suspend)
+    placed = offsets.place(session, buyer.actor, beneficiary="x", quantity_kg=300, preference={"vintage": 2023})
+    assert placed.order.status is OffsetStatus.REFUNDED and placed.retired is None
+    with pytest.raises(Conflict):
+        placed.certificate_body("https://tanhui.example")

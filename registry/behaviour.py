@@ -33,7 +33,9 @@ transaction; SQLite has one writer), so the cap and cross-channel checks see eve
 `batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
 after the last committed chunk. `import_rows` prepares (or receives, from the preparing process) the
 next chunk in the calling thread while a second thread records the previous one (and a third probes
-the one between); at most three chunks are in memory here, and two in the preparing process.
+the one between, and on PostgreSQL a fourth decides its rows from that probe while the one before
+is still being written: `decide_ahead`); at most three chunks are in memory here, and two in the
+preparing process.
 """
 
 from __future__ import annotations
@@ -1030,7 +1032,8 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
             return batch_result(session, b, code, replayed=True)
     # Pipelined: while one thread records chunk n, another (PostgreSQL) makes the database checks of
     # chunk n + 1 on a connection of its own and this one reads and prepares chunk n + 2 (the
-    # database works on two cores while Python parses). Chunks still commit one at a time, in order.
+    # database works on two cores while Python parses); a fourth decides chunk n + 1's rows from that
+    # probe while chunk n is written (`decide_ahead`). Chunks still commit one at a time, in order.
     recorder = _Recorder(factory, batch_id, rules, on_chunk)
     with factory() as session:
         probing = pipeline and probe_ahead and _is_pg(session)

@@ -333,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# rejected by reason: {result.reasons}")
         print("# seconds by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in behaviour.PHASES.items())
               + f"; commit and the rest {t_import - sum(behaviour.PHASES.values()):.2f}")
-        print(f"# chunks checked ahead {behaviour.PROBES['ahead']}, checked again {behaviour.PROBES['again']}")
+        print(f"# chunks checked ahead {behaviour.PROBES['ahead']}, checked again {behaviour.PROBES['again']}; "
+              f"decided ahead {behaviour.PROBES['decided ahead']}, decided again {behaviour.PROBES['decided again']}")
         # CPU seconds are steadier than wall time on a shared machine: at 50,000 rows/s on two cores
         # the import may use at most 40 s of CPU per million rows, Python and PostgreSQL together.
         # The server's figure counts every database's work (other suites on a shared server); the

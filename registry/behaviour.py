@@ -33,7 +33,9 @@ transaction; SQLite has one writer), so the cap and cross-channel checks see eve
 `batch.rows_done` advances with each chunk in the same transaction: an interrupted import resumes
 after the last committed chunk. `import_rows` prepares (or receives, from the preparing process) the
 next chunk in the calling thread while a second thread records the previous one (and a third probes
-the one between); at most three chunks are in memory here, and two in the preparing process.
+the one between, and on PostgreSQL a fourth decides its rows from that probe while the one before
+is still being written: `decide_ahead`); at most three chunks are in memory here, and two in the
+preparing process.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import datetime as dt
 import hashlib
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,7 +91,7 @@ _LOCK_CLASS = 0x6268  # pg_advisory_xact_lock(class, programme_id): one importer
 # Seconds spent per phase of the import since the process started (for the benchmark's breakdown).
 PHASES: dict[str, float] = {}
 # Chunks whose database checks were made ahead ("ahead") or made again under the lock ("again").
-PROBES: dict[str, int] = {"ahead": 0, "again": 0}
+PROBES: dict[str, int] = {"ahead": 0, "again": 0, "decided ahead": 0, "decided again": 0}
 
 
 @contextmanager
@@ -328,6 +331,16 @@ class MemberMemo:
         self.by_ref: dict[str, int] = {}             # the partner's external id -> member id
         self.by_user: dict[int, int] = {}            # registry user id -> member id
         self.members: dict[int, list[int]] = {}      # member id -> [user id, reduction_g]
+        # Held by whoever decides rows with it or forgets it while another thread may be deciding
+        # the next chunk ahead (`decide_ahead`, `ingest_chunk`).
+        self.lock = threading.Lock()
+
+    def __deepcopy__(self, memo_of_copy: dict[int, Any]) -> MemberMemo:
+        import copy
+        other = MemberMemo.__new__(MemberMemo)
+        for name, value in vars(self).items():
+            setattr(other, name, threading.Lock() if name == "lock" else copy.deepcopy(value, memo_of_copy))
+        return other
 
     def clear(self) -> None:
         self.head = None
@@ -605,6 +618,59 @@ def probe_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules, 
     return Probe(head, generation, from_line, found)
 
 
+@dataclass
+class Decided:
+    """A chunk's rows decided ahead (`decide_ahead`), before the chunk before it has committed, from
+    its probe made ahead and what that chunk's decisions accepted: the rows carry their outcomes
+    already. `ingest_chunk` records them as they are if, under the programme's lock, it finds what
+    they assumed (the chunk's lines come next, the memo has forgotten nothing since, the probe is
+    recent enough: what it checks of a probe); otherwise it puts the rows back as they were
+    (`undo`), forgets the memo and decides them again itself (`abandoned`)."""
+
+    lo: int
+    rows: int
+    generation: int
+    probe_head: int
+    accepted: Accepted
+    gained: dict[int, int]
+    undo: list[tuple[Row, int | None, int, str | None, str | None]]
+    abandoned: bool = False
+
+    def holds(self, memo: MemberMemo, chunks: int, rows: list[Row]) -> bool:
+        return (self.lo == rows[0].line_no and self.rows == len(rows) and memo.generation == self.generation
+                and self.probe_head >= chunks - 2)
+
+    def abandon(self, memo: MemberMemo, chunks: int | None) -> None:
+        """Put the rows back as they were before they were decided and forget the memo, which
+        learned from them (the caller holds `memo.lock`)."""
+        for r, user_id, pts, reason, detail in self.undo:
+            r.status, r.reason, r.detail, r.user_id, r.points = None, reason, detail, user_id, pts
+        self.abandoned = True
+        memo.clear()
+        memo.head = chunks
+
+
+def decide_ahead(rows: list[Row], rules: Rules, memo: MemberMemo, probe: Probe,
+                 before: Accepted | None) -> Decided | None:
+    """Decide a chunk's pending rows from its probe made ahead and `before` (what the chunk before
+    accepted, decided but perhaps not yet committed), as `ingest_chunk` would decide them once that
+    chunk committed; None if the probe cannot serve (see `ingest_chunk`). The caller holds
+    `memo.lock`. Nothing is written: `ingest_chunk` records the decisions (`Decided`)."""
+    lo, hi = rows[0].line_no, rows[-1].line_no
+    if not (probe.generation == memo.generation
+            and (probe.from_line == lo or (before is not None and probe.from_line == before.lo
+                                           and before.hi == lo - 1))):
+        return None
+    pending = [r for r in rows if r.status is None]
+    undo = [(r, r.user_id, r.points, r.reason, r.detail) for r in pending]
+    accepted = Accepted(lo, hi, set(), {})
+    with _phase("classify"):
+        classifier = _classifier(probe.found, rules, memo, before if probe.from_line < lo else None, accepted)
+        classifier.classify(pending)
+        gained = classifier.finish()
+    return Decided(lo, len(rows), memo.generation, probe.head, accepted, gained, undo)
+
+
 def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> int:
     """Count this chunk in the programme's head (the caller holds the programme's lock) and forget
     the memo if another chunk was recorded since this import's previous one."""
@@ -616,19 +682,22 @@ def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> int:
         chunks = 1
     # An empty memo (the import's first chunk) has nothing to forget. Never in the middle of a chunk.
     if (memo.head is not None and memo.head != chunks - 1) or len(memo.members) > memo.limit:
-        memo.clear()
+        with memo.lock:
+            memo.clear()
     memo.head = chunks
     return chunks
 
 
 def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
                  memo: MemberMemo | None = None, probe: Probe | None = None,
-                 before: Accepted | None = None) -> ChunkResult:
+                 before: Accepted | None = None, decided: Decided | None = None) -> ChunkResult:
     """The use case that records one chunk of prepared rows (consecutive lines, in order) of an open
     batch: outcomes, points per row, the members' reduction records, counters, audit. The caller
     commits; if the commit fails, it must `clear()` the `memo` it passed (see `MemberMemo`). A `probe`
     made ahead is used when still right (see `Probe`; `before` = what the chunk before accepted),
-    else the checks are made here; the result's `accepted` says what this chunk accepted.
+    else the checks are made here; the result's `accepted` says what this chunk accepted. Rows
+    `decided` ahead (`decide_ahead`) are recorded as decided if what the decisions assumed holds,
+    else put back and decided here.
     Lines already recorded (a concurrent or repeated import) are skipped; a chunk that would leave a
     gap after the recorded lines raises Conflict `batch_in_progress`."""
     if not rows:
@@ -643,16 +712,37 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
         # Short statements on small sets: compiling them (JIT) costs more than it saves.
         session.execute(text("SET LOCAL jit = off"))
     session.refresh(batch, with_for_update=True)
-    if batch.status != "open":
+    if batch.status != "open" or rows[-1].line_no <= batch.rows_done:
+        if decided is not None:
+            with memo.lock:
+                decided.abandon(memo, None)
         return ChunkResult()
     rows = [r for r in rows if r.line_no > batch.rows_done]
-    if not rows:
-        return ChunkResult()
-    lo, hi = rows[0].line_no, rows[-1].line_no
+    lo = rows[0].line_no
     if lo != batch.rows_done + 1:
+        if decided is not None:
+            with memo.lock:
+                decided.abandon(memo, None)
         raise Conflict(f"batch {batch.id} has {batch.rows_done} lines recorded; line {lo} cannot come next "
                        "(another import of this batch is running)", field="batch_ref", code="batch_in_progress")
     chunks = _count_chunk(session, partner.programme_id, memo)
+    if decided is not None and decided.holds(memo, chunks, rows):
+        PROBES["decided ahead"] += 1
+        PROBES["ahead"] += 1
+        return _record_chunk(session, batch, partner, rows, decided.accepted, decided.gained)
+    if decided is not None:
+        PROBES["decided again"] += 1
+        # The thread deciding the next chunk ahead waits for this one (`decided.abandoned`).
+        with memo.lock:
+            decided.abandon(memo, chunks)
+            return _decide_and_record(session, batch, partner, rows, rules, memo, probe, before, chunks)
+    return _decide_and_record(session, batch, partner, rows, rules, memo, probe, before, chunks)
+
+
+def _decide_and_record(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row],
+                       rules: Rules, memo: MemberMemo, probe: Probe | None, before: Accepted | None,
+                       chunks: int) -> ChunkResult:
+    lo, hi = rows[0].line_no, rows[-1].line_no
     pending = [r for r in rows if r.status is None]
     gained: dict[int, int] = {}
     accepted = Accepted(lo, hi, set(), {})
@@ -673,6 +763,12 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
             classifier = _classifier(found, rules, memo, left_out, accepted)
             classifier.classify(pending)
             gained = classifier.finish()
+    return _record_chunk(session, batch, partner, rows, accepted, gained)
+
+
+def _record_chunk(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row],
+                  accepted: Accepted, gained: dict[int, int]) -> ChunkResult:
+    lo, hi = rows[0].line_no, rows[-1].line_no
     with _phase("insert_events"):
         _insert_events(session, batch, partner, rows)
     result = ChunkResult(rows=len(rows), accepted_rows=accepted)
@@ -936,7 +1032,8 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
             return batch_result(session, b, code, replayed=True)
     # Pipelined: while one thread records chunk n, another (PostgreSQL) makes the database checks of
     # chunk n + 1 on a connection of its own and this one reads and prepares chunk n + 2 (the
-    # database works on two cores while Python parses). Chunks still commit one at a time, in order.
+    # database works on two cores while Python parses); a fourth decides chunk n + 1's rows from that
+    # probe while chunk n is written (`decide_ahead`). Chunks still commit one at a time, in order.
     recorder = _Recorder(factory, batch_id, rules, on_chunk)
     with factory() as session:
         probing = pipeline and probe_ahead and _is_pg(session)
@@ -945,7 +1042,8 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
                 recorder.memo.preload(session, partner_id, programme_id, preload_members)
             session.rollback()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-record") as records, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-probe") as probes:
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-probe") as probes, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-decide") as decisions:
         pending: Future[None] | None = None
         previous_lo: int | None = None
 
@@ -957,10 +1055,13 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
             # below), and leaves out the previous one, committed or not (see `Probe`).
             from_line = previous_lo if previous_lo is not None else chunk[0].line_no
             probe = probes.submit(recorder.probe, chunk, from_line) if probing else None
+            # Its rows are decided as soon as the probe and the chunk before's decisions are in,
+            # while the chunk before is still being written (see `decide_ahead`).
+            decided = decisions.submit(recorder.decide, chunk, probe, pending) if probe is not None else None
             if pending is not None:
                 pending.result()
             if pipeline:
-                pending = records.submit(recorder.record, chunk, probe)
+                pending = records.submit(recorder.record, chunk, probe, decided)
             else:
                 recorder.record(chunk, probe)
             previous_lo = chunk[0].line_no
@@ -1017,6 +1118,7 @@ class _Recorder:
         self.rows = 0
         self.reasons: dict[str, int] = {}     # the rows it rejected, per reason
         self.last: Accepted | None = None     # what the last chunk recorded accepted
+        self.decided: Decided | None = None   # the last chunk decided ahead (`decide`)
 
     def probe(self, chunk: list[Row], from_line: int) -> Probe:
         with self.factory() as session:
@@ -1026,15 +1128,37 @@ class _Recorder:
             finally:
                 session.rollback()
 
-    def record(self, chunk: list[Row], probe: Future[Probe] | None = None) -> None:
+    def decide(self, chunk: list[Row], probe: Future[Probe], previous: Future[None] | None) -> Decided | None:
+        """Decide the chunk ahead (`decide_ahead`) from its probe and the chunk before's decisions,
+        made ahead too, or, when those were not or were abandoned, from what the chunk before
+        recorded once it has (`previous`)."""
+        ahead = probe.result()
+        memo, before = self.memo, self.decided
+        with memo.lock:
+            if before is not None and not before.abandoned:
+                self.decided = decide_ahead(chunk, self.rules, memo, ahead, before.accepted)
+                return self.decided
+        if previous is not None:
+            previous.result()
+        with memo.lock:
+            self.decided = decide_ahead(chunk, self.rules, memo, ahead, self.last if previous is not None else None)
+            return self.decided
+
+    def record(self, chunk: list[Row], probe: Future[Probe] | None = None,
+               decided: Future[Decided | None] | None = None) -> None:
         if not chunk:
             return
         ahead = probe.result() if probe is not None else None
+        rows_decided = decided.result() if decided is not None else None
         try:
             with self.factory() as session, session.begin():
-                result = ingest_chunk(session, self.batch_id, chunk, self.rules, self.memo, ahead, self.last)
+                result = ingest_chunk(session, self.batch_id, chunk, self.rules, self.memo, ahead, self.last,
+                                      rows_decided)
         except BaseException:
-            self.memo.clear()   # what the failed chunk taught it did not happen
+            with self.memo.lock:
+                if rows_decided is not None:
+                    rows_decided.abandoned = True
+                self.memo.clear()   # what the failed chunk taught it did not happen
             raise
         self.last = result.accepted_rows
         self.rows += result.rows

@@ -24,6 +24,7 @@ from tests.behaviour.world import RECEIVED, T0, BWorld, build, row
 from tests.conftest import ON_PG
 
 H = dt.timedelta(hours=1)
+M = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -303,4 +304,44 @@ def test_checks_made_ahead_add_the_chunk_in_flight(bw: BWorld, session_factory: 
     assert session.scalar(select(Member.reduction_g).where(Member.user_id == bw.uid(0))) == 514
     if ON_PG:   # chunks 2-4 were checked ahead and the answers used (chunk 1 has no chunk before it)
         assert behaviour.PROBES["ahead"] - before["ahead"] >= 3
+        # ... and their rows decided while the chunk before was being written, the decisions kept
+        assert behaviour.PROBES["decided ahead"] - before["decided ahead"] >= 3
+        assert behaviour.PROBES["decided again"] == before["decided again"]
+    assert behaviour.check_ledger(session) == []
+
+
+def test_rows_decided_ahead_are_decided_again_when_another_import_came_between(
+        bw: BWorld, session_factory: sessionmaker[Session], session: Session) -> None:
+    """Chunks of two rows. Once the first chunk is recorded, another partner's batch credits the
+    same resident (card-0 is bike-0) before the second chunk is: the second chunk's rows, decided
+    ahead from the memo's record of card-0 (467 g), are put back and decided again from the
+    database's (514 g), so the points carry counts the bike ride; the third chunk, whose chunk
+    before was decided again, is decided after it."""
+    before = dict(behaviour.PROBES)
+    bike: list[behaviour.BatchResult] = []
+
+    def between(result: behaviour.ChunkResult) -> None:
+        if not bike:
+            bike.append(behaviour.import_rows(session_factory, "sz-bike", "between", "api", [
+                row("k1", "bike-0", "CI-BIKE", T0 + 30 * M, distance_km="2")], received_at=RECEIVED))
+
+    def metro(eid: str, card: str, hours: int, km: str) -> dict[str, Any]:
+        return row(eid, card, "CI-TRANSIT", T0 + hours * H, mode="metro", distance_km=km)
+
+    session.rollback()
+    res = behaviour.import_rows(session_factory, "sz-metro", "decided-again", "api", [
+        metro("m1", "card-0", 0, "10"),    # 467 g → 46 points
+        metro("m2", "card-1", 1, "1"),     # 47 g → 4
+        metro("m3", "card-0", 2, "2"),     # chunk 2: 93 g after the bike's 47: 514 → 607, 51 → 60: +9
+        metro("m4", "card-1", 3, "1"),     # 47 g: 47 → 94: +5
+        metro("m5", "card-0", 4, "1"),     # chunk 3: 47 g: 607 → 654: +5
+    ], chunk_size=2, received_at=RECEIVED, on_chunk=between)
+    assert [(o.status, o.points) for o in behaviour.outcomes(session, bike[0].batch_id)] == [("accepted", 5)]
+    assert outcomes(session, res.batch_id) == [
+        ("accepted", None, 467, 46), ("accepted", None, 47, 4), ("accepted", None, 93, 9),
+        ("accepted", None, 47, 5), ("accepted", None, 47, 5)]
+    assert session.scalar(select(Member.reduction_g).where(Member.user_id == bw.uid(0))) == 654
+    assert points.balance(session, bw.uid(0)) == 46 + 5 + 9 + 5
+    if ON_PG:
+        assert behaviour.PROBES["decided again"] - before["decided again"] >= 1
     assert behaviour.check_ledger(session) == []

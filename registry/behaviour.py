@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -72,11 +72,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from registry import audit, partners, points
 from registry import behaviour_prepare as packing
+from registry.behaviour_impl import fast
 from registry.behaviour_rules import (
-    CLAIMED_ELSEWHERE,
-    DUPLICATE,
-    OVER_CAP,
-    UNKNOWN_USER,
     Row,
     RowPreparer,
     Rules,
@@ -85,6 +82,9 @@ from registry.behaviour_rules import (
 from registry.db import Base, utcnow
 from registry.errors import Conflict
 from registry.factors import FactorSource, FactorTable, shipped_table
+
+if TYPE_CHECKING:
+    from registry.behaviour_fast import ChunkCount, Classifier
 
 _LOCK_CLASS = 0x6268  # pg_advisory_xact_lock(class, programme_id): one importer per programme
 
@@ -207,15 +207,19 @@ _STAGE_DDL = ("CREATE TEMP TABLE IF NOT EXISTS behaviour_stage (line_no INTEGER,
               "ended_at TIMESTAMP, day_lo TIMESTAMP, day_hi TIMESTAMP, scan_lo TIMESTAMP, scan_hi TIMESTAMP)")
 _GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g BIGINT)"
 
-# One query for every database check of a chunk: index probes per staged row (the member by external
-# id or user id and the member row, only for rows whose member the import has not met yet (`uid` is
-# null: see `MemberMemo`); the event id; the user's events of the type), whatever the size of the
-# tables; each step walks the rows in the order of the index it probes, so that consecutive probes
-# share index pages (at a million events the indexes no longer fit in shared buffers). `seen` = 2 ×
-# the user's accepted events of the type that started in the row's day [day_lo, day_hi) (the UTC
-# bounds of the programme's calendar day) + 1 if one of them from another partner overlaps the row's
-# time span; one range [scan_lo, scan_hi) of the index covers both, because no event lasts more than
-# `Rules.max_duration_h` (24 h).
+# One query for every database check of a chunk, answering only where there is something to say:
+# kind 0, for each staged row whose member the import has not met yet (`uid` is null: see
+# `MemberMemo`), its member (by external id or user id), user id and running record (nulls: no such
+# member); kind 1, each row whose event id the partner already has accepted; kind 2, each row of a
+# member with accepted events of the type near its time span, `seen` = 2 × those that started in the
+# row's day [day_lo, day_hi) (the UTC bounds of the programme's calendar day) + 1 if one of them
+# from another partner overlaps the row's span. One range [scan_lo, scan_hi) of the span index
+# covers both, because no event lasts more than `Rules.max_duration_h` (24 h). Rows of members the
+# memo knows and with nothing found are not in the answer at all (most rows of a large import).
+# Joins probing an index per staged row, never a hash of a whole table; each walks the rows in the
+# order of the index it probes, so that consecutive probes share index pages (at a million events
+# the indexes no longer fit in shared buffers). Joins rather than a subquery per row: a fifth of the
+# executor's work per row less.
 # The events of this batch from line `from_line` on are left out: a probe made ahead (see `Probe`)
 # must not depend on whether the chunk before it has committed yet.
 # `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
@@ -230,23 +234,30 @@ WITH x AS MATERIALIZED (
   SELECT x.line_no, x.event_id, x.code, x.started_at, x.ended_at, x.day_lo, x.day_hi, x.scan_lo, x.scan_hi,
          mm.user_id AS uid, x.member_id, mm.reduction_g AS before_g
   FROM (SELECT * FROM x ORDER BY member_id) x LEFT JOIN behaviour_members mm ON mm.id = x.member_id
-), u AS (
-  SELECT line_no, event_id, code, started_at, ended_at, day_lo, day_hi, scan_lo, scan_hi, uid,
-         CAST(NULL AS BIGINT) AS member_id, CAST(NULL AS BIGINT) AS before_g
+), u AS MATERIALIZED (
+  SELECT line_no, event_id, code, started_at, ended_at, day_lo, day_hi, scan_lo, scan_hi, uid
   FROM behaviour_stage WHERE uid IS NOT NULL
-  UNION ALL SELECT * FROM m
+  UNION ALL
+  SELECT line_no, event_id, code, started_at, ended_at, day_lo, day_hi, scan_lo, scan_hi, uid FROM m
+  WHERE uid IS NOT NULL
 )
-SELECT u.line_no, u.member_id, u.uid, u.before_g,
-  (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = u.event_id
-   AND e.status = 'accepted' AND NOT (e.batch_id = :b AND e.line_no >= :from_line) LIMIT 1) AS dup,
-  (SELECT SUM(CASE WHEN e.started_at >= u.day_lo AND e.started_at < u.day_hi THEN 2 ELSE 0 END)
-        + MAX(CASE WHEN e.partner_id <> :partner
-                    AND ((e.started_at < u.ended_at AND e.ended_at > u.started_at)
-                         OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END)
-   FROM behaviour_events e WHERE e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
-   AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi
-   AND NOT (e.batch_id = :b AND e.line_no >= :from_line)) AS seen
+SELECT 0 AS kind, line_no, CAST(member_id AS BIGINT) AS a, CAST(uid AS BIGINT) AS b, CAST(before_g AS BIGINT) AS c
+FROM m
+UNION ALL
+SELECT 1, u.line_no, NULL, NULL, NULL
+FROM (SELECT line_no, event_id FROM u ORDER BY event_id) u
+JOIN behaviour_events e ON e.partner_id = :partner AND e.event_id = u.event_id AND e.status = 'accepted'
+  AND NOT (e.batch_id = :b AND e.line_no >= :from_line)
+UNION ALL
+SELECT 2, u.line_no,
+  SUM(CASE WHEN e.started_at >= u.day_lo AND e.started_at < u.day_hi THEN 2 ELSE 0 END)
+  + MAX(CASE WHEN e.partner_id <> :partner
+              AND ((e.started_at < u.ended_at AND e.ended_at > u.started_at)
+                   OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END), NULL, NULL
 FROM (SELECT * FROM u ORDER BY uid, code, started_at) u
+JOIN behaviour_events e ON e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
+  AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi AND NOT (e.batch_id = :b AND e.line_no >= :from_line)
+GROUP BY u.line_no
 """
 # The members behind a partner's external ids, as the lookup joins them (`MemberMemo.preload`).
 _PRELOAD = ("SELECT e.external_id, m.id, m.user_id, m.reduction_g FROM behaviour_external_ids e "
@@ -407,15 +418,8 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
     known, by_ref, by_user = memo.members, memo.by_ref, memo.by_user
     if rows and rows[0].packed_stage is not None and _is_pg(session):
         # Packed by the preparing process: only the user id (from the memo) is added here.
-        parts = [packing.COPY_HEADER]
-        add, int8 = parts.append, packing.int8
-        for r in rows:
-            assert r.packed_stage is not None
-            member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
-            add(r.packed_stage)
-            add(packing.NULL if member_id is None else int8(known[member_id][0]))
-        add(packing.COPY_TRAILER)
-        _copy_packed(session, "behaviour_stage", packing.STAGE_PACKED + ("uid",), parts)
+        _copy_packed(session, "behaviour_stage", packing.STAGE_PACKED + ("uid",),
+                     [fast("pack_stage")(packing.COPY_HEADER, rows, by_ref, by_user, known), packing.COPY_TRAILER])
         return
 
     def staged(r: Row) -> tuple[Any, ...]:
@@ -429,132 +433,36 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
     _copy_rows(session, "behaviour_stage", _STAGE_COLUMNS, (staged(r) for r in rows), _STAGE_TYPES)
 
 
-class _Classifier:
-    """Decides the database-dependent outcome of each pending row of a chunk, in row order, over
-    calls that may each take a part of the chunk (`classify`), from the database's answers `found`
-    (line -> member id, user id, member's record, duplicate, seen: see `registry.behaviour._LOOKUP`)
-    and what the import remembers of the members (`members`: member id -> [user id, record];
-    `by_ref`, `by_user`: `MemberMemo`'s), adding the rows of the chunk before that the lookup left
-    out (`earlier_ids`, `earlier_per_day`). What it accepts goes into `accepted_ids` and `per_day`
-    ((user id, type, day) -> rows); `gained` is the grams accepted per member id; `finish` leaves
-    the members' new records in `members`. The points of a row are the increase of
-    floor(record / `per_point`) (the carry); `cap(code)` is the daily cap of a type."""
-
-    def __init__(self, found: Mapping[int, Any], per_point: int, cap: Callable[[str], int],
-                 members: dict[int, list[int]],
-                 by_ref: dict[str, int], by_user: dict[int, int], accepted_ids: set[str],
-                 per_day: dict[tuple[int, str, dt.date], int], earlier_ids: Any,
-                 earlier_per_day: dict[tuple[int, str, dt.date], int]) -> None:
-        self.found, self.per_point, self.cap = found, per_point, cap
-        self.members, self.by_ref, self.by_user = members, by_ref, by_user
-        self.accepted_ids, self.per_day = accepted_ids, per_day
-        self.earlier_ids, self.earlier_per_day = earlier_ids, earlier_per_day
-        self.counts: dict[tuple[int, str, dt.date], int] = {}
-        self.carry: dict[int, int] = {}
-        self.gained: dict[int, int] = {}
-        self.caps: dict[str, int] = {}
-
-    def _learn(self, r: Row, member_id: int, uid: int, g: int) -> None:
-        if r.user_ref is not None:
-            self.by_ref[r.user_ref] = member_id
-        else:
-            self.by_user[uid] = member_id
-        self.members[member_id] = [uid, g]
-
-    def classify(self, rows: list[Row]) -> None:
-        """Decide `rows` (pending rows, each after every row given before)."""
-        found, members, by_ref, by_user = self.found, self.members, self.by_ref, self.by_user
-        counts, carry, gained, caps = self.counts, self.carry, self.gained, self.caps
-        accepted_ids, per_day = self.accepted_ids, self.per_day
-        earlier_ids, earlier_per_day = self.earlier_ids, self.earlier_per_day
-        per_point = self.per_point
-        for r in rows:
-            got = found[r.line_no]
-            uid_v = got[1]
-            if uid_v is None:
-                r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
-                continue
-            uid: int = uid_v
-            seen_v = got[4]
-            seen: int = 0 if seen_v is None else int(seen_v)
-            member_v = got[0]
-            before_g: int
-            if member_v is None:         # staged from the memo
-                user_ref = r.user_ref
-                if user_ref is not None:
-                    member_id = by_ref[user_ref]
-                else:
-                    user_id = r.user_id
-                    member_id = by_user[0 if user_id is None else user_id]
-                before_g = members[member_id][1]
-            else:
-                member_id = member_v
-                known = members.get(member_id)
-                if known is not None:    # met since it was staged: the memo is newer than the probe
-                    before_g = known[1]
-                else:
-                    before_g = got[2]
-                self._learn(r, member_id, uid, before_g)
-            r.user_id = uid
-            event_id = r.event_id
-            if got[3] or event_id in accepted_ids or event_id in earlier_ids:
-                r.reject(DUPLICATE, "this partner's event id was already accepted")
-                continue
-            if seen & 1:
-                r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
-                continue
-            code, day = r.code, r.day
-            assert code is not None and day is not None
-            key = (uid, code, day)
-            n = counts.get(key, -1)
-            if n < 0:
-                n = (seen >> 1) + earlier_per_day.get(key, 0)
-            n += 1
-            cap = caps.get(code, 0)
-            if not cap:
-                cap = caps[code] = self.cap(code)
-            if n > cap:
-                r.reject(OVER_CAP, f"more than {cap} {code} a day")
-                continue
-            counts[key] = n
-            before = carry.get(member_id, before_g)
-            g = r.reduction_g
-            after = before + g
-            r.points = r.points + after // per_point - before // per_point
-            carry[member_id] = after
-            if g:
-                gained[member_id] = gained.get(member_id, 0) + g
-            accepted_ids.add(event_id)
-            per_day[key] = per_day.get(key, 0) + 1
-            r.status = "accepted"
-
-    def finish(self) -> dict[int, int]:
-        """Leave the members' new records in `members`; returns the grams accepted per member id."""
-        members = self.members
-        for member_id, after in self.carry.items():
-            known = members.get(member_id)
-            if known is not None:
-                known[1] = after
-        return self.gained
+def _classifier(found: Found, rules: Rules, memo: MemberMemo, left_out: Accepted | None,
+                accepted: Accepted) -> Classifier:
+    """The `behaviour_fast.Classifier` (compiled when built) of a chunk's pending rows with the
+    import's `memo`; what it accepts goes into `accepted`."""
+    classifier: Classifier = fast("Classifier")(
+        found.members, found.duplicates, found.seen, rules.grams_per_point, rules.cap, memo.members, memo.by_ref, memo.by_user, accepted.event_ids,
+        accepted.per_day, left_out.event_ids if left_out is not None else frozenset(),
+        left_out.per_day if left_out is not None else {})
+    return classifier
 
 
-def _classifier(found: Mapping[int, Any], rules: Rules, memo: MemberMemo, left_out: Accepted | None,
-                accepted: Accepted) -> _Classifier:
-    """The `_Classifier` of a chunk's pending rows with the import's `memo`; what it accepts goes into
-    `accepted`."""
-    return _Classifier(found, rules.grams_per_point, rules.cap, memo.members, memo.by_ref, memo.by_user,
-                       accepted.event_ids, accepted.per_day,
-                       left_out.event_ids if left_out is not None else frozenset(),
-                       left_out.per_day if left_out is not None else {})
+@dataclass
+class Found:
+    """The database's answers for a chunk's staged rows (`_lookup`): for each row staged without its
+    member, line -> (member id, user id, member's record), all None for nobody; the lines whose
+    event id the partner already has accepted; line -> `seen` (see `_LOOKUP`) where it is not 0."""
+
+    members: dict[int, tuple[int | None, int | None, int | None]]
+    duplicates: set[int]
+    seen: dict[int, int]
 
 
-def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_line: int) -> dict[int, Any]:
+def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_line: int) -> Found:
     pg = _is_pg(session)
     if pg:
         # Index probes per staged row, never a hash of a whole table (members, daily records and
-        # events grow; a chunk does not).
+        # events grow; a chunk does not); no cache of probes (each row's are its own).
         session.execute(text("SET LOCAL enable_hashjoin = off"))
         session.execute(text("SET LOCAL enable_mergejoin = off"))
+        session.execute(text("SET LOCAL enable_memoize = off"))
     # The driver's cursor, not a SQLAlchemy result: plain tuples for the 20,000 rows of a chunk.
     args = {"partner": partner.id, "programme": partner.programme_id, "b": batch_id, "from_line": from_line}
     raw = session.connection().connection.driver_connection
@@ -562,12 +470,21 @@ def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_lin
     cur = raw.cursor()
     try:
         cur.execute(_LOOKUP_PG if pg else _LOOKUP, args)
-        found = {row[0]: row[1:] for row in cur.fetchall()}
+        found = Found({}, set(), {})
+        members, duplicates, seen = found.members, found.duplicates, found.seen
+        for kind, line_no, a, b, c in cur.fetchall():
+            if kind == 0:
+                members[line_no] = (a, b, c)
+            elif kind == 1:
+                duplicates.add(line_no)
+            else:
+                seen[line_no] = int(a)
     finally:
         cur.close()
     if pg:
         session.execute(text("RESET enable_hashjoin"))
         session.execute(text("RESET enable_mergejoin"))
+        session.execute(text("RESET enable_memoize"))
     return found
 
 
@@ -595,7 +512,7 @@ class Probe:
     head: int
     generation: int
     from_line: int
-    found: dict[int, Any]
+    found: Found
 
 
 def probe_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules, memo: MemberMemo,
@@ -771,22 +688,13 @@ def _record_chunk(session: Session, batch: BehaviourBatch, partner: partners.Par
     lo, hi = rows[0].line_no, rows[-1].line_no
     with _phase("insert_events"):
         _insert_events(session, batch, partner, rows)
-    result = ChunkResult(rows=len(rows), accepted_rows=accepted)
-    for r in rows:
-        if r.status == "accepted":
-            result.accepted += 1
-            result.reduction_g += r.reduction_g
-            result.points += r.points
-            if r.points:
-                assert r.user_id is not None
-                result.points_by_user[r.user_id] = result.points_by_user.get(r.user_id, 0) + r.points
-        else:
-            result.rejected += 1
-            assert r.reason is not None
-            result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
+    counted: ChunkCount = fast("count_chunk")(rows)
+    result = ChunkResult(rows=len(rows), accepted=counted.accepted, rejected=counted.rejected,
+                         reduction_g=counted.reduction_g, points=counted.points, reasons=counted.reasons,
+                         points_by_user=counted.points_by_user, accepted_rows=accepted)
     with _phase("apply_members"):
         _add_to_members(session, gained)
-        _add_to_days(session, partner.programme_id, rows)
+        _add_to_days(session, partner.programme_id, counted.grams_by_day)
     batch.rows_done = hi
     batch.accepted += result.accepted
     batch.rejected += result.rejected
@@ -813,7 +721,7 @@ def _insert_packed(session: Session, batch_id: int, partner_id: int, programme_i
     head = packing.Packer.event_head_for() + packing.int4(batch_id) + packing.int4(partner_id) + packing.int4(programme_id)
     _copy_packed(session, "behaviour_events", ("batch_id", "partner_id", "programme_id") + packing.EVENT_PACKED
                  + ("user_id", "reduction_g", "points", "status", "reason", "detail"),
-                 [packing.COPY_HEADER, packing.fast("pack_events")(head, rows), packing.COPY_TRAILER])
+                 [packing.COPY_HEADER, fast("pack_events")(head, rows), packing.COPY_TRAILER])
 
 
 def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row]) -> None:
@@ -835,7 +743,8 @@ def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
         return
     if _is_pg(session):
         session.execute(text(_GAIN_DDL + " ON COMMIT DELETE ROWS"))
-        _copy_rows(session, "behaviour_member_gain", ("id", "g"), sorted(gained.items()), ("int8", "int8"))
+        _copy_packed(session, "behaviour_member_gain", ("id", "g"),
+                     [packing.COPY_HEADER, fast("pack_gains")(gained), packing.COPY_TRAILER])
         # A probe of the primary key per gain, in key order: left to itself the planner merge-joins
         # with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
         session.execute(text("SET LOCAL enable_hashjoin = off"))
@@ -852,14 +761,9 @@ def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
                         [(g, member_id) for member_id, g in sorted(gained.items())])
 
 
-def _add_to_days(session: Session, programme_id: int, rows: list[Row]) -> None:
-    """Add the accepted grams of each day of the chunk to the programme's day totals (an upsert per
-    day, on either database)."""
-    days: dict[dt.date, int] = {}
-    for r in rows:
-        if r.status == "accepted" and r.reduction_g:
-            assert r.day is not None
-            days[r.day] = days.get(r.day, 0) + r.reduction_g
+def _add_to_days(session: Session, programme_id: int, days: Mapping[dt.date, int]) -> None:
+    """Add the accepted grams of each day of the chunk (`days`) to the programme's day totals (an
+    upsert per day, on either database)."""
     if days:
         session.execute(text(
             "INSERT INTO behaviour_programme_days (programme_id, day, reduction_g) VALUES (:p, :day, :g) "

@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from registry.behaviour_rules import BEHAVIOUR_TYPES, Row, RowPreparer, _Invalid
+if TYPE_CHECKING:   # imported at run time by `ChunkPacker` (`behaviour_rules` imports this module)
+    from registry.behaviour_rules import RowPreparer
+
+# The SHA-256 of this source file in its build (`registry.build` writes it there): a build of an
+# older source is not used (`registry.behaviour_impl`).
+SOURCE_SHA256 = ""
 
 _LEN = struct.Struct(">i")
 _INT4 = struct.Struct(">ii")
@@ -35,6 +41,83 @@ _US = dt.timedelta(microseconds=1)
 _DAY_US = 86_400_000_000
 _TWO = {f"{i:02d}": i * 1_000_000 for i in range(60)}   # "00".."59": seconds (or minutes / 60) in µs
 _HOUR_US = 3_600_000_000
+
+
+# The reasons decided with the database's answers (`Classifier`); `registry.behaviour_rules` holds the
+# others and re-exports these.
+UNKNOWN_USER = "unknown_user"
+DUPLICATE = "duplicate"
+OVER_CAP = "over_daily_cap"
+CLAIMED_ELSEWHERE = "claimed_elsewhere"
+
+
+class Row:
+    """One row on its way in. `status` None means it passed the Python checks so far.
+
+    Defined here so that, built, it is a compiled class: the importer's loops over a chunk's rows
+    (`Classifier`, `pack_stage`, `pack_events`, `count_chunk`, `rows_of`) then read and write its
+    fields directly instead of through generic attribute lookups. `registry.behaviour_rules.Row` is
+    the build's class when there is one (`registry.behaviour_impl`), else this source's."""
+
+    line_no: int
+    event_id: str
+    user_ref: str | None
+    user_id: int | None
+    code: str | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    day: dt.date | None
+    variant: str | None
+    quantity: str | None
+    reduction_g: int
+    points: int
+    factors: str | None
+    status: str | None
+    reason: str | None
+    detail: str | None
+    # The row's fields that do not depend on the database, already in PostgreSQL's binary COPY
+    # format, when a preparing process made them (`registry.behaviour_prepare`).
+    packed_event: bytes | None
+    packed_stage: bytes | None
+
+    def __init__(self, line_no: int) -> None:
+        self.line_no = line_no
+        self.event_id = ""
+        self.user_ref = None
+        self.user_id = None
+        self.code = None
+        self.started_at = None
+        self.ended_at = None
+        self.day = None
+        self.variant = None
+        self.quantity = None
+        self.reduction_g = 0
+        self.points = 0
+        self.factors = None
+        self.status = None
+        self.reason = None
+        self.detail = None
+        self.packed_event = None
+        self.packed_stage = None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Compact and quick to load: the prepared rows of a CSV file come from a child process
+        # (`registry.behaviour_prepare`) a chunk at a time. Not the packed fields (None after).
+        return row_of, ((self.line_no, self.event_id, self.user_ref, self.user_id, self.code, self.started_at,
+                         self.ended_at, self.day, self.variant, self.quantity, self.reduction_g, self.points,
+                         self.factors, self.status, self.reason, self.detail),)
+
+    def reject(self, reason: str, detail: str) -> Row:
+        self.status, self.reason, self.detail = "rejected", reason, detail[:300]
+        return self
+
+
+def row_of(state: tuple[Any, ...]) -> Row:
+    """The row `Row.__reduce__` pickled."""
+    r = Row(state[0])
+    (r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, r.day, r.variant, r.quantity,
+     r.reduction_g, r.points, r.factors, r.status, r.reason, r.detail) = state[1:]
+    return r
 
 
 class _Activity:
@@ -61,7 +144,11 @@ class ChunkPacker:
     `registry.behaviour_prepare` sends (see `pack_chunk`)."""
 
     def __init__(self, preparer: RowPreparer, packer: Any, names: list[str]) -> None:
+        from registry import behaviour_rules
+
         self.preparer, self.packer, self.names = preparer, packer, names
+        self.types: dict[str, str] = behaviour_rules.BEHAVIOUR_TYPES
+        self.invalid: Any = behaviour_rules._Invalid
         self.width = len(names)
         at = {n: i for i, n in enumerate(names)}   # the last of a repeated name, as dict(zip(...)) keeps
         self.at = at
@@ -70,7 +157,7 @@ class ChunkPacker:
         self.i_event, self.i_type, self.i_start = at.get("event_id", -1), at.get("type", -1), at.get("started_at", -1)
         self.i_end, self.i_user, self.i_uid = at.get("ended_at", -1), at.get("user", -1), at.get("user_id", -1)
         rules = preparer.rules
-        self.allowed = frozenset(c for c in preparer.allowed if c in BEHAVIOUR_TYPES)
+        self.allowed = frozenset(c for c in preparer.allowed if c in self.types)
         self.earliest, self.latest = _us(preparer.earliest), _us(preparer.latest)
         self.day_offset = rules.day_utc_offset_h * 3_600_000_000
         self.longest = rules.max_duration_h * 3_600_000_000
@@ -182,7 +269,7 @@ class ChunkPacker:
         num = den = 0
         max_kmh: int | None = None
         reduction_g, points, factors = 0, 0, None
-        if BEHAVIOUR_TYPES[code] == "engagement":
+        if self.types[code] == "engagement":
             points = int(rules.engagement_points.get(code, 0))
         else:
             if code == "CI-TRANSIT" or code == "CI-BIKE" or code == "CI-NEV":
@@ -207,8 +294,8 @@ class ChunkPacker:
                 if num > rules.max_waste_kg * den:
                     return None
                 variant = a.strip() or None
-            result = prep._calc.get((code, variant, quantity, year, None))
-            if result is None or isinstance(result, _Invalid):
+            result: Any = prep._calc.get((code, variant, quantity, year, None))
+            if result is None or isinstance(result, self.invalid):
                 return None
             reduction_g, factors = result
         tail = b"".join(_NULL if v is None else self._text(v) for v in (variant, quantity, factors))
@@ -312,7 +399,7 @@ def _text_or_null(v: str | None) -> bytes:
     return _LEN.pack(len(b)) + b
 
 
-def pack_events(head: bytes, rows: list[Any]) -> bytes:
+def pack_events(head: bytes, rows: list[Row]) -> bytes:
     """The COPY bytes of decided rows for `behaviour_events`: per row `head` (the field count, batch,
     partner, programme), its `packed_event`, then user id, reduction, points, status, reason, detail
     (the reduction and points 0 for a rejected row)."""
@@ -320,8 +407,11 @@ def pack_events(head: bytes, rows: list[Any]) -> bytes:
     add = parts.append
     tail = _ACCEPTED_TAIL.pack
     for r in rows:
+        event = r.packed_event
+        if event is None:
+            raise ValueError(f"line {r.line_no} was not packed")
         add(head)
-        add(r.packed_event)
+        add(event)
         if r.status == "accepted":
             add(tail(8, r.user_id, 8, r.reduction_g, 4, r.points, 8, b"accepted", -1, -1))
         else:
@@ -329,3 +419,235 @@ def pack_events(head: bytes, rows: list[Any]) -> bytes:
             add((_NULL if user_id is None else _INT8.pack(8, user_id)) + _INT8.pack(8, 0) + _INT4.pack(4, 0)
                 + _text_or_null(r.status) + _text_or_null(r.reason) + _text_or_null(r.detail))
     return b"".join(parts)
+
+
+def rows_of(columns: tuple[Any, ...]) -> list[Row]:
+    """The rows of a chunk packed by `ChunkPacker.pack_chunk`: what recording them needs (no times,
+    variants, quantities, factors: those are in `packed_event`)."""
+    line: int = columns[0]
+    event_ids: list[str] = columns[1]
+    user_refs: list[str | None] = columns[2]
+    user_ids: list[int | None] = columns[3]
+    codes: list[str | None] = columns[4]
+    days: list[dt.date | None] = columns[5]
+    grams: list[int] = columns[6]
+    points: list[int] = columns[7]
+    statuses: list[str | None] = columns[8]
+    reasons: list[str | None] = columns[9]
+    details: list[str | None] = columns[10]
+    events: list[bytes | None] = columns[11]
+    stages: list[bytes | None] = columns[12]
+    n = len(event_ids)
+    if not (len(user_refs) == len(user_ids) == len(codes) == len(days) == len(grams) == len(points)
+            == len(statuses) == len(reasons) == len(details) == len(events) == len(stages) == n):
+        raise ValueError("the columns of a packed chunk differ in length")
+    out: list[Row] = []
+    for i in range(n):
+        r = Row(line + i)
+        r.event_id = event_ids[i]
+        r.user_ref = user_refs[i]
+        r.user_id = user_ids[i]
+        r.code = codes[i]
+        r.day = days[i]
+        r.reduction_g = grams[i]
+        r.points = points[i]
+        r.status = statuses[i]
+        r.reason = reasons[i]
+        r.detail = details[i]
+        r.packed_event = events[i]
+        r.packed_stage = stages[i]
+        out.append(r)
+    return out
+
+
+def pack_stage(head: bytes, rows: list[Row], by_ref: dict[str, int], by_user: dict[int, int],
+               members: dict[int, list[int]]) -> bytes:
+    """The scratch table's COPY rows (`registry.behaviour._stage`) of pending rows packed by a
+    preparing process (`packed_stage`): each row's packed fields, then the user id of its member if
+    the import's memo knows it (NULL: the lookup finds the member)."""
+    parts: list[bytes] = [head]
+    add = parts.append
+    for r in rows:
+        stage = r.packed_stage
+        if stage is None:
+            raise ValueError(f"line {r.line_no} was not packed")
+        user_ref = r.user_ref
+        if user_ref is not None:
+            member_id = by_ref.get(user_ref)
+        else:
+            user_id = r.user_id
+            member_id = by_user.get(0 if user_id is None else user_id)
+        add(stage)
+        add(_NULL if member_id is None else _INT8.pack(8, members[member_id][0]))
+    return b"".join(parts)
+
+
+_GAIN = struct.Struct(">hiqiq")
+
+
+def pack_gains(gained: dict[int, int]) -> bytes:
+    """The members' gains (member id -> grams) as COPY rows (id int8, g int8), in id order."""
+    pack = _GAIN.pack
+    return b"".join([pack(2, 8, member_id, 8, g) for member_id, g in sorted(gained.items())])
+
+
+class ChunkCount:
+    """What a chunk's decided rows add up to (`count_chunk`)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.reduction_g = 0
+        self.points = 0
+        self.reasons: dict[str, int] = {}
+        self.points_by_user: dict[int, int] = {}    # the accepted rows' points per user (those above 0)
+        self.grams_by_day: dict[dt.date, int] = {}  # the accepted grams per day (those above 0)
+
+
+def count_chunk(rows: list[Row]) -> ChunkCount:
+    """Count decided rows: accepted and rejected, grams and points, rejections per reason, points
+    per user and grams per day of the accepted."""
+    c = ChunkCount()
+    reasons, by_user, by_day = c.reasons, c.points_by_user, c.grams_by_day
+    accepted = rejected = grams = points = 0
+    for r in rows:
+        if r.status == "accepted":
+            accepted += 1
+            g = r.reduction_g
+            p = r.points
+            grams += g
+            points += p
+            if p:
+                user_id = r.user_id
+                if user_id is None:
+                    raise ValueError(f"line {r.line_no} was accepted without a user")
+                by_user[user_id] = by_user.get(user_id, 0) + p
+            if g:
+                day = r.day
+                if day is None:
+                    raise ValueError(f"line {r.line_no} was accepted without a day")
+                by_day[day] = by_day.get(day, 0) + g
+        else:
+            rejected += 1
+            reason = r.reason
+            if reason is None:
+                raise ValueError(f"line {r.line_no} was rejected without a reason")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    c.accepted, c.rejected, c.reduction_g, c.points = accepted, rejected, grams, points
+    return c
+
+
+class Classifier:
+    """Decides the database-dependent outcome of each pending row of a chunk, in row order, over
+    calls that may each take a part of the chunk (`classify`), from the database's answers
+    (`registry.behaviour.Found`: `looked_up`, line -> member id, user id and member's record for the
+    rows staged without their member; the lines of `duplicates`; line -> `seen`, see
+    `registry.behaviour._LOOKUP`) and what the import remembers of the members (`members`: member id -> [user id, record];
+    `by_ref`, `by_user`: `registry.behaviour.MemberMemo`'s), adding the rows of the chunk before that
+    the lookup left out (`earlier_ids`, `earlier_per_day`). What it accepts goes into `accepted_ids`
+    and `per_day` ((user id, type, day) -> rows); `gained` is the grams accepted per member id;
+    `finish` leaves the members' new records in `members`. The points of a row are the increase of
+    floor(record / `per_point`) (the carry); `cap(code)` is the daily cap of a type."""
+
+    def __init__(self, looked_up: dict[int, tuple[int | None, int | None, int | None]], duplicates: set[int],
+                 seen: dict[int, int], per_point: int, cap: Callable[[str], int], members: dict[int, list[int]],
+                 by_ref: dict[str, int], by_user: dict[int, int], accepted_ids: set[str],
+                 per_day: dict[tuple[int, str, dt.date], int], earlier_ids: Any,
+                 earlier_per_day: dict[tuple[int, str, dt.date], int]) -> None:
+        self.looked_up, self.duplicates, self.seen = looked_up, duplicates, seen
+        self.per_point, self.cap = per_point, cap
+        self.members, self.by_ref, self.by_user = members, by_ref, by_user
+        self.accepted_ids, self.per_day = accepted_ids, per_day
+        self.earlier_ids, self.earlier_per_day = earlier_ids, earlier_per_day
+        self.counts: dict[tuple[int, str, dt.date], int] = {}
+        self.carry: dict[int, int] = {}
+        self.gained: dict[int, int] = {}
+        self.caps: dict[str, int] = {}
+
+    def _learn(self, r: Row, member_id: int, uid: int, g: int) -> None:
+        user_ref = r.user_ref
+        if user_ref is not None:
+            self.by_ref[user_ref] = member_id
+        else:
+            self.by_user[uid] = member_id
+        self.members[member_id] = [uid, g]
+
+    def classify(self, rows: list[Row]) -> None:
+        """Decide `rows` (pending rows, each after every row given before)."""
+        looked_up, duplicates, seen_of = self.looked_up, self.duplicates, self.seen
+        members, by_ref, by_user = self.members, self.by_ref, self.by_user
+        counts, carry, gained, caps = self.counts, self.carry, self.gained, self.caps
+        accepted_ids, per_day = self.accepted_ids, self.per_day
+        earlier_ids, earlier_per_day = self.earlier_ids, self.earlier_per_day
+        per_point = self.per_point
+        for r in rows:
+            line = r.line_no
+            member_id: int
+            uid: int
+            before_g: int
+            got = looked_up.get(line)
+            if got is None:              # staged from the memo
+                user_ref = r.user_ref
+                if user_ref is not None:
+                    member_id = by_ref[user_ref]
+                else:
+                    user_id = r.user_id
+                    member_id = by_user[0 if user_id is None else user_id]
+                known = members[member_id]
+                uid, before_g = known[0], known[1]
+            else:
+                member_v, uid_v, g_v = got
+                if uid_v is None:
+                    r.reject(UNKNOWN_USER, "no member of the partner's programme with this user id")
+                    continue
+                if member_v is None or g_v is None:
+                    raise ValueError(f"line {line}: a user without a member or a record")
+                member_id, uid = member_v, uid_v
+                met = members.get(member_id)
+                # Met since it was staged: the memo is newer than the lookup.
+                before_g = met[1] if met is not None else g_v
+                self._learn(r, member_id, uid, before_g)
+            seen = seen_of.get(line, 0)
+            r.user_id = uid
+            event_id = r.event_id
+            if line in duplicates or event_id in accepted_ids or event_id in earlier_ids:
+                r.reject(DUPLICATE, "this partner's event id was already accepted")
+                continue
+            if seen & 1:
+                r.reject(CLAIMED_ELSEWHERE, "the same behaviour and time span was accepted from another partner")
+                continue
+            code, day = r.code, r.day
+            if code is None or day is None:
+                raise ValueError(f"line {r.line_no} is pending without a type or a day")
+            key = (uid, code, day)
+            n = counts.get(key, -1)
+            if n < 0:
+                n = (seen >> 1) + earlier_per_day.get(key, 0)
+            n += 1
+            cap = caps.get(code, 0)
+            if not cap:
+                cap = self.cap(code)
+                caps[code] = cap
+            if n > cap:
+                r.reject(OVER_CAP, f"more than {cap} {code} a day")
+                continue
+            counts[key] = n
+            before = carry.get(member_id, before_g)
+            g = r.reduction_g
+            after = before + g
+            r.points = r.points + after // per_point - before // per_point
+            carry[member_id] = after
+            if g:
+                gained[member_id] = gained.get(member_id, 0) + g
+            accepted_ids.add(event_id)
+            per_day[key] = per_day.get(key, 0) + 1
+            r.status = "accepted"
+
+    def finish(self) -> dict[int, int]:
+        """Leave the members' new records in `members`; returns the grams accepted per member id."""
+        members = self.members
+        for member_id, after in self.carry.items():
+            known = members.get(member_id)
+            if known is not None:
+                known[1] = after
+        return self.gained

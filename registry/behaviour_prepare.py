@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from registry.behaviour_impl import fast
 from registry.behaviour_rules import Row, RowPreparer, Rules, fewer_collections
 
 _FRAME = struct.Struct("<Q")
@@ -129,24 +130,6 @@ class Packer:
                                        _TS2.pack(8, start - self.longest_us, 8, max(day_hi, end))))
 
 
-def _rows(columns: tuple[Any, ...]) -> list[Row]:
-    """The rows of a packed chunk: what recording them needs (no times, variants, quantities, factors:
-    those are in `packed_event`)."""
-    lo, *cols = columns
-    out: list[Row] = []
-    new = Row.__new__
-    line = lo
-    for event_id, user_ref, user_id, code, day, g, points, status, reason, detail, event, stage in zip(*cols, strict=True):
-        r = new(Row)
-        (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.day, r.reduction_g, r.points, r.status, r.reason,
-         r.detail, r.packed_event, r.packed_stage) = (line, event_id, user_ref, user_id, code, day, g, points,
-                                                      status, reason, detail, event, stage)
-        r.started_at = r.ended_at = r.variant = r.quantity = r.factors = None
-        out.append(r)
-        line += 1
-    return out
-
-
 def start() -> subprocess.Popen[bytes]:
     """A preparing process, started (its interpreter and imports: ~0.4 s) before it is given its work
     by `prepared_chunks`. Until then it waits on its standard input; closing that ends it."""
@@ -178,6 +161,7 @@ def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int
     bad header: `InvalidInput`) is raised here; closing the iterator stops the child. `started`: a
     child from `start` to use (else one is started at the first chunk asked for)."""
     proc = started if started is not None else start()
+    rows_of = fast("rows_of")
     assert proc.stdin is not None and proc.stdout is not None
     try:
         pickle.dump((path, preparer, skip, chunk_size, packed), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -193,7 +177,7 @@ def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int
             if kind == "rows":
                 yield payload
             elif kind == "packed":
-                yield _rows(payload)
+                yield rows_of(payload)
             elif kind == "error":
                 raise payload
             else:
@@ -221,21 +205,6 @@ def _peak_kb() -> int:
     except OSError:
         pass
     return 0
-
-
-def fast(name: str) -> Any:
-    """`name` of the compiled build of `registry.behaviour_fast` (``python3 -m registry.build``) if
-    present and the environment does not set ``TANHUI_BEHAVIOUR_PURE=1``, else of the source."""
-    if os.environ.get("TANHUI_BEHAVIOUR_PURE") != "1":
-        try:
-            from registry import _fast_native  # type: ignore[attr-defined]
-
-            return getattr(_fast_native, name)
-        except (ImportError, AttributeError):   # not built, or built before `name` was added
-            pass
-    from registry import behaviour_fast
-
-    return getattr(behaviour_fast, name)
 
 
 def chunk_packer() -> type[Any]:

@@ -21,10 +21,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from registry.behaviour_fast import CLAIMED_ELSEWHERE, DUPLICATE, OVER_CAP, UNKNOWN_USER
+from registry.behaviour_impl import fast
 from registry.errors import InvalidInput, NotFound
 from registry.factors import FactorSource
+
+if TYPE_CHECKING:
+    from registry.behaviour_fast import Row
+else:
+    # The compiled class when the build serves (`registry.behaviour_impl`): the importer's loops read
+    # its fields directly.
+    Row = fast("Row")
 
 # code → "reduction" (a methodology calculator; earns points by grams) or "engagement" (fixed points)
 BEHAVIOUR_TYPES: dict[str, str] = {
@@ -38,15 +47,12 @@ BEHAVIOUR_TYPES: dict[str, str] = {
 }
 _TRAVEL = ("CI-TRANSIT", "CI-BIKE", "CI-NEV")
 
-# Reasons a row is rejected; stable codes kept on the row.
+# Reasons a row is rejected; stable codes kept on the row (those decided with the database's answers
+# are defined beside the classifier, `registry.behaviour_fast`).
 INVALID = "invalid"
 TYPE_NOT_ALLOWED = "type_not_allowed"
-UNKNOWN_USER = "unknown_user"
-DUPLICATE = "duplicate"
 OUTSIDE_WINDOW = "outside_claim_window"
 IMPLAUSIBLE = "implausible"
-OVER_CAP = "over_daily_cap"
-CLAIMED_ELSEWHERE = "claimed_elsewhere"
 REASONS = (INVALID, TYPE_NOT_ALLOWED, UNKNOWN_USER, DUPLICATE, OUTSIDE_WINDOW, IMPLAUSIBLE, OVER_CAP,
            CLAIMED_ELSEWHERE)
 
@@ -136,55 +142,6 @@ def fewer_collections() -> Iterator[None]:
             _Quiet.depth -= 1
             if _Quiet.depth == 0:
                 gc.set_threshold(*_Quiet.saved)
-
-
-class Row:
-    """One row on its way in. `status` None means it passed the Python checks so far."""
-
-    __slots__ = ("line_no", "event_id", "user_ref", "user_id", "code", "started_at", "ended_at", "day",
-                 "variant", "quantity", "reduction_g", "points", "factors", "status", "reason", "detail",
-                 "packed_event", "packed_stage")
-
-    def __init__(self, line_no: int) -> None:
-        self.line_no = line_no
-        self.event_id = ""
-        self.user_ref: str | None = None
-        self.user_id: int | None = None
-        self.code: str | None = None
-        self.started_at: dt.datetime | None = None
-        self.ended_at: dt.datetime | None = None
-        self.day: dt.date | None = None
-        self.variant: str | None = None
-        self.quantity: str | None = None
-        self.reduction_g = 0
-        self.points = 0
-        self.factors: str | None = None
-        self.status: str | None = None
-        self.reason: str | None = None
-        self.detail: str | None = None
-        # The row's fields that do not depend on the database, already in PostgreSQL's binary COPY
-        # format, when a preparing process made them (`registry.behaviour_prepare`).
-        self.packed_event: bytes | None = None
-        self.packed_stage: bytes | None = None
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Compact and quick to load: the prepared rows of a CSV file come from a child process
-        # (`registry.behaviour_prepare`) a chunk at a time.
-        return _row_of, ((self.line_no, self.event_id, self.user_ref, self.user_id, self.code, self.started_at,
-                          self.ended_at, self.day, self.variant, self.quantity, self.reduction_g, self.points,
-                          self.factors, self.status, self.reason, self.detail),)
-
-    def reject(self, reason: str, detail: str) -> Row:
-        self.status, self.reason, self.detail = "rejected", reason, detail[:300]
-        return self
-
-
-def _row_of(state: tuple[Any, ...]) -> Row:
-    r = Row.__new__(Row)
-    (r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.started_at, r.ended_at, r.day, r.variant, r.quantity,
-     r.reduction_g, r.points, r.factors, r.status, r.reason, r.detail) = state
-    r.packed_event = r.packed_stage = None
-    return r
 
 
 def _text(raw: Mapping[str, Any], name: str) -> str | None:

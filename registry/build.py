@@ -10,6 +10,7 @@ otherwise the pure-Python source. ``python3 -m registry.build --clean`` removes 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -24,13 +25,26 @@ def clean() -> None:
         os.remove(f)
 
 
+def _copy_source(target: str) -> None:
+    """The source, with the SHA-256 of the file as it is written into `SOURCE_SHA256`, so that a
+    build of an older source is recognised and not used (`registry.behaviour_impl`)."""
+    with open(os.path.join(HERE, "behaviour_fast.py"), "rb") as f:
+        source = f.read()
+    marker = b'\nSOURCE_SHA256 = ""\n'
+    if source.count(marker) != 1:
+        raise SystemExit("registry/behaviour_fast.py must set SOURCE_SHA256 = \"\" once")
+    stamped = source.replace(marker, b'\nSOURCE_SHA256 = "' + hashlib.sha256(source).hexdigest().encode() + b'"\n')
+    with open(target, "wb") as f:
+        f.write(stamped)
+
+
 def build() -> None:
     clean()
     with tempfile.TemporaryDirectory(prefix="tanhui-mypyc-") as tmp:
         pkg = os.path.join(tmp, "registry")
         os.mkdir(pkg)
         open(os.path.join(pkg, "__init__.py"), "w").close()
-        shutil.copy(os.path.join(HERE, "behaviour_fast.py"), os.path.join(pkg, "_fast_native.py"))
+        _copy_source(os.path.join(pkg, "_fast_native.py"))
         env = dict(os.environ, MYPYC_OPT_LEVEL=os.environ.get("MYPYC_OPT_LEVEL", "3"))
         # Only this module is compiled: what it imports of `registry` is typed Any here and imported
         # from the real package at run time.

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry import behaviour, behaviour_fast, behaviour_prepare
-from registry.behaviour import Accepted, MemberMemo
+from registry.behaviour import Accepted, Found, MemberMemo
 from registry.behaviour_rules import CLAIMED_ELSEWHERE, DUPLICATE, OVER_CAP, UNKNOWN_USER, Row, Rules
 
 
@@ -131,16 +131,49 @@ def outcome(r: Row) -> tuple[Any, ...]:
     return (r.line_no, r.status, r.reason, r.detail, r.user_id, r.points)
 
 
+def as_found(found: Mapping[int, Any]) -> Found:
+    """The former lookup's answers (line -> member id, user id, record, duplicate, seen) as the lookup
+    gives them now: only the rows staged without their member are looked up, only duplicates and
+    rows seen are named."""
+    got = Found({}, set(), {})
+    for line, (member_id, uid, before_g, dup, seen) in found.items():
+        if member_id is not None or uid is None:
+            got.members[line] = (member_id, uid, before_g)
+        if dup:
+            got.duplicates.add(line)
+        if seen:
+            got.seen[line] = int(seen)
+    return got
+
+
+IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
+
+
+@pytest.fixture(params=IMPLS, scope="module")
+def fast_module(request: pytest.FixtureRequest) -> Any:
+    """`registry.behaviour_fast`, the source or its compiled build."""
+    if request.param == "pure":
+        return behaviour_fast
+    try:
+        return importlib.import_module("registry._fast_native")
+    except ImportError:
+        pytest.skip("compiled build absent (python3 -m registry.build)")
+
+
 @settings(max_examples=300, deadline=None)
-@given(chunks(), st.sampled_from([1, 3, 10]))
-def test_decided_in_blocks_as_all_at_once(chunk: Any, per_point: int) -> None:
+@given(chunk=chunks(), per_point=st.sampled_from([1, 3, 10]))
+def test_decided_in_blocks_as_all_at_once(fast_module: Any, chunk: Any, per_point: int) -> None:
     rows, found, memo, left_out, cuts = chunk
     rules = Rules(grams_per_point=per_point, daily_caps={"CI-TRANSIT": 3, "CI-WASTE": 1, "ENG-CHECKIN": 1})
     rows2, memo2 = copy.deepcopy(rows), copy.deepcopy(memo)
     want_accepted = Accepted(11, 10 + len(rows), set(), {})
     want_gained = former_classify(rows, found, rules, memo, left_out, want_accepted)
     accepted = Accepted(11, 10 + len(rows2), set(), {})
-    classifier = behaviour._classifier(found, rules, memo2, left_out, accepted)
+    answers = as_found(found)
+    classifier = fast_module.Classifier(
+        answers.members, answers.duplicates, answers.seen, rules.grams_per_point, rules.cap, memo2.members,
+        memo2.by_ref, memo2.by_user, accepted.event_ids, accepted.per_day,
+        left_out.event_ids if left_out is not None else frozenset(), left_out.per_day if left_out is not None else {})
     for lo, hi in zip([0, *cuts], [*cuts, len(rows2)], strict=True):
         classifier.classify(rows2[lo:hi])
     assert classifier.finish() == want_gained
@@ -151,7 +184,6 @@ def test_decided_in_blocks_as_all_at_once(chunk: Any, per_point: int) -> None:
 
 # -- the events' COPY bytes ------------------------------------------------------------------------
 
-IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
 _TAIL = struct.Struct(">iqiqiii8sii")
 
 

@@ -216,10 +216,11 @@ _GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g
 # from another partner overlaps the row's span. One range [scan_lo, scan_hi) of the span index
 # covers both, because no event lasts more than `Rules.max_duration_h` (24 h). Rows of members the
 # memo knows and with nothing found are not in the answer at all (most rows of a large import).
-# Joins probing an index per staged row, never a hash of a whole table; each walks the rows in the
-# order of the index it probes, so that consecutive probes share index pages (at a million events
-# the indexes no longer fit in shared buffers). Joins rather than a subquery per row: a fifth of the
-# executor's work per row less.
+# Each probes an index per staged row, never a hash of a whole table, and walks the rows in the order
+# of the index it probes, so that consecutive probes share index pages (at a million events the
+# indexes no longer fit in shared buffers). The probes are LATERAL subqueries that cannot be pulled
+# up (OFFSET 0): as plain joins the planner may put the events outside, and does after a TRUNCATE
+# (its statistics then say the table is empty), scanning every event for every staged row.
 # The events of this batch from line `from_line` on are left out: a probe made ahead (see `Probe`)
 # must not depend on whether the chunk before it has committed yet.
 # `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.
@@ -246,8 +247,8 @@ FROM m
 UNION ALL
 SELECT 1, u.line_no, NULL, NULL, NULL
 FROM (SELECT line_no, event_id FROM u ORDER BY event_id) u
-JOIN behaviour_events e ON e.partner_id = :partner AND e.event_id = u.event_id AND e.status = 'accepted'
-  AND NOT (e.batch_id = :b AND e.line_no >= :from_line)
+CROSS JOIN LATERAL (SELECT 1 FROM behaviour_events e WHERE e.partner_id = :partner AND e.event_id = u.event_id
+  AND e.status = 'accepted' AND NOT (e.batch_id = :b AND e.line_no >= :from_line) OFFSET 0) e
 UNION ALL
 SELECT 2, u.line_no,
   SUM(CASE WHEN e.started_at >= u.day_lo AND e.started_at < u.day_hi THEN 2 ELSE 0 END)
@@ -255,14 +256,18 @@ SELECT 2, u.line_no,
               AND ((e.started_at < u.ended_at AND e.ended_at > u.started_at)
                    OR (e.started_at = u.started_at AND e.ended_at = u.ended_at)) THEN 1 ELSE 0 END), NULL, NULL
 FROM (SELECT * FROM u ORDER BY uid, code, started_at) u
-JOIN behaviour_events e ON e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted'
-  AND e.started_at >= u.scan_lo AND e.started_at < u.scan_hi AND NOT (e.batch_id = :b AND e.line_no >= :from_line)
+CROSS JOIN LATERAL (SELECT e.partner_id, e.started_at, e.ended_at FROM behaviour_events e
+  WHERE e.user_id = u.uid AND e.code = u.code AND e.status = 'accepted' AND e.started_at >= u.scan_lo
+  AND e.started_at < u.scan_hi AND NOT (e.batch_id = :b AND e.line_no >= :from_line) OFFSET 0) e
 GROUP BY u.line_no
 """
 # The members behind a partner's external ids, as the lookup joins them (`MemberMemo.preload`).
 _PRELOAD = ("SELECT e.external_id, m.id, m.user_id, m.reduction_g FROM behaviour_external_ids e "
             "JOIN behaviour_members m ON m.id = e.member_id WHERE e.partner_id = :p")
 _LOOKUP_PG = re.sub(r":(\w+)", r"%(\1)s", _LOOKUP)   # psycopg's parameter style (SQLite takes :name)
+# SQLite has no LATERAL; its CROSS JOIN keeps the left side as the outer loop, the same probes.
+_LOOKUP_SQLITE = re.sub(r"CROSS JOIN LATERAL \(SELECT [\w., ]+ FROM behaviour_events e\s+WHERE (.*?) OFFSET 0\) e",
+                        r"CROSS JOIN behaviour_events e WHERE \1", _LOOKUP, flags=re.S)
 _PRELOAD_PG = re.sub(r":(\w+)", r"%(\1)s", _PRELOAD)
 
 
@@ -469,7 +474,7 @@ def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_lin
     assert raw is not None
     cur = raw.cursor()
     try:
-        cur.execute(_LOOKUP_PG if pg else _LOOKUP, args)
+        cur.execute(_LOOKUP_PG if pg else _LOOKUP_SQLITE, args)
         found = Found({}, set(), {})
         members, duplicates, seen = found.members, found.duplicates, found.seen
         for kind, line_no, a, b, c in cur.fetchall():

@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = import_csv(factory, path, PARTNER, chunk_size=args.chunk_size, pipeline=not args.no_pipeline,
                             probe_ahead=not args.no_probe_ahead, prepare_apart=False if args.prepare_here else None)
         t_import = time.perf_counter() - t0
+        t_end = t0 + t_import
         cpu_here, server1, own1 = time.process_time() - cpu0, server_cpu(engine), backends_cpu(engine)
         cpu_child = _children_cpu() - child0
         cpu_py = cpu_here + cpu_child
@@ -333,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"# rejected by reason: {result.reasons}")
         print("# seconds by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in behaviour.PHASES.items())
               + f"; commit and the rest {t_import - sum(behaviour.PHASES.values()):.2f}")
+        print("# timeline (s from the start, first..last): " + ", ".join(
+            f"{k} {a - t0:.2f}" + (f"..{b - t0:.2f}" if b - a >= 0.005 else "") for k, (a, b) in behaviour.MARKS.items())
+            + f", complete {t_end - t0:.2f}")
         print(f"# chunks checked ahead {behaviour.PROBES['ahead']}, checked again {behaviour.PROBES['again']}; "
               f"decided ahead {behaviour.PROBES['decided ahead']}, decided again {behaviour.PROBES['decided again']}")
         # CPU seconds are steadier than wall time on a shared machine: at 50,000 rows/s on two cores

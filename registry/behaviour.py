@@ -94,6 +94,20 @@ PHASES: dict[str, float] = {}
 PROBES: dict[str, int] = {"ahead": 0, "again": 0, "decided ahead": 0, "decided again": 0}
 
 
+# When the import's steps happened (time.perf_counter()): the first and the last time of each (for
+# the benchmark's timeline: what does not overlap).
+MARKS: dict[str, list[float]] = {}
+
+
+def _mark(name: str) -> None:
+    t = time.perf_counter()
+    got = MARKS.get(name)
+    if got is None:
+        MARKS[name] = [t, t]
+    else:
+        got[1] = t
+
+
 @contextmanager
 def _phase(name: str) -> Iterator[None]:
     t0 = time.perf_counter()
@@ -778,8 +792,6 @@ def _add_to_days(session: Session, programme_id: int, days: Mapping[dt.date, int
 
 
 _EARN_COLUMNS = ("user_id", "kind", "points", "expires_on", "batch_id", "ref", "created_at")
-_EARN_HEAD = struct.Struct(">hii")   # 7 fields, then the user id (int4)
-_EARN_POINTS = struct.Struct(">iq")
 
 
 def _packed_earnings(earned: Mapping[int, int], expires: dt.date, batch_id: int, ref: str,
@@ -790,9 +802,7 @@ def _packed_earnings(earned: Mapping[int, int], expires: dt.date, batch_id: int,
     kind = packing.text("earn")
     rest = (struct.pack(">ii", 4, (expires - dt.date(2000, 1, 1)).days) + packing.int4(batch_id) + packing.text(ref)
             + packing.timestamp(now))
-    head, pts = _EARN_HEAD.pack, _EARN_POINTS.pack
-    return ([packing.COPY_HEADER] + [head(7, 4, u) + kind + pts(8, p) + rest for u, p in sorted(earned.items()) if p > 0]
-            + [packing.COPY_TRAILER])
+    return [packing.COPY_HEADER, fast("pack_earnings")(earned, kind, rest), packing.COPY_TRAILER]
 
 
 def complete_batch(session: Session, batch_id: int, rules: Rules,
@@ -943,13 +953,37 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
     # chunk n + 1 on a connection of its own and this one reads and prepares chunk n + 2 (the
     # database works on two cores while Python parses); a fourth decides chunk n + 1's rows from that
     # probe while chunk n is written (`decide_ahead`). Chunks still commit one at a time, in order.
+    _mark("batch opened")
     recorder = _Recorder(factory, batch_id, rules, on_chunk)
-    with factory() as session:
-        probing = pipeline and probe_ahead and _is_pg(session)
-        if preload_members:
-            with _phase("preload"):
-                recorder.memo.preload(session, partner_id, programme_id, preload_members)
-            session.rollback()
+    # Read and prepared elsewhere (another process): its work starts now, while the members are read.
+    chunks = prepared(preparer, done, chunk_size) if prepared is not None else None
+    try:
+        with factory() as session:
+            probing = pipeline and probe_ahead and _is_pg(session)
+            if preload_members:
+                with _phase("preload"):
+                    recorder.memo.preload(session, partner_id, programme_id, preload_members)
+                session.rollback()
+        _mark("members read")
+        _pipeline(recorder, preparer, rows, done, chunk_size, pipeline, probing, chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    _mark("chunks recorded")
+    with factory() as session, session.begin():
+        b = session.get(BehaviourBatch, batch_id)
+        assert b is not None
+        # The points counted while recording serve only if this import recorded every line itself.
+        whole = done == 0 and recorder.rows == b.rows_done
+        b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
+        return batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
+
+
+def _pipeline(recorder: _Recorder, preparer: RowPreparer, rows: Iterable[Mapping[str, Any]], done: int,
+              chunk_size: int, pipeline: bool, probing: bool, chunks: Iterator[list[Row]] | None) -> None:
+    """Record the rows after line `done` (`rows`, prepared here, or the `chunks` prepared elsewhere)
+    a chunk at a time through `recorder`, pipelined (see `_import_rows`)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-record") as records, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-probe") as probes, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-decide") as decisions:
@@ -976,21 +1010,15 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
             previous_lo = chunk[0].line_no
 
         chunk: list[Row] = []
-        if prepared is not None:
-            # Read and prepared elsewhere (another process): here the chunks are only received.
-            chunks = prepared(preparer, done, chunk_size)
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    chunk = next(chunks, [])
-                    PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
-                    if not chunk:
-                        break
-                    submit(chunk)
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
+        if chunks is not None:   # here they are only received
+            while True:
+                t0 = time.perf_counter()
+                chunk = next(chunks, [])
+                PHASES["prepare"] = PHASES.get("prepare", 0.0) + time.perf_counter() - t0
+                if not chunk:
+                    break
+                _mark("chunk received")
+                submit(chunk)
         else:
             for line_no, raw in enumerate(rows, start=1):
                 if line_no <= done:
@@ -1004,13 +1032,6 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
             submit(chunk)
         if pending is not None:
             pending.result()
-    with factory() as session, session.begin():
-        b = session.get(BehaviourBatch, batch_id)
-        assert b is not None
-        # The points counted while recording serve only if this import recorded every line itself.
-        whole = done == 0 and recorder.rows == b.rows_done
-        b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
-        return batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
 
 
 class _Recorder:
@@ -1036,6 +1057,7 @@ class _Recorder:
                 return probe_chunk(session, self.batch_id, chunk, self.rules, self.memo, from_line)
             finally:
                 session.rollback()
+                _mark("probed")
 
     def decide(self, chunk: list[Row], probe: Future[Probe], previous: Future[None] | None) -> Decided | None:
         """Decide the chunk ahead (`decide_ahead`) from its probe and the chunk before's decisions,
@@ -1069,6 +1091,7 @@ class _Recorder:
                     rows_decided.abandoned = True
                 self.memo.clear()   # what the failed chunk taught it did not happen
             raise
+        _mark("recorded")
         self.last = result.accepted_rows
         self.rows += result.rows
         for reason, n in result.reasons.items():

@@ -491,6 +491,18 @@ def pack_gains(gained: dict[int, int]) -> bytes:
     return b"".join([pack(2, 8, member_id, 8, g) for member_id, g in sorted(gained.items())])
 
 
+_EARN = struct.Struct(">hii")          # 7 fields, then the user id (int4)
+_EARN_POINTS = struct.Struct(">iq")
+
+
+def pack_earnings(earned: dict[int, int], kind: bytes, rest: bytes) -> bytes:
+    """The COPY rows of a batch's `earn` entries (`registry.behaviour._packed_earnings`): per user
+    with points above 0, in user order, the user id, `kind` (packed), the points, then `rest` (the
+    packed expiry, batch, reference and time, the same for every entry)."""
+    head, pts = _EARN.pack, _EARN_POINTS.pack
+    return b"".join([head(7, 4, u) + kind + pts(8, p) + rest for u, p in sorted(earned.items()) if p > 0])
+
+
 class ChunkCount:
     """What a chunk's decided rows add up to (`count_chunk`)."""
 

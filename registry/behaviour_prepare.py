@@ -20,7 +20,7 @@ import pickle
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import IO, Any
 
 from registry.behaviour_impl import fast
@@ -159,32 +159,60 @@ def prepared_chunks(path: str, preparer: RowPreparer, skip: int, chunk_size: int
     for COPY (`Packer`): `started_at`, `ended_at`, `variant`, `quantity` and `factors` are None.
     `on_bytes(n)` hears of the bytes read once per chunk. An error of the child (an unreadable file, a
     bad header: `InvalidInput`) is raised here; closing the iterator stops the child. `started`: a
-    child from `start` to use (else one is started at the first chunk asked for)."""
+    child from `start` to use (else one is started now). The child is given its work at once."""
     proc = started if started is not None else start()
-    rows_of = fast("rows_of")
     assert proc.stdin is not None and proc.stdout is not None
     try:
+        # Given its work at once, so that it prepares the first chunk while the caller gets ready.
         pickle.dump((path, preparer, skip, chunk_size, packed), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         proc.stdin.close()
-        read = proc.stdout.read
-        while True:
-            head = read(_FRAME.size)
-            if len(head) < _FRAME.size:
-                raise RuntimeError(f"the process preparing {path} ended early (exit status {proc.wait()})")
-            kind, n, payload = pickle.loads(read(_FRAME.unpack(head)[0]))
-            if n and on_bytes is not None:
-                on_bytes(n)
-            if kind == "rows":
-                yield payload
-            elif kind == "packed":
-                yield rows_of(payload)
-            elif kind == "error":
-                raise payload
-            else:
-                PEAK_KB["last"] = payload
-                return
-    finally:
+    except BaseException:
         stop(proc)
+        raise
+    return _Received(proc, path, on_bytes)
+
+
+class _Received:
+    """The chunks a preparing process sends (`prepared_chunks`); `close` stops it, read to the end
+    or not."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: str, on_bytes: Callable[[int], None] | None) -> None:
+        self.proc, self.path, self.on_bytes = proc, path, on_bytes
+        self.chunks = self._chunks()
+
+    def __iter__(self) -> Iterator[list[Row]]:
+        return self
+
+    def __next__(self) -> list[Row]:
+        return next(self.chunks)
+
+    def close(self) -> None:
+        self.chunks.close()
+        stop(self.proc)
+
+    def _chunks(self) -> Generator[list[Row], None, None]:
+        proc, on_bytes, rows_of = self.proc, self.on_bytes, fast("rows_of")
+        assert proc.stdout is not None
+        read = proc.stdout.read
+        try:
+            while True:
+                head = read(_FRAME.size)
+                if len(head) < _FRAME.size:
+                    raise RuntimeError(f"the process preparing {self.path} ended early (exit status {proc.wait()})")
+                kind, n, payload = pickle.loads(read(_FRAME.unpack(head)[0]))
+                if n and on_bytes is not None:
+                    on_bytes(n)
+                if kind == "rows":
+                    yield payload
+                elif kind == "packed":
+                    yield rows_of(payload)
+                elif kind == "error":
+                    raise payload
+                else:
+                    PEAK_KB["last"] = payload
+                    return
+        finally:
+            stop(proc)
 
 
 def _send(out: IO[bytes], message: tuple[str, int, Any]) -> None:

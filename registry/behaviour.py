@@ -977,7 +977,10 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
         # The points counted while recording serve only if this import recorded every line itself.
         whole = done == 0 and recorder.rows == b.rows_done
         b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
-        return batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
+        _mark("points credited")
+        result = batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
+    _mark("batch completed")
+    return result
 
 
 def _pipeline(recorder: _Recorder, preparer: RowPreparer, rows: Iterable[Mapping[str, Any]], done: int,

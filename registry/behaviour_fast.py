@@ -491,16 +491,21 @@ def pack_gains(gained: dict[int, int]) -> bytes:
     return b"".join([pack(2, 8, member_id, 8, g) for member_id, g in sorted(gained.items())])
 
 
-_EARN = struct.Struct(">hii")          # 7 fields, then the user id (int4)
-_EARN_POINTS = struct.Struct(">iq")
-
-
 def pack_earnings(earned: dict[int, int], kind: bytes, rest: bytes) -> bytes:
     """The COPY rows of a batch's `earn` entries (`registry.behaviour._packed_earnings`): per user
     with points above 0, in user order, the user id, `kind` (packed), the points, then `rest` (the
-    packed expiry, batch, reference and time, the same for every entry)."""
-    head, pts = _EARN.pack, _EARN_POINTS.pack
-    return b"".join([head(7, 4, u) + kind + pts(8, p) + rest for u, p in sorted(earned.items()) if p > 0])
+    packed expiry, batch, reference and time, the same for every entry). One format for the whole
+    row, packed in place: ~200,000 entries for a million rows."""
+    row = struct.Struct(f">hii{len(kind)}siq{len(rest)}s")
+    users = sorted([u for u, p in earned.items() if p > 0])
+    size = row.size
+    out = bytearray(size * len(users))
+    pack_into = row.pack_into
+    offset = 0
+    for u in users:
+        pack_into(out, offset, 7, 4, u, kind, 8, earned[u], rest)
+        offset += size
+    return bytes(out)
 
 
 class ChunkCount:

@@ -488,7 +488,10 @@ def _lookup(session: Session, partner: partners.Partner, batch_id: int, from_lin
     assert raw is not None
     cur = raw.cursor()
     try:
-        cur.execute(_LOOKUP_PG if pg else _LOOKUP_SQLITE, args)
+        if pg:   # planned for each chunk (psycopg would prepare it after five): the tables grow under it
+            cur.execute(_LOOKUP_PG, args, prepare=False)
+        else:
+            cur.execute(_LOOKUP_SQLITE, args)
         found = Found({}, set(), {})
         members, duplicates, seen = found.members, found.duplicates, found.seen
         for kind, line_no, a, b, c in cur.fetchall():
@@ -647,6 +650,11 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
         session.execute(text("SELECT pg_advisory_xact_lock(:c, :p)"), {"c": _LOCK_CLASS, "p": partner.programme_id})
         # Short statements on small sets: compiling them (JIT) costs more than it saves.
         session.execute(text("SET LOCAL jit = off"))
+        # A chunk's commit does not wait for its WAL to reach the disk: if the server crashes first,
+        # the chunk is lost whole (its rows, counters and `rows_done` are one transaction) and the
+        # resumed import records it again. Nothing is reported done before `complete_batch`, whose
+        # commit waits, and a commit's flush flushes every earlier one with it.
+        session.execute(text("SET LOCAL synchronous_commit = off"))
     session.refresh(batch, with_for_update=True)
     if batch.status != "open" or rows[-1].line_no <= batch.rows_done:
         if decided is not None:

@@ -1,0 +1,219 @@
+"""The importer's compiled loops (`registry.behaviour_fast`, the source and its mypyc build) against the
+plain Python they replaced, the build refused when it is of another source, the chunk sizes of a
+preparing process, and the lookup's plan after a TRUNCATE."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib
+import io
+import os
+import pickle
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registry import behaviour, behaviour_fast, behaviour_impl, behaviour_prepare
+
+IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
+
+
+@pytest.fixture(params=IMPLS, scope="module")
+def fast(request: pytest.FixtureRequest) -> Any:
+    if request.param == "pure":
+        return behaviour_fast
+    try:
+        return importlib.import_module("registry._fast_native")
+    except ImportError:
+        pytest.skip("compiled build absent (python3 -m registry.build)")
+
+
+REASONS = ["duplicate", "unknown_user", "over_daily_cap", "invalid"]
+DAYS = [dt.date(2026, 11, 28), dt.date(2026, 11, 29), dt.date(2026, 11, 30)]
+
+
+@st.composite
+def decided_rows(draw: Any, fast: Any) -> list[Any]:
+    rows = []
+    for i in range(draw(st.integers(0, 30))):
+        r = fast.Row(5 + i)
+        r.event_id = f"e{i}"
+        r.user_id = draw(st.integers(1, 6))
+        r.day = draw(st.sampled_from(DAYS))
+        r.reduction_g = draw(st.integers(0, 500))
+        r.points = draw(st.integers(0, 50))
+        if draw(st.booleans()):
+            r.status = "accepted"
+        else:
+            r.reject(draw(st.sampled_from(REASONS)), "why")
+        rows.append(r)
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_chunk_counted_as_the_loop_it_replaced(fast: Any, data: Any) -> None:
+    rows = data.draw(decided_rows(fast))
+    got = fast.count_chunk(rows)
+    accepted = [r for r in rows if r.status == "accepted"]
+    reasons: dict[str, int] = {}
+    by_user: dict[int, int] = {}
+    by_day: dict[dt.date, int] = {}
+    for r in rows:
+        if r.status != "accepted":
+            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        else:
+            if r.points:
+                by_user[r.user_id] = by_user.get(r.user_id, 0) + r.points
+            if r.reduction_g:
+                by_day[r.day] = by_day.get(r.day, 0) + r.reduction_g
+    assert (got.accepted, got.rejected) == (len(accepted), len(rows) - len(accepted))
+    assert got.reduction_g == sum(r.reduction_g for r in accepted)
+    assert got.points == sum(r.points for r in accepted)
+    assert (got.reasons, got.points_by_user, got.grams_by_day) == (reasons, by_user, by_day)
+
+
+def test_rows_rebuilt_from_a_packed_chunk(fast: Any) -> None:
+    cols = (41, ["a", "b"], ["r1", None], [None, 7], ["CI-BIKE", "ENG-QUIZ"], [DAYS[0], None], [12, 0], [1, 10],
+            [None, "rejected"], [None, "invalid"], [None, "bad"], [b"ev1", b"ev2"], [b"st1", None])
+    rows = fast.rows_of(cols)
+    assert [(r.line_no, r.event_id, r.user_ref, r.user_id, r.code, r.day, r.reduction_g, r.points, r.status,
+             r.reason, r.detail, r.packed_event, r.packed_stage) for r in rows] == [
+        (41, "a", "r1", None, "CI-BIKE", DAYS[0], 12, 1, None, None, None, b"ev1", b"st1"),
+        (42, "b", None, 7, "ENG-QUIZ", None, 0, 10, "rejected", "invalid", "bad", b"ev2", None)]
+    assert all(r.started_at is None and r.factors is None for r in rows)
+    with pytest.raises(ValueError):
+        fast.rows_of((1, ["a"], [], [], [], [], [], [], [], [], [], [], []))
+
+
+def test_stage_rows_packed_with_the_members_user_ids(fast: Any) -> None:
+    rows = []
+    for i, (ref, uid) in enumerate([("r1", None), (None, 55), ("r9", None), (None, 66)]):
+        r = fast.Row(i + 1)
+        r.user_ref, r.user_id, r.packed_stage = ref, uid, f"stage{i}".encode()
+        rows.append(r)
+    members = {10: [1001, 0], 20: [1055, 3]}
+    got = fast.pack_stage(b"HEAD", rows, {"r1": 10}, {55: 20}, members)
+    int8, null = behaviour_prepare.int8, behaviour_prepare.NULL
+    assert got == b"HEAD" + b"stage0" + int8(1001) + b"stage1" + int8(1055) + b"stage2" + null + b"stage3" + null
+    rows[0].packed_stage = None
+    with pytest.raises(ValueError):
+        fast.pack_stage(b"", rows, {}, {}, {})
+
+
+def test_gains_packed_in_member_order(fast: Any) -> None:
+    gained = {9: 5, 2: 2**40, 7: 0}
+    got = fast.pack_gains(gained)
+    assert [struct.unpack_from(">hiqiq", got, i * 26) for i in range(3)] == [
+        (2, 8, m, 8, g) for m, g in sorted(gained.items())]
+    assert len(got) == 78 and fast.pack_gains({}) == b""
+
+
+def test_earnings_packed_as_the_former_loop(fast: Any) -> None:
+    earned = {30: 4, 1: 0, 12: 2**33, 5: -1, 8: 1}
+    kind, rest = behaviour_prepare.text("earn"), b"REST-of-the-entry"
+    former = b"".join(struct.pack(">hii", 7, 4, u) + kind + struct.pack(">iq", 8, p) + rest
+                      for u, p in sorted(earned.items()) if p > 0)
+    assert fast.pack_earnings(earned, kind, rest) == former
+
+
+def test_rows_pickle_and_copy_with_their_fields(fast: Any) -> None:
+    r = fast.Row(3)
+    r.event_id, r.user_ref, r.code, r.day = "ev", "card", "CI-BIKE", DAYS[1]
+    r.started_at = dt.datetime(2026, 11, 29, 8, 0)
+    r.reduction_g, r.points, r.packed_event = 120, 12, b"x"
+    r.reject("duplicate", "d" * 400)
+    for other in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert type(other) is type(r)
+        assert (other.line_no, other.event_id, other.user_ref, other.code, other.day, other.started_at,
+                other.reduction_g, other.points, other.status, other.reason, len(other.detail)) == (
+            3, "ev", "card", "CI-BIKE", DAYS[1], r.started_at, 120, 12, "rejected", "duplicate", 300)
+        assert other.packed_event is None   # not sent between processes: packed again there
+
+
+def test_a_build_of_another_source_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    behaviour_impl.native.cache_clear()
+    monkeypatch.setattr(behaviour_impl, "source_sha256", lambda: "0" * 64)
+    try:
+        assert behaviour_impl.native() is None
+        assert behaviour_impl.fast("Classifier") is behaviour_fast.Classifier
+    finally:
+        behaviour_impl.native.cache_clear()
+        monkeypatch.undo()
+    try:
+        importlib.import_module("registry._fast_native")
+    except ImportError:
+        return
+    if os.environ.get("TANHUI_BEHAVIOUR_PURE") != "1":   # the build of this very source is used
+        assert behaviour_impl.native() is not None
+        assert behaviour_impl.fast("Classifier") is not behaviour_fast.Classifier
+
+
+def test_chunks_ramp_up_and_down() -> None:
+    sizes = behaviour_prepare.Sizes(20_000, total=100 * 100_000)   # ~100 bytes a row: 100,000 rows
+    got = []
+    rows = 0
+    while rows < 100_000:
+        n = sizes.next()
+        got.append(n)
+        rows += n
+        sizes.rows, sizes.read = rows, rows * 100
+    assert got[:4] == [2_500, 5_000, 10_000, 20_000]
+    assert got[-1] == 5_000 and sum(got) == 102_500
+    small = behaviour_prepare.Sizes(behaviour_prepare.RAMP_FROM - 1, total=None)
+    assert [small.next() for _ in range(5)] == [behaviour_prepare.RAMP_FROM - 1] * 5
+
+
+def test_a_file_sent_in_ramped_chunks_keeps_every_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_send_packed` with the ramp: every line once, in order, in the sizes `Sizes` gives."""
+    sent: list[tuple[Any, ...]] = []
+
+    class Packer:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def pack_chunk(self, lo: int, records: list[list[str]]) -> tuple[Any, ...]:
+            return (lo, [r[0] for r in records])
+
+    monkeypatch.setattr(behaviour_prepare, "chunk_packer", lambda: Packer)
+    monkeypatch.setattr(behaviour_prepare, "RAMP_FROM", 8)
+    body = "event_id,type\n" + "".join(f"e{i},CI-BIKE\n" for i in range(1, 101))
+    behaviour_prepare._send_packed(io.BytesIO(body.encode()), lambda n: None, None, None, 3, 8,  # type: ignore[arg-type]
+                                   sent.append)
+    assert [lo for lo, _ in sent][:4] == [4, 5, 7, 11]
+    assert [len(ids) for _, ids in sent][:4] == [1, 2, 4, 8]
+    assert [i for _, ids in sent for i in ids] == [f"e{i}" for i in range(4, 101)]
+
+
+def test_the_lookup_probes_the_events_by_index_after_a_truncate(session: Any) -> None:
+    """After a TRUNCATE PostgreSQL's statistics say `behaviour_events` is empty while it fills again;
+    as a plain join the planner then put the events outside and scanned them all for every staged
+    row. Every probe of the events must be an index probe with conditions (not a scan of a whole
+    table or index with a filter)."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    from sqlalchemy import text
+
+    session.execute(text("TRUNCATE behaviour_events"))
+    session.execute(text(
+        "INSERT INTO behaviour_events (batch_id, line_no, partner_id, programme_id, event_id, user_id, code, "
+        "started_at, ended_at, day, reduction_g, points, status) SELECT 1, g, 1, 1, 'e' || g, g % 500, 'CI-BIKE', "
+        "TIMESTAMP '2026-11-28 08:00' + g * INTERVAL '1 minute', TIMESTAMP '2026-11-28 08:10' + g * INTERVAL "
+        "'1 minute', DATE '2026-11-28', 10, 1, 'accepted' FROM generate_series(1, 20000) g"))
+    session.execute(text(behaviour._STAGE_DDL))
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute("SET LOCAL enable_hashjoin = off")
+        cur.execute("SET LOCAL enable_mergejoin = off")
+        cur.execute("EXPLAIN " + behaviour._LOOKUP_PG, {"partner": 1, "programme": 1, "b": 2, "from_line": 1})
+        plan = [r[0] for r in cur.fetchall()]
+    session.rollback()
+    probes = [i for i, line in enumerate(plan) if " on behaviour_events " in line]
+    assert len(probes) == 2, plan
+    for i in probes:
+        assert "Index Scan using" in plan[i] and "Index Cond" in plan[i + 1], plan
+    assert "uq_behaviour_events_accepted" in plan[probes[0]] and "ix_behaviour_events_user_span" in plan[probes[1]]

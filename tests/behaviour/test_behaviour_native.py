@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import importlib
-import io
 import os
 import pickle
 import struct
@@ -167,8 +166,9 @@ def test_chunks_smaller_at_the_end() -> None:
     assert [small.next() for _ in range(5)] == [behaviour_prepare.RAMP_FROM - 1] * 5
 
 
-def test_a_file_sent_in_smaller_last_chunks_keeps_every_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_send_packed` with smaller chunks at the end: every line once, in order."""
+def test_a_file_sent_in_smaller_last_chunks_keeps_every_line(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Any) -> None:
+    """`_send_packed`: every line after the skipped ones once, in order; the last chunks a quarter."""
     sent: list[tuple[Any, ...]] = []
 
     class Packer:
@@ -179,12 +179,14 @@ def test_a_file_sent_in_smaller_last_chunks_keeps_every_line(monkeypatch: pytest
             return (lo, [r[0] for r in records])
 
     monkeypatch.setattr(behaviour_prepare, "chunk_packer", lambda: Packer)
-    monkeypatch.setattr(behaviour_prepare, "RAMP_FROM", 8)
-    body = "event_id,type\n" + "".join(f"e{i},CI-BIKE\n" for i in range(1, 101))
-    behaviour_prepare._send_packed(io.BytesIO(body.encode()), lambda n: None, None, None, 3, 8,  # type: ignore[arg-type]
-                                   sent.append)
-    assert [len(ids) for _, ids in sent][:3] == [8, 8, 8] and 2 in [len(ids) for _, ids in sent]
-    assert [i for _, ids in sent for i in ids] == [f"e{i}" for i in range(4, 101)]
+    path = tmp_path / "rows.csv"
+    path.write_text("event_id,type\n" + "".join(f"e{i},CI-BIKE\n" for i in range(1, 30_001)))
+    with open(path, "rb") as fp:
+        behaviour_prepare._send_packed(fp, lambda n: None, None, None, 3, 4_000, sent.append)  # type: ignore[arg-type]
+    sizes = [len(ids) for _, ids in sent]
+    assert sizes[:5] == [4_000] * 5 and sizes[-2] == 1_000 and 1_000 in sizes[5:]
+    assert [lo for lo, _ in sent] == [4 + sum(sizes[:i]) for i in range(len(sizes))]
+    assert [i for _, ids in sent for i in ids] == [f"e{i}" for i in range(4, 30_001)]
 
 
 def test_the_lookup_probes_the_events_by_index_after_a_truncate(session: Any) -> None:

@@ -234,7 +234,9 @@ _GAIN_DDL = "CREATE TEMP TABLE IF NOT EXISTS behaviour_member_gain (id BIGINT, g
 # of the index it probes, so that consecutive probes share index pages (at a million events the
 # indexes no longer fit in shared buffers). The probes are LATERAL subqueries that cannot be pulled
 # up (OFFSET 0): as plain joins the planner may put the events outside, and does after a TRUNCATE
-# (its statistics then say the table is empty), scanning every event for every staged row.
+# (its statistics then say the table is empty), scanning every event for every staged row. With such
+# statistics it may still probe for duplicates by a whole scan of the span index while the table is
+# small (it did for chunks of 5,000 rows against 2,500 events: see `behaviour_prepare.Sizes`).
 # The events of this batch from line `from_line` on are left out: a probe made ahead (see `Probe`)
 # must not depend on whether the chunk before it has committed yet.
 # `status = 'accepted'` is a literal so that PostgreSQL uses the partial indexes.

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import importlib
-import os
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry import behaviour, behaviour_fast, behaviour_prepare
+from registry import behaviour, behaviour_prepare
 from registry.behaviour import Accepted, Found, MemberMemo
 from registry.behaviour_rules import CLAIMED_ELSEWHERE, DUPLICATE, OVER_CAP, UNKNOWN_USER, Row, Rules
 
@@ -146,20 +144,6 @@ def as_found(found: Mapping[int, Any]) -> Found:
     return got
 
 
-IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
-
-
-@pytest.fixture(params=IMPLS, scope="module")
-def fast_module(request: pytest.FixtureRequest) -> Any:
-    """`registry.behaviour_fast`, the source or its compiled build."""
-    if request.param == "pure":
-        return behaviour_fast
-    try:
-        return importlib.import_module("registry._fast_native")
-    except ImportError:
-        pytest.skip("compiled build absent (python3 -m registry.build)")
-
-
 @settings(max_examples=300, deadline=None)
 @given(chunk=chunks(), per_point=st.sampled_from([1, 3, 10]))
 def test_decided_in_blocks_as_all_at_once(fast_module: Any, chunk: Any, per_point: int) -> None:
@@ -187,14 +171,9 @@ def test_decided_in_blocks_as_all_at_once(fast_module: Any, chunk: Any, per_poin
 _TAIL = struct.Struct(">iqiqiii8sii")
 
 
-@pytest.fixture(params=IMPLS, scope="module")
-def pack_events(request: pytest.FixtureRequest) -> Any:
-    if request.param == "pure":
-        return behaviour_fast.pack_events
-    try:
-        return importlib.import_module("registry._fast_native").pack_events
-    except ImportError:
-        pytest.skip("compiled build absent (python3 -m registry.build)")
+@pytest.fixture(scope="module")
+def pack_events(fast_module: Any) -> Any:
+    return fast_module.pack_events
 
 
 def former_pack(head: bytes, rows: list[Row]) -> bytes:

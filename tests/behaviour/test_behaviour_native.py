@@ -18,17 +18,11 @@ from hypothesis import strategies as st
 
 from registry import behaviour, behaviour_fast, behaviour_impl, behaviour_prepare
 
-IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
 
-
-@pytest.fixture(params=IMPLS, scope="module")
-def fast(request: pytest.FixtureRequest) -> Any:
-    if request.param == "pure":
-        return behaviour_fast
-    try:
-        return importlib.import_module("registry._fast_native")
-    except ImportError:
-        pytest.skip("compiled build absent (python3 -m registry.build)")
+@pytest.fixture(scope="module")
+def fast(fast_module: Any) -> Any:
+    """`registry.behaviour_fast`, the source or its compiled build (`fast_module`)."""
+    return fast_module
 
 
 REASONS = ["duplicate", "unknown_user", "over_daily_cap", "invalid"]

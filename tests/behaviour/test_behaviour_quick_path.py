@@ -5,9 +5,7 @@ built, its mypyc build `registry._fast_native`) gives, row by row, the columns a
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import io
-import os
 from typing import Any
 
 import pytest
@@ -25,18 +23,10 @@ ALLOWED = frozenset({"CI-TRANSIT", "CI-BIKE", "CI-WASTE", "CI-HOME", "ENG-CHECKI
 NAMES = ["event_id", "user", "user_id", "type", "started_at", "ended_at", "mode", "distance_km", "category",
          "weight_kg"]
 FACTORS = shipped_table()
-IMPLS = ["pure"] if os.environ.get("TANHUI_BEHAVIOUR_PURE") == "1" else ["pure", "native"]
-
-
-@pytest.fixture(params=IMPLS, scope="module")
-def impl(request: pytest.FixtureRequest) -> type[Any]:
+@pytest.fixture(scope="module")
+def impl(fast_module: Any) -> type[Any]:
     """`ChunkPacker` of the source or of the compiled build."""
-    if request.param == "pure":
-        return ChunkPacker
-    try:
-        return importlib.import_module("registry._fast_native").ChunkPacker  # type: ignore[no-any-return]
-    except ImportError:
-        pytest.skip("compiled build absent (python3 -m registry.build)")
+    return fast_module.ChunkPacker  # type: ignore[no-any-return]
 
 
 def preparer(rules: Rules | None = None) -> RowPreparer:

@@ -20,12 +20,14 @@ Rows stream through in chunks (`chunk_size`); each chunk is one transaction thro
 3. Python classifies in row order (a duplicate or over-cap row inside the chunk sees the earlier ones)
    and computes each accepted row's points with the member's carry (see `Rules`).
 4. Every row of the chunk goes into `behaviour_events` (COPY / executemany); then set-based: the
-   members' reduction records (the grams per member from Python, one UPDATE..FROM), the programme's
-   day totals (`ProgrammeDay`), the batch counters, the programme's chunk count (`ProgrammeHead`),
-   one audit record.
+   programme's day totals (`ProgrammeDay`), the batch counters, the programme's chunk count
+   (`ProgrammeHead`), one audit record. Not the members' reduction records: the import's memo
+   carries them on (see `MemberMemo`), and they are settled once per batch (`settle`,
+   `settle_batch`), or before anyone else reads them.
 5. When every row is recorded, `complete_batch` credits the batch's points: one `earn` entry per
    user, from the counts made while recording (or, after a resumed import, one INSERT..SELECT over
-   the batch's accepted rows). Until then the points are on the rows but not in the balance; an
+   the batch's accepted rows), while `settle_batch` adds the batch's grams to its members' records
+   on another connection. Until then the points are on the rows but not in the balance; an
    interrupted import resumes and completes.
 
 Chunks of one programme are recorded one at a time (a PostgreSQL advisory lock per chunk
@@ -86,6 +88,10 @@ from registry.factors import FactorSource, FactorTable, shipped_table
 if TYPE_CHECKING:
     from registry.behaviour_fast import ChunkCount, Classifier
 
+# Compiled loops (`behaviour_fast`) hold the interpreter lock until they return: they are called a
+# slice of a chunk's rows at a time, so that the thread recording (waiting on PostgreSQL, then needing
+# the lock for a moment) is not kept waiting for a whole chunk's classification (~0.1 s).
+SLICE = 2000
 _LOCK_CLASS = 0x6268  # pg_advisory_xact_lock(class, programme_id): one importer per programme
 
 # Seconds spent per phase of the import since the process started (for the benchmark's breakdown).
@@ -123,6 +129,7 @@ class BehaviourBatch(Base):
         UniqueConstraint("partner_id", "ref"),
         CheckConstraint("status IN ('open', 'complete')", name="status"),
         CheckConstraint("source IN ('api', 'csv')", name="source"),
+        CheckConstraint("members_upto >= 0 AND members_upto <= rows_done", name="members_settled"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -137,6 +144,8 @@ class BehaviourBatch(Base):
     reduction_g: Mapped[int] = mapped_column(BigInteger, default=0)
     points: Mapped[int] = mapped_column(BigInteger, default=0)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Lines 1..members_upto have their accepted grams in their members' records (`settle`).
+    members_upto: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class BehaviourEvent(Base):
@@ -153,8 +162,11 @@ class BehaviourEvent(Base):
         # Nothing counts twice: a partner's event id is accepted at most once.
         Index("uq_behaviour_events_accepted", "partner_id", "event_id", unique=True,
               sqlite_where=text("status = 'accepted'"), postgresql_where=text("status = 'accepted'")),
+        # `user_id IS NOT NULL` (true of every accepted event) is implied by the lookup's span probe
+        # and not by its duplicate probe, which therefore cannot be planned as a scan of this index.
         Index("ix_behaviour_events_user_span", "user_id", "code", "started_at",
-              sqlite_where=text("status = 'accepted'"), postgresql_where=text("status = 'accepted'")),
+              sqlite_where=text("status = 'accepted' AND user_id IS NOT NULL"),
+              postgresql_where=text("status = 'accepted' AND user_id IS NOT NULL")),
     )
 
     # No foreign keys: a million rows would make millions of key checks of the same few rows. The
@@ -187,7 +199,8 @@ class ProgrammeHead(Base):
     own previous chunk left it knows that nobody changed the members' records in between, and that
     what it remembers of them (`MemberMemo`) still holds. Anything else that changes a member's
     `reduction_g` or re-points an external id must add one too (today nothing does: members and
-    external ids are only added)."""
+    external ids are only added; `settle` moves grams that were waiting into the records, which
+    leaves a member's whole record, settled or waiting, as it was)."""
 
     __tablename__ = "behaviour_programme_heads"
 
@@ -354,7 +367,14 @@ class MemberMemo:
     It is right only while nobody else changes the members' records: `ingest_chunk` keeps it when the
     programme's chunk count (`ProgrammeHead`) is where this import's previous chunk left it and forgets
     it otherwise; `import_rows` forgets it when a chunk's transaction fails. It holds at most `limit`
-    members (~250 bytes each) at the start of a chunk, else it starts again, so memory stays bounded whatever the programme."""
+    members (~250 bytes each) at the start of a chunk, else it starts again, so memory stays bounded whatever the programme.
+
+    The members' records in the database lag behind it: a chunk does not update them (see `settle`).
+    Each member it knows is [user id, record, settled record]: the record with this import's accepted
+    grams, and the database's when the memo met it; the difference is what completing the batch adds
+    (`pending`). Whenever it forgets, the next chunk first settles every batch of the programme
+    (`fresh_head` None until then), so that a member it has not met has no grams waiting anywhere and
+    the database's record, read by the lookup, is the member's whole record."""
 
     def __init__(self, limit: int = 400_000) -> None:
         self.limit = limit
@@ -362,7 +382,11 @@ class MemberMemo:
         self.generation = 0                          # how many times it forgot everything
         self.by_ref: dict[str, int] = {}             # the partner's external id -> member id
         self.by_user: dict[int, int] = {}            # registry user id -> member id
-        self.members: dict[int, list[int]] = {}      # member id -> [user id, reduction_g]
+        self.members: dict[int, list[int]] = {}      # member id -> [user id, reduction_g, settled]
+        # The chunk count once every batch of the programme was settled for this memo: a probe whose
+        # snapshot's count is below it may have read records with grams still waiting (None: not yet).
+        self.fresh_head: int | None = None
+        self.settled_upto: int | None = None         # this import's batch's `members_upto` then
         # Held by whoever decides rows with it or forgets it while another thread may be deciding
         # the next chunk ahead (`decide_ahead`, `ingest_chunk`).
         self.lock = threading.Lock()
@@ -376,6 +400,7 @@ class MemberMemo:
 
     def clear(self) -> None:
         self.head = None
+        self.fresh_head = self.settled_upto = None
         self.generation += 1
         self.by_ref.clear()
         self.by_user.clear()
@@ -403,11 +428,37 @@ class MemberMemo:
             by_ref, members = self.by_ref, self.members
             for external_id, member_id, user_id, reduction_g in cur.fetchall():
                 by_ref[external_id] = member_id
-                members[member_id] = [user_id, reduction_g]
+                members[member_id] = [user_id, reduction_g, reduction_g]
         finally:
             cur.close()
         self.head = head
         return True
+
+    def start(self, session: Session, batch: BehaviourBatch, programme_id: int, max_members: int = 0) -> None:
+        """At the start of an import of `batch` (in a transaction of its own, which the caller
+        commits): under the programme's lock, settle every batch of the programme, remember the
+        programme's chunk count, and preload the members if asked (`max_members`, see `preload`), so
+        that nobody records between the three."""
+        _lock_programme(session, programme_id)
+        settle(session, programme_id)
+        head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
+                              {"p": programme_id}) or 0
+        if max_members:
+            with _phase("preload"):
+                self.preload(session, batch.partner_id, programme_id, max_members)
+        self.head = self.fresh_head = head
+        self.settled_upto = batch.members_upto
+
+    def probe_holds(self, probe: Probe) -> bool:
+        """Whether a probe's member records can serve this memo: staged since it last forgot, in a
+        snapshot where the programme was settled for it."""
+        return (probe.generation == self.generation and self.fresh_head is not None
+                and probe.head >= self.fresh_head)
+
+    def pending(self) -> dict[int, int]:
+        """Member id -> the grams this import accepted since the memo met the member (or since it
+        was settled), not yet in the member's record in the database."""
+        return {member_id: known[1] - known[2] for member_id, known in self.members.items() if known[1] != known[2]}
 
     def member_of(self, r: Row) -> int | None:
         return self.by_ref.get(r.user_ref) if r.user_ref is not None else self.by_user.get(r.user_id or 0)
@@ -417,7 +468,8 @@ class MemberMemo:
             self.by_ref[r.user_ref] = member_id
         else:
             self.by_user[uid] = member_id
-        self.members[member_id] = [uid, reduction_g]
+        if member_id not in self.members:   # as the database has it, settled
+            self.members[member_id] = [uid, reduction_g, reduction_g]
 
 
 def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) -> None:
@@ -440,7 +492,8 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
     if rows and rows[0].packed_stage is not None and _is_pg(session):
         # Packed by the preparing process: only the user id (from the memo) is added here.
         _copy_packed(session, "behaviour_stage", packing.STAGE_PACKED + ("uid",),
-                     [fast("pack_stage")(packing.COPY_HEADER, rows, by_ref, by_user, known), packing.COPY_TRAILER])
+                     [packing.COPY_HEADER] + [fast("pack_stage")(b"", rows[i:i + SLICE], by_ref, by_user, known)
+                                              for i in range(0, len(rows), SLICE)] + [packing.COPY_TRAILER])
         return
 
     def staged(r: Row) -> tuple[Any, ...]:
@@ -573,7 +626,6 @@ class Decided:
     generation: int
     probe_head: int
     accepted: Accepted
-    gained: dict[int, int]
     undo: list[tuple[Row, int | None, int, str | None, str | None]]
     abandoned: bool = False
 
@@ -598,7 +650,7 @@ def decide_ahead(rows: list[Row], rules: Rules, memo: MemberMemo, probe: Probe,
     chunk committed; None if the probe cannot serve (see `ingest_chunk`). The caller holds
     `memo.lock`. Nothing is written: `ingest_chunk` records the decisions (`Decided`)."""
     lo, hi = rows[0].line_no, rows[-1].line_no
-    if not (probe.generation == memo.generation
+    if not (memo.probe_holds(probe)
             and (probe.from_line == lo or (before is not None and probe.from_line == before.lo
                                            and before.hi == lo - 1))):
         return None
@@ -607,9 +659,85 @@ def decide_ahead(rows: list[Row], rules: Rules, memo: MemberMemo, probe: Probe,
     accepted = Accepted(lo, hi, set(), {})
     with _phase("classify"):
         classifier = _classifier(probe.found, rules, memo, before if probe.from_line < lo else None, accepted)
-        classifier.classify(pending)
-        gained = classifier.finish()
-    return Decided(lo, len(rows), memo.generation, probe.head, accepted, gained, undo)
+        for i in range(0, len(pending), SLICE):
+            classifier.classify(pending[i:i + SLICE])
+        classifier.finish()
+    return Decided(lo, len(rows), memo.generation, probe.head, accepted, undo)
+
+
+def _lock_programme(session: Session, programme_id: int) -> None:
+    """The programme's lock, held to the end of the transaction: its chunks are recorded, and its
+    members' records changed, one transaction at a time (SQLite: one writer at all)."""
+    if _is_pg(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:c, :p)"), {"c": _LOCK_CLASS, "p": programme_id})
+
+
+# The accepted grams per member of a batch's lines (lo, hi], added to the members' records.
+_SETTLE = (
+    "UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + s.g "
+    "FROM (SELECT user_id, SUM(reduction_g) AS g FROM behaviour_events WHERE batch_id = :b AND line_no > :lo "
+    "AND line_no <= :hi AND status = 'accepted' GROUP BY user_id) s "
+    "WHERE behaviour_members.programme_id = :p AND behaviour_members.user_id = s.user_id AND s.g <> 0")
+
+
+def settle(session: Session, programme_id: int) -> int:
+    """The use case that brings the members' records of a programme up to date: for every batch of
+    it recorded past its `members_upto`, the accepted grams of those lines are added to their
+    members' records (summed from the events: one UPDATE per batch) and `members_upto` advances.
+    Chunks do not update the records themselves (a member update per accepted row); an import adds
+    its grams when it completes its batch (`complete_batch`), and `ingest_chunk` settles whenever
+    its import's memo forgets, before it reads a record. The caller holds the programme's lock
+    (`_lock_programme`) and commits. Returns how many batches it settled."""
+    batches = session.scalars(
+        select(BehaviourBatch).join(partners.Partner, partners.Partner.id == BehaviourBatch.partner_id)
+        .where(partners.Partner.programme_id == programme_id, BehaviourBatch.members_upto < BehaviourBatch.rows_done)
+        .order_by(BehaviourBatch.id).with_for_update(of=BehaviourBatch)).all()
+    for b in batches:
+        lo, hi = b.members_upto, b.rows_done
+        session.execute(text(_SETTLE), {"b": b.id, "lo": lo, "hi": hi, "p": programme_id})
+        b.members_upto = hi
+        audit.record(session, None, "behaviour.members_settled", "behaviour_batch", b.id, {"lines": [lo + 1, hi]})
+    if batches:
+        session.flush()
+    return len(batches)
+
+
+def settle_batch(session: Session, batch_id: int, memo: MemberMemo | None = None) -> None:
+    """The use case that settles a batch whose rows are all recorded, and anything else waiting in its
+    programme (`settle`): from what the `memo` of the import that recorded it says is waiting
+    (`MemberMemo.pending`: one UPDATE of ~200,000 members for a million rows instead of summing the
+    events), if that still holds under the programme's lock: the memo has not forgotten since it was
+    last settled, nobody has recorded since its last chunk and nobody has settled the batch since.
+    It may run while the batch is being completed (`complete_batch` with `settle_members` false), on
+    another connection: they share only the batch's row, which this one locks last. The caller
+    commits."""
+    batch = session.get(BehaviourBatch, batch_id)
+    assert batch is not None
+    partner = session.get(partners.Partner, batch.partner_id)
+    assert partner is not None
+    _lock_programme(session, partner.programme_id)
+    session.refresh(batch)   # `members_upto` changes only under the programme's lock
+    head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
+                          {"p": partner.programme_id}) or 0
+    if (memo is not None and memo.fresh_head is not None and memo.head == head
+            and memo.settled_upto == batch.members_upto and batch.members_upto < batch.rows_done):
+        lo, hi = batch.members_upto, batch.rows_done
+        _add_to_members(session, memo.pending())
+        moved = session.scalar(text("UPDATE behaviour_batches SET members_upto = :hi WHERE id = :b AND members_upto = :lo "
+                                    "RETURNING id"), {"b": batch.id, "lo": lo, "hi": hi})
+        if moved is None:
+            raise RuntimeError(f"batch {batch.id} was settled by someone else under the programme's lock")
+        audit.record(session, None, "behaviour.members_settled", "behaviour_batch", batch.id, {"lines": [lo + 1, hi]})
+        session.expire(batch)
+    settle(session, partner.programme_id)
+
+
+def _settle_for(session: Session, programme_id: int, batch: BehaviourBatch, memo: MemberMemo, chunks: int) -> None:
+    """Settle the programme for a memo that forgot (the caller holds the programme's lock): probes
+    staged from now on and whose snapshot has this chunk committed (`chunks`) may serve it."""
+    with _phase("settle"):
+        settle(session, programme_id)
+    memo.fresh_head, memo.settled_upto = chunks, batch.members_upto
 
 
 def _count_chunk(session: Session, programme_id: int, memo: MemberMemo) -> int:
@@ -648,8 +776,8 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
     assert batch is not None
     partner = session.get(partners.Partner, batch.partner_id)
     assert partner is not None
+    _lock_programme(session, partner.programme_id)
     if _is_pg(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(:c, :p)"), {"c": _LOCK_CLASS, "p": partner.programme_id})
         # Short statements on small sets: compiling them (JIT) costs more than it saves.
         session.execute(text("SET LOCAL jit = off"))
         # A chunk's commit does not wait for its WAL to reach the disk: if the server crashes first,
@@ -675,13 +803,17 @@ def ingest_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules,
     if decided is not None and decided.holds(memo, chunks, rows):
         PROBES["decided ahead"] += 1
         PROBES["ahead"] += 1
-        return _record_chunk(session, batch, partner, rows, decided.accepted, decided.gained)
+        return _record_chunk(session, batch, partner, rows, decided.accepted)
     if decided is not None:
         PROBES["decided again"] += 1
         # The thread deciding the next chunk ahead waits for this one (`decided.abandoned`).
         with memo.lock:
             decided.abandon(memo, chunks)
+            _settle_for(session, partner.programme_id, batch, memo, chunks)
             return _decide_and_record(session, batch, partner, rows, rules, memo, probe, before, chunks)
+    if memo.fresh_head is None:
+        with memo.lock:
+            _settle_for(session, partner.programme_id, batch, memo, chunks)
     return _decide_and_record(session, batch, partner, rows, rules, memo, probe, before, chunks)
 
 
@@ -690,11 +822,10 @@ def _decide_and_record(session: Session, batch: BehaviourBatch, partner: partner
                        chunks: int) -> ChunkResult:
     lo, hi = rows[0].line_no, rows[-1].line_no
     pending = [r for r in rows if r.status is None]
-    gained: dict[int, int] = {}
     accepted = Accepted(lo, hi, set(), {})
     if pending:
         left_out: Accepted | None = None
-        if (probe is not None and probe.generation == memo.generation and probe.head >= chunks - 2
+        if (probe is not None and memo.probe_holds(probe) and probe.head >= chunks - 2
                 and (probe.from_line == lo or (before is not None and probe.from_line == before.lo
                                                and before.hi == lo - 1))):
             found, left_out = probe.found, before if probe.from_line < lo else None
@@ -707,13 +838,14 @@ def _decide_and_record(session: Session, batch: BehaviourBatch, partner: partner
                 found = _lookup(session, partner, batch.id, lo)
         with _phase("classify"):
             classifier = _classifier(found, rules, memo, left_out, accepted)
-            classifier.classify(pending)
-            gained = classifier.finish()
-    return _record_chunk(session, batch, partner, rows, accepted, gained)
+            for i in range(0, len(pending), SLICE):
+                classifier.classify(pending[i:i + SLICE])
+            classifier.finish()
+    return _record_chunk(session, batch, partner, rows, accepted)
 
 
 def _record_chunk(session: Session, batch: BehaviourBatch, partner: partners.Partner, rows: list[Row],
-                  accepted: Accepted, gained: dict[int, int]) -> ChunkResult:
+                  accepted: Accepted) -> ChunkResult:
     lo, hi = rows[0].line_no, rows[-1].line_no
     with _phase("insert_events"):
         _insert_events(session, batch, partner, rows)
@@ -721,8 +853,7 @@ def _record_chunk(session: Session, batch: BehaviourBatch, partner: partners.Par
     result = ChunkResult(rows=len(rows), accepted=counted.accepted, rejected=counted.rejected,
                          reduction_g=counted.reduction_g, points=counted.points, reasons=counted.reasons,
                          points_by_user=counted.points_by_user, accepted_rows=accepted)
-    with _phase("apply_members"):
-        _add_to_members(session, gained)
+    with _phase("apply_days"):
         _add_to_days(session, partner.programme_id, counted.grams_by_day)
     batch.rows_done = hi
     batch.accepted += result.accepted
@@ -766,8 +897,9 @@ def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Pa
 
 
 def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
-    """Add each member's accepted grams to its record: on PostgreSQL COPY (id, g) into a scratch table
-    and one UPDATE .. FROM by primary key (HOT updates, see `Member`); executemany on SQLite."""
+    """Add each member's accepted grams (member id -> grams) to its record: on PostgreSQL COPY (id, g)
+    into a scratch table and one UPDATE .. FROM by primary key (HOT updates, see `Member`);
+    executemany on SQLite."""
     if not gained:
         return
     if _is_pg(session):
@@ -776,12 +908,15 @@ def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
                      [packing.COPY_HEADER, fast("pack_gains")(gained), packing.COPY_TRAILER])
         # A probe of the primary key per gain, in key order: left to itself the planner merge-joins
         # with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
-        session.execute(text("SET LOCAL enable_hashjoin = off"))
-        session.execute(text("SET LOCAL enable_mergejoin = off"))
+        few = len(gained) < 50_000   # else a hash of them and one pass over the members' heap
+        if few:
+            session.execute(text("SET LOCAL enable_hashjoin = off"))
+            session.execute(text("SET LOCAL enable_mergejoin = off"))
         session.execute(text("UPDATE behaviour_members SET reduction_g = behaviour_members.reduction_g + d.g "
                              "FROM behaviour_member_gain d WHERE behaviour_members.id = d.id"))
-        session.execute(text("RESET enable_hashjoin"))
-        session.execute(text("RESET enable_mergejoin"))
+        if few:
+            session.execute(text("RESET enable_hashjoin"))
+            session.execute(text("RESET enable_mergejoin"))
         session.execute(text("TRUNCATE behaviour_member_gain"))
     else:
         raw = session.connection().connection.driver_connection
@@ -816,16 +951,27 @@ def _packed_earnings(earned: Mapping[int, int], expires: dt.date, batch_id: int,
 
 
 def complete_batch(session: Session, batch_id: int, rules: Rules,
-                   earned: Mapping[int, int] | None = None) -> BehaviourBatch:
+                   earned: Mapping[int, int] | None = None, settle_members: bool = True) -> BehaviourBatch:
     """The use case that closes a batch once all its rows are recorded: it credits the points of its
-    accepted rows, one `earn` entry per user, and marks it complete. `earned` (user id -> points) is
-    what the caller counted while it recorded EVERY line of the batch itself; otherwise (None) the
-    entries are summed from the batch's events (one INSERT..SELECT). Idempotent: a complete batch is
-    returned unchanged. The caller commits."""
-    batch = session.get(BehaviourBatch, batch_id, with_for_update=True)
-    assert batch is not None
+    accepted rows, one `earn` entry per user, marks it complete and (unless `settle_members` is
+    false: the caller settles them in a transaction of its own, `settle_batch`) adds their accepted
+    grams to the members' records (`settle`). `earned` (user id -> points) is what the caller counted
+    while it recorded EVERY line of the batch itself; otherwise (None) the entries are summed from
+    the batch's events (one INSERT..SELECT). Idempotent: a complete batch is returned unchanged. The
+    caller commits."""
+    found = session.get(BehaviourBatch, batch_id)
+    assert found is not None
+    partner = session.get(partners.Partner, found.partner_id)
+    assert partner is not None
+    if settle_members:
+        _lock_programme(session, partner.programme_id)    # before the batch, as a chunk takes them
+    session.refresh(found, with_for_update=True)
+    batch = found
     if batch.status != "open":
         return batch
+    if settle_members:
+        with _phase("settle"):
+            settle(session, partner.programme_id)
     expires, ref, now = rules.expires_on(batch.received_at), f"behaviour:{batch.id}", utcnow()
     with _phase("credit_points"):
         if earned is None:
@@ -840,8 +986,6 @@ def complete_batch(session: Session, batch_id: int, rules: Rules,
             _copy_rows(session, "points_entries", _EARN_COLUMNS,
                        ((u, "earn", p, expires, batch.id, ref, now) for u, p in sorted(earned.items()) if p > 0))
     batch.status, batch.completed_at = "complete", now
-    partner = session.get(partners.Partner, batch.partner_id)
-    assert partner is not None
     audit.record(session, None, "behaviour.batch_completed", "behaviour_batch", batch.id,
                  {"partner": partner.code, "rows": batch.rows_done, "accepted": batch.accepted,
                   "rejected": batch.rejected, "reduction_g": batch.reduction_g, "points": batch.points})
@@ -949,7 +1093,7 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
                 preparer = RowPreparer(rules, region=partner.region,
                                        allowed=partners.allowed_types(session, partner.id),
                                        received_at=batch.received_at, factors=factor_snapshot(session))
-                code, partner_id, programme_id = partner.code, partner.id, partner.programme_id
+                code, programme_id = partner.code, partner.programme_id
             break
         except IntegrityError:
             if attempt == 2:   # the same batch opened concurrently: the second try finds it
@@ -958,6 +1102,8 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
         with factory() as session, session.begin():
             b = session.get(BehaviourBatch, batch_id)
             assert b is not None
+            if b.members_upto < b.rows_done:   # completed by an import that failed to settle it
+                settle_batch(session, batch_id)
             return batch_result(session, b, code, replayed=True)
     # Pipelined: while one thread records chunk n, another (PostgreSQL) makes the database checks of
     # chunk n + 1 on a connection of its own and this one reads and prepares chunk n + 2 (the
@@ -968,12 +1114,11 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
     # Read and prepared elsewhere (another process): its work starts now, while the members are read.
     chunks = prepared(preparer, done, chunk_size) if prepared is not None else None
     try:
-        with factory() as session:
+        with factory() as session, session.begin():
             probing = pipeline and probe_ahead and _is_pg(session)
-            if preload_members:
-                with _phase("preload"):
-                    recorder.memo.preload(session, partner_id, programme_id, preload_members)
-                session.rollback()
+            start = session.get(BehaviourBatch, batch_id)
+            assert start is not None
+            recorder.memo.start(session, start, programme_id, preload_members)
         _mark("members read")
         _pipeline(recorder, preparer, rows, done, chunk_size, pipeline, probing, chunks)
     finally:
@@ -981,16 +1126,29 @@ def _import_rows(factory: sessionmaker[Session], partner_code: str, ref: str, so
         if close is not None:
             close()
     _mark("chunks recorded")
-    with factory() as session, session.begin():
-        b = session.get(BehaviourBatch, batch_id)
-        assert b is not None
-        # The points counted while recording serve only if this import recorded every line itself.
-        whole = done == 0 and recorder.rows == b.rows_done
-        b = complete_batch(session, batch_id, rules, recorder.earned if whole else None)
-        _mark("points credited")
-        result = batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
+    # The members' records are settled on a connection of their own (PostgreSQL) while the points
+    # are credited: two tables, two cores, ~1 s each for a million rows.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="behaviour-settle") as settling:
+        settled = settling.submit(_settle_after, factory, batch_id, recorder.memo) if probing else None
+        with factory() as session, session.begin():
+            b = session.get(BehaviourBatch, batch_id)
+            assert b is not None
+            # The points counted while recording serve only if this import recorded every line itself.
+            whole = done == 0 and recorder.rows == b.rows_done
+            b = complete_batch(session, batch_id, rules, recorder.earned if whole else None,
+                               settle_members=settled is None)
+            _mark("points credited")
+            result = batch_result(session, b, code, replayed=False, reasons=recorder.reasons if whole else None)
+        if settled is not None:
+            settled.result()
     _mark("batch completed")
     return result
+
+
+def _settle_after(factory: sessionmaker[Session], batch_id: int, memo: MemberMemo) -> None:
+    with factory() as session, session.begin():
+        settle_batch(session, batch_id, memo)
+    _mark("members settled")
 
 
 def _pipeline(recorder: _Recorder, preparer: RowPreparer, rows: Iterable[Mapping[str, Any]], done: int,
@@ -1178,8 +1336,9 @@ def personal_summary(session: Session, user_id: int, period: str = "month") -> d
 
 def check_ledger(session: Session) -> list[str]:
     """The behaviour and points ledger checks; returns the violations found (empty when sound):
-    1. every member's reduction record equals the sum of its accepted events, and every programme
-       day's total the sum of the day's;
+    1. every member's reduction record equals the sum of its accepted events settled so far (each
+       batch's lines up to its `members_upto`: see `settle`), and every programme day's total the
+       sum of the day's;
     2. every event belongs to a batch of its partner (the event table has no foreign key: see it);
     3. every complete batch's earned points equal, per user, the points of its accepted events;
     4. every batch's counters equal its events, whose lines are 1..rows_done without a gap;
@@ -1189,8 +1348,9 @@ def check_ledger(session: Session) -> list[str]:
     for side, programme_id, user_id, g in _differ(
             session,
             "SELECT programme_id, user_id, reduction_g FROM behaviour_members WHERE reduction_g <> 0",
-            "SELECT programme_id, user_id, SUM(reduction_g) FROM behaviour_events WHERE status = 'accepted' "
-            "GROUP BY programme_id, user_id HAVING SUM(reduction_g) <> 0"):
+            "SELECT e.programme_id, e.user_id, SUM(e.reduction_g) FROM behaviour_events e "
+            "JOIN behaviour_batches b ON b.id = e.batch_id WHERE e.status = 'accepted' AND e.line_no <= b.members_upto "
+            "GROUP BY e.programme_id, e.user_id HAVING SUM(e.reduction_g) <> 0"):
         found.append(f"member of programme {programme_id} user {user_id}: {side} {g} g")
     for side, programme_id, day, g in _differ(
             session, "SELECT programme_id, day, reduction_g FROM behaviour_programme_days WHERE reduction_g <> 0",

@@ -559,7 +559,7 @@ class Classifier:
     calls that may each take a part of the chunk (`classify`), from the database's answers
     (`registry.behaviour.Found`: `looked_up`, line -> member id, user id and member's record for the
     rows staged without their member; the lines of `duplicates`; line -> `seen`, see
-    `registry.behaviour._LOOKUP`) and what the import remembers of the members (`members`: member id -> [user id, record];
+    `registry.behaviour._LOOKUP`) and what the import remembers of the members (`members`: member id -> [user id, record, settled record];
     `by_ref`, `by_user`: `registry.behaviour.MemberMemo`'s), adding the rows of the chunk before that
     the lookup left out (`earlier_ids`, `earlier_per_day`). What it accepts goes into `accepted_ids`
     and `per_day` ((user id, type, day) -> rows); `gained` is the grams accepted per member id;
@@ -581,13 +581,14 @@ class Classifier:
         self.gained: dict[int, int] = {}
         self.caps: dict[str, int] = {}
 
-    def _learn(self, r: Row, member_id: int, uid: int, g: int) -> None:
+    def _learn(self, r: Row, member_id: int, uid: int, g: int, met: bool) -> None:
         user_ref = r.user_ref
         if user_ref is not None:
             self.by_ref[user_ref] = member_id
         else:
             self.by_user[uid] = member_id
-        self.members[member_id] = [uid, g]
+        if not met:   # the record as the database has it, and as settled (`MemberMemo`)
+            self.members[member_id] = [uid, g, g]
 
     def classify(self, rows: list[Row]) -> None:
         """Decide `rows` (pending rows, each after every row given before)."""
@@ -623,7 +624,7 @@ class Classifier:
                 met = members.get(member_id)
                 # Met since it was staged: the memo is newer than the lookup.
                 before_g = met[1] if met is not None else g_v
-                self._learn(r, member_id, uid, before_g)
+                self._learn(r, member_id, uid, before_g, met is not None)
             seen = seen_of.get(line, 0)
             r.user_id = uid
             event_id = r.event_id

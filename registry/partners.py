@@ -81,8 +81,9 @@ class Member(Base):
         UniqueConstraint("programme_id", "user_id"),
         CheckConstraint("reduction_g >= 0", name="reduction_nonnegative"),
     )
-    # On PostgreSQL the migration leaves room on each page (fillfactor 70) so that the per-chunk
-    # update of reduction_g is a HOT update (no index touched).
+    # On PostgreSQL the migration leaves room on each page (fillfactor 70) so that the update of
+    # reduction_g when a batch is settled (`registry.behaviour.settle`) is a HOT update (no index
+    # touched). Behind by the grams of batches not yet settled (`BehaviourBatch.members_upto`).
 
     id: Mapped[int] = mapped_column(primary_key=True)
     programme_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))

@@ -91,7 +91,8 @@ def chunks(draw: Any) -> tuple[list[Row], dict[int, Any], MemberMemo, Accepted |
             memo.by_ref[f"card-{m}"] = m
         else:
             memo.by_user[100 + m] = m
-        memo.members[m] = [100 + m, draw(st.integers(0, 50))]
+        g = draw(st.integers(0, 50))
+        memo.members[m] = [100 + m, g, g]
     n = draw(st.integers(1, 40))
     rows: list[Row] = []
     found: dict[int, Any] = {}

@@ -229,7 +229,10 @@ def test_a_chunk_never_leaves_a_gap_in_a_batch(bw: BWorld, session: Session) -> 
 
 def test_the_member_memo_holds_only_while_nobody_else_records(bw: BWorld, session: Session) -> None:
     """An import remembers its members between chunks; another import's chunk in between (a bike ride
-    of the same resident) makes it forget, so the points carry starts from the real record."""
+    of the same resident) makes it forget, so the points carry starts from the real record. Chunks
+    leave the members' records as they are (the memo holds what is waiting): whoever reads a record
+    first settles every batch of the programme (the other import's first chunk; the first import's
+    chunk after it forgot), and completing a batch settles it."""
     from registry import partners
     from registry.behaviour_rules import RowPreparer
 
@@ -250,29 +253,101 @@ def test_the_member_memo_holds_only_while_nobody_else_records(bw: BWorld, sessio
     session.commit()
     assert (r1.reduction_g, r1.points) == (467, 46)
     member_id = memo.by_ref["card-0"]
-    assert memo.members[member_id] == [bw.uid(0), 467] and memo.head is not None
+    assert memo.members[member_id] == [bw.uid(0), 467, 0] and memo.head is not None   # 467 g waiting
+    assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 0
+    assert behaviour.check_ledger(session) == []
     head = memo.head
 
     # The import's next chunk finds the count where it left it: the memo holds.
     r2 = behaviour.ingest_chunk(session, a, [metro(2, "1")], Rules(), memo)       # 47 g: 514 → +5
     session.commit()
     assert (r2.reduction_g, r2.points) == (47, 5)
-    assert memo.head == head + 1 and memo.members[member_id] == [bw.uid(0), 514]
+    assert memo.head == head + 1 and memo.members[member_id] == [bw.uid(0), 514, 0]
 
     # Another partner's import records a ride of the same resident: 4 km × 46.7 = 187 g: 701 → +19.
     b, bike_prep = batch_of("sz-bike")
     bike = bike_prep.prepare(1, row("b1", "bike-0", "CI-BIKE", T0 + 5 * H, distance_km="4"))
     assert behaviour.ingest_chunk(session, b, [bike], Rules()).points == 19
     session.commit()
+    # Its chunk settled the first import's 514 g before it read the record; its own 187 g wait.
+    assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 514
+    assert session.get(behaviour.BehaviourBatch, a).members_upto == 2
+    assert session.get(behaviour.BehaviourBatch, b).members_upto == 0
 
     # Back to the first import: 4 km of metro = 187 g. From the real record, 701 → 888: 88 - 70 = 18
     # points; a memo that had not noticed the ride would say 514 → 701: 70 - 51 = 19.
     r3 = behaviour.ingest_chunk(session, a, [metro(3, "4")], Rules(), memo)
     session.commit()
     assert (r3.reduction_g, r3.points) == (187, 18)
-    assert memo.head == head + 3 and memo.members[member_id] == [bw.uid(0), 888]
-    assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 888
+    assert memo.head == head + 3 and memo.members[member_id] == [bw.uid(0), 888, 701]
+    assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 701
     assert behaviour.check_ledger(session) == []
+    # Settling the first batch adds what its memo says is waiting (187 g); completing the second
+    # settles nothing more.
+    assert memo.pending() == {member_id: 187}
+    behaviour.settle_batch(session, a, memo)
+    behaviour.complete_batch(session, a, Rules(), settle_members=False)
+    behaviour.complete_batch(session, b, Rules())
+    session.commit()
+    assert session.scalar(select(Member.reduction_g).where(Member.id == member_id)) == 888
+    assert [session.get(behaviour.BehaviourBatch, x).members_upto for x in (a, b)] == [3, 1]
+    assert behaviour.check_ledger(session) == []
+
+
+def test_a_batch_is_settled_once_whoever_settles_it(bw: BWorld, session: Session) -> None:
+    """The grams a batch's chunks accepted wait until the batch is settled, and are added once: by
+    its importer's memo when nothing came between, else summed from the events. Here another import
+    starts (and settles the programme, this batch included) after the batch's last chunk: the memo's
+    account is stale, so settling the batch adds nothing more. Then a batch whose memo was lost (an
+    interrupted import) is settled from its events."""
+    from registry import partners
+    from registry.behaviour_rules import RowPreparer
+
+    partner = partners.partner_by_code(session, "sz-metro")
+    prep = RowPreparer(Rules(), region="CN-GD-SZ", received_at=RECEIVED,
+                       allowed=partners.allowed_types(session, partner.id), factors=behaviour.factor_snapshot(session))
+
+    def metro(line: int, km: str, card: str = "card-0", at: int = 0) -> Any:
+        return prep.prepare(line, row(f"s{line + at}", card, "CI-TRANSIT", T0 + (line + at) * H, mode="metro",
+                                      distance_km=km))
+
+    def record_of(card: str) -> int | None:
+        return session.scalar(select(Member.reduction_g).join(
+            partners.MemberExternalId, partners.MemberExternalId.member_id == Member.id).where(
+            partners.MemberExternalId.external_id == card))
+
+    a = behaviour.open_batch(session, partner, "settle-a", "api", RECEIVED).id
+    memo = behaviour.MemberMemo()
+    behaviour.ingest_chunk(session, a, [metro(1, "10"), metro(2, "1", "card-1")], Rules(), memo)   # 467 g, 47 g
+    behaviour.ingest_chunk(session, a, [metro(3, "1")], Rules(), memo)                             # 47 g
+    session.commit()
+    assert (record_of("card-0"), record_of("card-1")) == (0, 0)
+    assert memo.pending() == {memo.by_ref["card-0"]: 514, memo.by_ref["card-1"]: 47}
+    assert behaviour.check_ledger(session) == []
+
+    other = behaviour.open_batch(session, partner, "settle-b", "api", RECEIVED)
+    behaviour.MemberMemo().start(session, other, partner.programme_id)    # settles batch a: 3 lines
+    session.commit()
+    assert (record_of("card-0"), record_of("card-1")) == (514, 47)
+    assert session.get(BehaviourBatch, a).members_upto == 3
+    behaviour.settle_batch(session, a, memo)          # the memo's 514 + 47 are in already: nothing added
+    behaviour.complete_batch(session, a, Rules(), settle_members=False)
+    session.commit()
+    assert (record_of("card-0"), record_of("card-1")) == (514, 47)
+    assert behaviour.check_ledger(session) == []
+
+    # Batch c's chunk is recorded and its import lost: its grams wait until someone settles.
+    c = behaviour.open_batch(session, partner, "settle-c", "api", RECEIVED).id
+    behaviour.ingest_chunk(session, c, [metro(1, "2", "card-1", at=3)], Rules())                   # 93 g
+    session.commit()
+    assert record_of("card-1") == 47 and behaviour.check_ledger(session) == []
+    behaviour.settle_batch(session, c)                # no memo: from the events
+    session.commit()
+    assert record_of("card-1") == 140 and session.get(BehaviourBatch, c).members_upto == 1
+    # A record that says it is settled without the grams is found out.
+    session.execute(update(Member).where(Member.user_id == bw.uid(1)).values(reduction_g=47))
+    assert any(f.endswith("the events say 140 g") for f in behaviour.check_ledger(session))
+    session.rollback()
 
 
 def test_checks_made_ahead_add_the_chunk_in_flight(bw: BWorld, session_factory: sessionmaker[Session],

@@ -146,7 +146,7 @@ def test_a_build_of_another_source_is_not_used(monkeypatch: pytest.MonkeyPatch) 
         assert behaviour_impl.fast("Classifier") is not behaviour_fast.Classifier
 
 
-def test_chunks_smaller_at_the_end() -> None:
+def test_chunks_smaller_at_the_start_and_the_end() -> None:
     sizes = behaviour_prepare.Sizes(20_000, total=100 * 90_000)   # ~100 bytes a row: 90,000 rows
     got = []
     rows = 0
@@ -155,14 +155,15 @@ def test_chunks_smaller_at_the_end() -> None:
         got.append(n)
         rows += n
         sizes.rows, sizes.read = rows, rows * 100
-    assert got == [20_000] * 4 + [5_000] * 2
+    assert got == [2_500, 5_000, 10_000] + [20_000] * 3 + [5_000] * 3
     small = behaviour_prepare.Sizes(behaviour_prepare.RAMP_FROM - 1, total=None)
     assert [small.next() for _ in range(5)] == [behaviour_prepare.RAMP_FROM - 1] * 5
 
 
-def test_a_file_sent_in_smaller_last_chunks_keeps_every_line(monkeypatch: pytest.MonkeyPatch,
+def test_a_file_sent_in_smaller_first_and_last_chunks_keeps_every_line(monkeypatch: pytest.MonkeyPatch,
                                                               tmp_path: Any) -> None:
-    """`_send_packed`: every line after the skipped ones once, in order; the last chunks a quarter."""
+    """`_send_packed`: every line after the skipped ones once, in order; the first chunks an eighth,
+    a quarter and a half, the last ones a quarter."""
     sent: list[tuple[Any, ...]] = []
 
     class Packer:
@@ -178,16 +179,18 @@ def test_a_file_sent_in_smaller_last_chunks_keeps_every_line(monkeypatch: pytest
     with open(path, "rb") as fp:
         behaviour_prepare._send_packed(fp, lambda n: None, None, None, 3, 4_000, sent.append)  # type: ignore[arg-type]
     sizes = [len(ids) for _, ids in sent]
-    assert sizes[:5] == [4_000] * 5 and sizes[-2] == 1_000 and 1_000 in sizes[5:]
+    assert sizes[:8] == [500, 1_000, 2_000] + [4_000] * 5 and sizes[-2] == 1_000 and 1_000 in sizes[8:]
     assert [lo for lo, _ in sent] == [4 + sum(sizes[:i]) for i in range(len(sizes))]
     assert [i for _, ids in sent for i in ids] == [f"e{i}" for i in range(4, 30_001)]
 
 
-def test_the_lookup_probes_the_events_by_index_after_a_truncate(session: Any) -> None:
+@pytest.mark.parametrize("events", [2_500, 20_000])
+def test_the_lookup_probes_the_events_by_index_after_a_truncate(session: Any, events: int) -> None:
     """After a TRUNCATE PostgreSQL's statistics say `behaviour_events` is empty while it fills again;
     as a plain join the planner then put the events outside and scanned them all for every staged
-    row. Every probe of the events must be an index probe with conditions (not a scan of a whole
-    table or index with a filter)."""
+    row, and with few events it probed for duplicates by a whole scan of the span index. Every probe
+    of the events must be an index probe with conditions (not a scan of a whole table or index with
+    a filter), for a chunk of 5,000 rows staged."""
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("PostgreSQL's planner")
     from sqlalchemy import text
@@ -197,8 +200,13 @@ def test_the_lookup_probes_the_events_by_index_after_a_truncate(session: Any) ->
         "INSERT INTO behaviour_events (batch_id, line_no, partner_id, programme_id, event_id, user_id, code, "
         "started_at, ended_at, day, reduction_g, points, status) SELECT 1, g, 1, 1, 'e' || g, g % 500, 'CI-BIKE', "
         "TIMESTAMP '2026-11-28 08:00' + g * INTERVAL '1 minute', TIMESTAMP '2026-11-28 08:10' + g * INTERVAL "
-        "'1 minute', DATE '2026-11-28', 10, 1, 'accepted' FROM generate_series(1, 20000) g"))
+        "'1 minute', DATE '2026-11-28', 10, 1, 'accepted' FROM generate_series(1, :n) g"), {"n": events})
     session.execute(text(behaviour._STAGE_DDL))
+    session.execute(text(
+        "INSERT INTO behaviour_stage (line_no, event_id, user_ref, user_id, uid, code, started_at, ended_at, day_lo, "
+        "day_hi, scan_lo, scan_hi) SELECT g, 'n' || g, NULL, g % 700, g % 700, 'CI-BIKE', TIMESTAMP '2026-11-28 09:00', "
+        "TIMESTAMP '2026-11-28 09:10', TIMESTAMP '2026-11-27 16:00', TIMESTAMP '2026-11-28 16:00', "
+        "TIMESTAMP '2026-11-27 09:00', TIMESTAMP '2026-11-28 16:00' FROM generate_series(1, 5000) g"))
     raw = session.connection().connection.driver_connection
     with raw.cursor() as cur:
         cur.execute("SET LOCAL enable_hashjoin = off")

@@ -500,7 +500,8 @@ def _stage(session: Session, rows: list[Row], rules: Rules, memo: MemberMemo) ->
         assert r.day is not None and r.started_at is not None and r.ended_at is not None
         day_lo, day_hi = bounds[r.day]
         member_id = by_ref.get(r.user_ref) if r.user_ref is not None else by_user.get(r.user_id or 0)
-        uid = known[member_id][0] if member_id is not None else None
+        r.member = known[member_id] if member_id is not None else None
+        uid = r.member[0] if r.member is not None else None
         return (r.line_no, r.event_id, r.user_ref, r.user_id, uid, r.code, r.started_at, r.ended_at, day_lo,
                 day_hi, r.started_at - longest, max(day_hi, r.ended_at))
 
@@ -661,7 +662,6 @@ def decide_ahead(rows: list[Row], rules: Rules, memo: MemberMemo, probe: Probe,
         classifier = _classifier(probe.found, rules, memo, before if probe.from_line < lo else None, accepted)
         for i in range(0, len(pending), SLICE):
             classifier.classify(pending[i:i + SLICE])
-        classifier.finish()
     return Decided(lo, len(rows), memo.generation, probe.head, accepted, undo)
 
 
@@ -840,7 +840,6 @@ def _decide_and_record(session: Session, batch: BehaviourBatch, partner: partner
             classifier = _classifier(found, rules, memo, left_out, accepted)
             for i in range(0, len(pending), SLICE):
                 classifier.classify(pending[i:i + SLICE])
-            classifier.finish()
     return _record_chunk(session, batch, partner, rows, accepted)
 
 

@@ -79,6 +79,9 @@ class Row:
     # format, when a preparing process made them (`registry.behaviour_prepare`).
     packed_event: bytes | None
     packed_stage: bytes | None
+    # The import's memo's entry for the row's member ([user id, record, settled record], the very
+    # list: see `registry.behaviour.MemberMemo`) when the row was staged, None if it knew none.
+    member: list[int] | None
 
     def __init__(self, line_no: int) -> None:
         self.line_no = line_no
@@ -99,6 +102,7 @@ class Row:
         self.detail = None
         self.packed_event = None
         self.packed_stage = None
+        self.member = None
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Compact and quick to load: the prepared rows of a CSV file come from a child process
@@ -464,7 +468,8 @@ def pack_stage(head: bytes, rows: list[Row], by_ref: dict[str, int], by_user: di
                members: dict[int, list[int]]) -> bytes:
     """The scratch table's COPY rows (`registry.behaviour._stage`) of pending rows packed by a
     preparing process (`packed_stage`): each row's packed fields, then the user id of its member if
-    the import's memo knows it (NULL: the lookup finds the member)."""
+    the import's memo knows it (NULL: the lookup finds the member), whose memo entry the row keeps
+    (`Row.member`)."""
     parts: list[bytes] = [head]
     add = parts.append
     for r in rows:
@@ -478,7 +483,13 @@ def pack_stage(head: bytes, rows: list[Row], by_ref: dict[str, int], by_user: di
             user_id = r.user_id
             member_id = by_user.get(0 if user_id is None else user_id)
         add(stage)
-        add(_NULL if member_id is None else _INT8.pack(8, members[member_id][0]))
+        if member_id is None:
+            r.member = None
+            add(_NULL)
+        else:
+            known = members[member_id]
+            r.member = known
+            add(_INT8.pack(8, known[0]))
     return b"".join(parts)
 
 
@@ -562,8 +573,8 @@ class Classifier:
     `registry.behaviour._LOOKUP`) and what the import remembers of the members (`members`: member id -> [user id, record, settled record];
     `by_ref`, `by_user`: `registry.behaviour.MemberMemo`'s), adding the rows of the chunk before that
     the lookup left out (`earlier_ids`, `earlier_per_day`). What it accepts goes into `accepted_ids`
-    and `per_day` ((user id, type, day) -> rows); `gained` is the grams accepted per member id;
-    `finish` leaves the members' new records in `members`. The points of a row are the increase of
+    and `per_day` ((user id, type, day) -> rows); the members' new records are left in `members`
+    (a row staged from the memo carries its member's entry: `Row.member`). The points of a row are the increase of
     floor(record / `per_point`) (the carry); `cap(code)` is the daily cap of a type."""
 
     def __init__(self, looked_up: dict[int, tuple[int | None, int | None, int | None]], duplicates: set[int],
@@ -577,42 +588,38 @@ class Classifier:
         self.accepted_ids, self.per_day = accepted_ids, per_day
         self.earlier_ids, self.earlier_per_day = earlier_ids, earlier_per_day
         self.counts: dict[tuple[int, str, dt.date], int] = {}
-        self.carry: dict[int, int] = {}
-        self.gained: dict[int, int] = {}
         self.caps: dict[str, int] = {}
 
-    def _learn(self, r: Row, member_id: int, uid: int, g: int, met: bool) -> None:
+    def _learn(self, r: Row, member_id: int, uid: int, g: int) -> list[int]:
+        """The memo's entry for a member the lookup found, made if it has none yet (the record as
+        the database has it, and as settled: `MemberMemo`); an entry made since it was staged is
+        newer than the lookup."""
         user_ref = r.user_ref
         if user_ref is not None:
             self.by_ref[user_ref] = member_id
         else:
             self.by_user[uid] = member_id
-        if not met:   # the record as the database has it, and as settled (`MemberMemo`)
-            self.members[member_id] = [uid, g, g]
+        known = self.members.get(member_id)
+        if known is None:
+            known = [uid, g, g]
+            self.members[member_id] = known
+        return known
 
     def classify(self, rows: list[Row]) -> None:
         """Decide `rows` (pending rows, each after every row given before)."""
         looked_up, duplicates, seen_of = self.looked_up, self.duplicates, self.seen
-        members, by_ref, by_user = self.members, self.by_ref, self.by_user
-        counts, carry, gained, caps = self.counts, self.carry, self.gained, self.caps
+        counts, caps = self.counts, self.caps
         accepted_ids, per_day = self.accepted_ids, self.per_day
         earlier_ids, earlier_per_day = self.earlier_ids, self.earlier_per_day
         per_point = self.per_point
         for r in rows:
             line = r.line_no
-            member_id: int
-            uid: int
-            before_g: int
+            known: list[int] | None
             got = looked_up.get(line)
-            if got is None:              # staged from the memo
-                user_ref = r.user_ref
-                if user_ref is not None:
-                    member_id = by_ref[user_ref]
-                else:
-                    user_id = r.user_id
-                    member_id = by_user[0 if user_id is None else user_id]
-                known = members[member_id]
-                uid, before_g = known[0], known[1]
+            if got is None:              # staged from the memo, with its entry
+                known = r.member
+                if known is None:
+                    raise ValueError(f"line {line} was staged as known to the memo without its member")
             else:
                 member_v, uid_v, g_v = got
                 if uid_v is None:
@@ -620,11 +627,8 @@ class Classifier:
                     continue
                 if member_v is None or g_v is None:
                     raise ValueError(f"line {line}: a user without a member or a record")
-                member_id, uid = member_v, uid_v
-                met = members.get(member_id)
-                # Met since it was staged: the memo is newer than the lookup.
-                before_g = met[1] if met is not None else g_v
-                self._learn(r, member_id, uid, before_g, met is not None)
+                known = self._learn(r, member_v, uid_v, g_v)
+            uid = known[0]
             seen = seen_of.get(line, 0)
             r.user_id = uid
             event_id = r.event_id
@@ -650,22 +654,10 @@ class Classifier:
                 r.reject(OVER_CAP, f"more than {cap} {code} a day")
                 continue
             counts[key] = n
-            before = carry.get(member_id, before_g)
-            g = r.reduction_g
-            after = before + g
+            before = known[1]
+            after = before + r.reduction_g
             r.points = r.points + after // per_point - before // per_point
-            carry[member_id] = after
-            if g:
-                gained[member_id] = gained.get(member_id, 0) + g
+            known[1] = after
             accepted_ids.add(event_id)
             per_day[key] = per_day.get(key, 0) + 1
             r.status = "accepted"
-
-    def finish(self) -> dict[int, int]:
-        """Leave the members' new records in `members`; returns the grams accepted per member id."""
-        members = self.members
-        for member_id, after in self.carry.items():
-            known = members.get(member_id)
-            if known is not None:
-                known[1] = after
-        return self.gained

@@ -458,7 +458,11 @@ class MemberMemo:
     def pending(self) -> dict[int, int]:
         """Member id -> the grams this import accepted since the memo met the member (or since it
         was settled), not yet in the member's record in the database."""
-        return {member_id: known[1] - known[2] for member_id, known in self.members.items() if known[1] != known[2]}
+        return self.grown(self.members)
+
+    @staticmethod
+    def grown(members: dict[int, list[int]]) -> dict[int, int]:
+        return {member_id: known[1] - known[2] for member_id, known in members.items() if known[1] != known[2]}
 
     def member_of(self, r: Row) -> int | None:
         return self.by_ref.get(r.user_ref) if r.user_ref is not None else self.by_user.get(r.user_id or 0)
@@ -722,7 +726,7 @@ def settle_batch(session: Session, batch_id: int, memo: MemberMemo | None = None
     if (memo is not None and memo.fresh_head is not None and memo.head == head
             and memo.settled_upto == batch.members_upto and batch.members_upto < batch.rows_done):
         lo, hi = batch.members_upto, batch.rows_done
-        _add_to_members(session, memo.pending())
+        _add_to_members(session, memo.members)
         moved = session.scalar(text("UPDATE behaviour_batches SET members_upto = :hi WHERE id = :b AND members_upto = :lo "
                                     "RETURNING id"), {"b": batch.id, "lo": lo, "hi": hi})
         if moved is None:
@@ -895,19 +899,20 @@ def _insert_events(session: Session, batch: BehaviourBatch, partner: partners.Pa
          r.factors, r.status, r.reason, r.detail) for r in rows), _EVENT_TYPES)
 
 
-def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
-    """Add each member's accepted grams (member id -> grams) to its record: on PostgreSQL COPY (id, g)
-    into a scratch table and one UPDATE .. FROM by primary key (HOT updates, see `Member`);
+def _add_to_members(session: Session, members: dict[int, list[int]]) -> None:
+    """Add to each member's record what an import's memo says is waiting (`MemberMemo.members`): on
+    PostgreSQL COPY (id, g) into a scratch table and one UPDATE .. FROM (HOT updates, see `Member`);
     executemany on SQLite."""
-    if not gained:
-        return
     if _is_pg(session):
+        # Few: a probe of the primary key per gain, in key order (left to itself the planner
+        # merge-joins with a scan of the whole members' key); else a hash of them and one pass over
+        # the members' heap (~200,000 of them for a million rows).
+        packed, n = fast("pack_pending")(members, len(members) < 50_000)
+        if not n:
+            return
+        few = n < 50_000
         session.execute(text(_GAIN_DDL + " ON COMMIT DELETE ROWS"))
-        _copy_packed(session, "behaviour_member_gain", ("id", "g"),
-                     [packing.COPY_HEADER, fast("pack_gains")(gained), packing.COPY_TRAILER])
-        # A probe of the primary key per gain, in key order: left to itself the planner merge-joins
-        # with a scan of the whole members' key (200,000 entries a chunk in the benchmark).
-        few = len(gained) < 50_000   # else a hash of them and one pass over the members' heap
+        _copy_packed(session, "behaviour_member_gain", ("id", "g"), [packing.COPY_HEADER, packed, packing.COPY_TRAILER])
         if few:
             session.execute(text("SET LOCAL enable_hashjoin = off"))
             session.execute(text("SET LOCAL enable_mergejoin = off"))
@@ -921,7 +926,7 @@ def _add_to_members(session: Session, gained: Mapping[int, int]) -> None:
         raw = session.connection().connection.driver_connection
         assert raw is not None
         raw.executemany("UPDATE behaviour_members SET reduction_g = reduction_g + ? WHERE id = ?",
-                        [(g, member_id) for member_id, g in sorted(gained.items())])
+                        [(g, member_id) for member_id, g in sorted(MemberMemo.grown(members).items())])
 
 
 def _add_to_days(session: Session, programme_id: int, days: Mapping[dt.date, int]) -> None:

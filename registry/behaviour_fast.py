@@ -496,10 +496,15 @@ def pack_stage(head: bytes, rows: list[Row], by_ref: dict[str, int], by_user: di
 _GAIN = struct.Struct(">hiqiq")
 
 
-def pack_gains(gained: dict[int, int]) -> bytes:
-    """The members' gains (member id -> grams) as COPY rows (id int8, g int8), in id order."""
+def pack_pending(members: dict[int, list[int]], ordered: bool) -> tuple[bytes, int]:
+    """What an import's memo says is waiting (`registry.behaviour.MemberMemo`: member id -> [user
+    id, record, settled record]) as COPY rows (id int8, g int8) of the members whose record grew,
+    in id order if `ordered`; and how many rows."""
     pack = _GAIN.pack
-    return b"".join([pack(2, 8, member_id, 8, g) for member_id, g in sorted(gained.items())])
+    grown = [(member_id, known[1] - known[2]) for member_id, known in members.items() if known[1] != known[2]]
+    if ordered:
+        grown.sort()
+    return b"".join([pack(2, 8, member_id, 8, g) for member_id, g in grown]), len(grown)
 
 
 def pack_earnings(earned: dict[int, int], kind: bytes, rest: bytes) -> bytes:

@@ -98,12 +98,16 @@ def test_stage_rows_packed_with_the_members_user_ids(fast: Any) -> None:
         fast.pack_stage(b"", rows, {}, {}, {})
 
 
-def test_gains_packed_in_member_order(fast: Any) -> None:
-    gained = {9: 5, 2: 2**40, 7: 0}
-    got = fast.pack_gains(gained)
+def test_what_waits_is_packed_in_member_order(fast: Any) -> None:
+    """The memo's entries [user id, record, settled record]: the members whose record grew."""
+    members = {9: [90, 15, 10], 2: [20, 2**40 + 3, 3], 7: [70, 4, 4], 5: [50, 8, 1]}
+    got, n = fast.pack_pending(members, True)
+    assert n == 3 and len(got) == 78
     assert [struct.unpack_from(">hiqiq", got, i * 26) for i in range(3)] == [
-        (2, 8, m, 8, g) for m, g in sorted(gained.items())]
-    assert len(got) == 78 and fast.pack_gains({}) == b""
+        (2, 8, 2, 8, 2**40), (2, 8, 5, 8, 7), (2, 8, 9, 8, 5)]
+    unordered, n = fast.pack_pending(members, False)
+    assert n == 3 and sorted(unordered[i:i + 26] for i in range(0, 78, 26)) == sorted(got[i:i + 26] for i in range(0, 78, 26))
+    assert fast.pack_pending({7: [70, 4, 4]}, True) == (b"", 0)
 
 
 def test_earnings_packed_as_the_former_loop(fast: Any) -> None:

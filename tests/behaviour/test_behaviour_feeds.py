@@ -420,3 +420,59 @@ def test_rows_decided_ahead_are_decided_again_when_another_import_came_between(
     if ON_PG:
         assert behaviour.PROBES["decided again"] - before["decided again"] >= 1
     assert behaviour.check_ledger(session) == []
+
+
+def test_two_imports_at_once_into_one_programme_keep_every_carry(session_factory: sessionmaker[Session],
+                                                                  session: Session) -> None:
+    """PostgreSQL, two threads: a metro and a bike-share partner import at the same time, in chunks
+    of 10, rides of the same six residents; the chunks interleave, so each import's memo forgets,
+    settles the other's waiting grams and reads the records again. Afterwards every member's record
+    is the sum of its accepted grams, both batches are settled, and each member's points telescope:
+    the sum of its rows' points is floor(record / 10), which holds only if every row's carry started
+    from the member's whole record at that moment."""
+    if not ON_PG:
+        pytest.skip("concurrency: PostgreSQL")
+    import threading
+
+    bw = build(session, residents=6)
+    session.rollback()
+    start = threading.Barrier(2)
+    results: dict[str, behaviour.BatchResult] = {}
+    errors: list[BaseException] = []
+
+    def rides(partner: str) -> Iterator[dict[str, Any]]:
+        start.wait()
+        for i in range(120):
+            minutes = i * 37 + (0 if partner == "sz-metro" else 11)   # no two rides of a resident overlap
+            if partner == "sz-metro":
+                yield row(f"m{i}", f"card-{i % 6}", "CI-TRANSIT", T0 + minutes * M, minutes=9, mode="metro",
+                          distance_km=str(1 + i % 7))
+            else:
+                yield row(f"k{i}", f"bike-{i % 6}", "CI-BIKE", T0 + minutes * M, minutes=9, distance_km=str(1 + i % 4))
+
+    def go(partner: str) -> None:
+        try:
+            results[partner] = behaviour.import_rows(
+                session_factory, partner, f"{partner}-together", "api", rides(partner), chunk_size=10,
+                received_at=T0 + 5 * 24 * H, rules=Rules.from_mapping({"daily_caps": {"CI-TRANSIT": 500, "CI-BIKE": 500}}))
+        except BaseException as e:   # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    before = dict(behaviour.PROBES)
+    threads = [threading.Thread(target=go, args=(p,)) for p in ("sz-metro", "sz-bike")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert behaviour.PROBES["decided again"] > before["decided again"]   # they did interleave
+    assert {p: (r.rows, r.accepted) for p, r in results.items()} == {"sz-metro": (120, 120), "sz-bike": (120, 120)}
+    assert behaviour.check_ledger(session) == []
+    assert [(b.members_upto, b.rows_done) for b in session.scalars(select(BehaviourBatch))] == [(120, 120)] * 2
+    for i in range(6):
+        uid = bw.uid(i)
+        grams, pts = session.execute(select(func.sum(BehaviourEvent.reduction_g), func.sum(BehaviourEvent.points))
+                                     .where(BehaviourEvent.user_id == uid, BehaviourEvent.status == "accepted")).one()
+        assert session.scalar(select(Member.reduction_g).where(Member.user_id == uid)) == grams
+        assert pts == grams // 10, (i, grams, pts)
+        assert points.balance(session, uid) == pts

@@ -418,8 +418,7 @@ class MemberMemo:
         count = session.scalar(text("SELECT COUNT(*) FROM behaviour_external_ids WHERE partner_id = :p"), args)
         if int(count or 0) > min(max_members, self.limit // 2):
             return False
-        head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :programme"),
-                              args) or 0
+        head = programme_head(session, programme_id)
         raw = session.connection().connection.driver_connection
         assert raw is not None
         cur = raw.cursor()
@@ -441,8 +440,7 @@ class MemberMemo:
         that nobody records between the three."""
         _lock_programme(session, programme_id)
         settle(session, programme_id)
-        head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
-                              {"p": programme_id}) or 0
+        head = programme_head(session, programme_id)
         if max_members:
             with _phase("preload"):
                 self.preload(session, batch.partner_id, programme_id, max_members)
@@ -606,8 +604,7 @@ def probe_chunk(session: Session, batch_id: int, rows: list[Row], rules: Rules, 
     partner = session.get(partners.Partner, batch.partner_id)
     assert partner is not None
     session.execute(text("SET LOCAL jit = off"))
-    head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
-                          {"p": partner.programme_id}) or 0
+    head = programme_head(session, partner.programme_id)
     generation = memo.generation
     pending = [r for r in rows if r.status is None]
     with _phase("stage"):
@@ -669,6 +666,12 @@ def decide_ahead(rows: list[Row], rules: Rules, memo: MemberMemo, probe: Probe,
     return Decided(lo, len(rows), memo.generation, probe.head, accepted, undo)
 
 
+def programme_head(session: Session, programme_id: int) -> int:
+    """The programme's chunk count (`ProgrammeHead`; 0 before its first chunk)."""
+    return session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
+                          {"p": programme_id}) or 0
+
+
 def _lock_programme(session: Session, programme_id: int) -> None:
     """The programme's lock, held to the end of the transaction: its chunks are recorded, and its
     members' records changed, one transaction at a time (SQLite: one writer at all)."""
@@ -721,8 +724,7 @@ def settle_batch(session: Session, batch_id: int, memo: MemberMemo | None = None
     assert partner is not None
     _lock_programme(session, partner.programme_id)
     session.refresh(batch)   # `members_upto` changes only under the programme's lock
-    head = session.scalar(text("SELECT chunks FROM behaviour_programme_heads WHERE programme_id = :p"),
-                          {"p": partner.programme_id}) or 0
+    head = programme_head(session, partner.programme_id)
     if (memo is not None and memo.fresh_head is not None and memo.head == head
             and memo.settled_upto == batch.members_upto and batch.members_upto < batch.rows_done):
         lo, hi = batch.members_upto, batch.rows_done

@@ -93,6 +93,9 @@ def test_stage_rows_packed_with_the_members_user_ids(fast: Any) -> None:
     got = fast.pack_stage(b"HEAD", rows, {"r1": 10}, {55: 20}, members)
     int8, null = behaviour_prepare.int8, behaviour_prepare.NULL
     assert got == b"HEAD" + b"stage0" + int8(1001) + b"stage1" + int8(1055) + b"stage2" + null + b"stage3" + null
+    # Each row keeps its member's very memo entry (the classifier updates it in place), or None.
+    assert rows[0].member is members[10] and rows[1].member is members[20]
+    assert rows[2].member is None and rows[3].member is None
     rows[0].packed_stage = None
     with pytest.raises(ValueError):
         fast.pack_stage(b"", rows, {}, {}, {})
